@@ -1,0 +1,93 @@
+// The environment, parsed once at boot by one zod schema: gives both validation and the Config type.
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' })
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const int = (min: number, max: number) =>
+  z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(min).max(max);
+
+const httpUrl = z
+  .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+  .transform((u) => u.replace(/\/+$/, ''));
+
+/** "1 minute", "30 seconds", "500 ms", "2h" or plain milliseconds → milliseconds. */
+export function parseDuration(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value > 0 ? value : undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)?\s*$/i.exec(value);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  const unit = (m[2] ?? 'ms').toLowerCase();
+  const factor = unit.startsWith('ms') || unit.startsWith('milli') ? 1
+    : unit.startsWith('s') ? 1000
+    : unit.startsWith('m') ? 60_000
+    : unit.startsWith('h') ? 3_600_000
+    : 86_400_000;
+  const ms = Math.round(n * factor);
+  return ms > 0 ? ms : undefined;
+}
+
+const duration = z.string().transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "1 minute", "30 s" or 60000' });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export const ConfigSchema = z.object({
+  PORT: int(0, 65535).default(8080),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  UPSTREAM_BASE_URL: httpUrl.default('https://api.fuhuapi.com/replicate/v1'),
+  UPSTREAM_API_KEY: z.string({ error: 'is required' }).min(1, 'is required'),
+  PUBLIC_BASE_URL: httpUrl.optional(),
+  TENANTS_FILE: z.string({ error: 'is required (path to the tenants file)' }).min(1),
+  REDIS_URL: z.url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' }).optional(),
+  REDIS_KEY_PREFIX: z.string().min(1).default('fgw:'),
+  UPSTREAM_TIMEOUT_MS: int(100, 600_000).default(30_000),
+  UPSTREAM_RETRIES: int(0, 10).default(2),
+  BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  LOG_LEVEL: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+  TRUST_PROXY: bool.default(false),
+  PREDICTION_TTL_SECONDS: int(60, 10 * 365 * 86400).default(30 * 86400),
+  CACHE_TTL_SECONDS: int(1, 365 * 86400).default(86400),
+  MEMORY_STORE_MAX_ENTRIES: int(100, 100_000_000).default(100_000),
+  DEFAULT_RATE_LIMIT_MAX: int(1, 10_000_000).default(600),
+  DEFAULT_RATE_LIMIT_WINDOW: duration.default(60_000),
+  AUTH_FAILURE_LIMIT: int(1, 1_000_000).default(20),
+  TOKEN_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  POLL_CACHE_MS: int(0, 60_000).default(500),
+  IDEMPOTENCY_TTL_SECONDS: int(60, 7 * 86400).default(86400),
+  SHUTDOWN_GRACE_MS: int(0, 600_000).default(10_000),
+  METRICS_TOKEN: z.string().min(1).optional(),
+  OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: int(0, 60_000).default(1000),
+  OVERLOAD_MAX_HEAP_BYTES: int(0, 1024 ** 4).default(0),
+});
+
+export type Config = Readonly<z.output<typeof ConfigSchema>>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Parses a plain object (tests pass their own; only server.ts passes process.env). Empty strings count as unset. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const cleaned: Record<string, string> = {};
+  for (const key of Object.keys(ConfigSchema.shape)) {
+    const v = env[key];
+    if (v !== undefined && v.trim() !== '') cleaned[key] = v.trim();
+  }
+  const parsed = ConfigSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const name = String(issue.path[0] ?? 'environment');
+    // Never echo the value: it may be a secret.
+    throw new ConfigError(`invalid configuration: ${name} ${issue.message}`);
+  }
+  return Object.freeze(parsed.data);
+}

@@ -1,0 +1,57 @@
+// Short-lived tokens for browsers: HS256 JWTs (jose) naming a tenant, optionally narrowed to models and a create budget.
+import { randomUUID } from 'node:crypto';
+import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
+import { GatewayError } from '../errors.js';
+import type { TokenGrant } from '../types.js';
+
+const ISSUER = 'fuhu-gateway';
+const AUDIENCE = 'fuhu-gateway';
+export const TOKEN_DEFAULT_TTL_SECONDS = 15 * 60;
+export const TOKEN_MAX_TTL_SECONDS = 60 * 60;
+
+/** Three base64url segments: worth trying as a JWT before looking it up as a key. */
+export function looksLikeJwt(credential: string): boolean {
+  return /^[\w-]+\.[\w-]+\.[\w-]+$/.test(credential);
+}
+
+export class TokenSigner {
+  readonly #secret: Uint8Array;
+  constructor(secret: string) {
+    this.#secret = new TextEncoder().encode(secret);
+  }
+
+  async sign(tenantId: string, opts: { ttlSeconds: number; models?: string[]; maxCreates?: number }): Promise<{ token: string; expiresAt: Date }> {
+    const now = Math.floor(Date.now() / 1000);
+    const exp = now + opts.ttlSeconds;
+    const claims: Record<string, unknown> = {};
+    if (opts.models) claims.models = opts.models;
+    if (opts.maxCreates !== undefined) claims.max_creates = opts.maxCreates;
+    const token = await new SignJWT(claims)
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setSubject(tenantId)
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setJti(randomUUID())
+      .setIssuedAt(now)
+      .setExpirationTime(exp)
+      .sign(this.#secret);
+    return { token, expiresAt: new Date(exp * 1000) };
+  }
+
+  /** The tenant id and grant of a valid token; a 401 naming what is wrong otherwise. */
+  async verify(token: string): Promise<{ tenantId: string; grant: TokenGrant }> {
+    try {
+      const { payload } = await jwtVerify(token, this.#secret, { issuer: ISSUER, audience: AUDIENCE, algorithms: ['HS256'] });
+      if (typeof payload.sub !== 'string' || typeof payload.jti !== 'string' || typeof payload.exp !== 'number') {
+        throw new GatewayError('UNAUTHENTICATED', 'the token is missing required claims');
+      }
+      const models = Array.isArray(payload.models) ? payload.models.filter((m): m is string => typeof m === 'string') : undefined;
+      const maxCreates = typeof payload.max_creates === 'number' ? payload.max_creates : undefined;
+      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates } };
+    } catch (err) {
+      if (err instanceof GatewayError) throw err;
+      if (err instanceof joseErrors.JWTExpired) throw new GatewayError('UNAUTHENTICATED', 'the token has expired; request a new one');
+      throw new GatewayError('UNAUTHENTICATED', 'the token is invalid (bad signature or claims)');
+    }
+  }
+}

@@ -1,0 +1,93 @@
+// Who is calling: a tenant key or token (Bearer or Token scheme) → request.principal; 401 before anything else.
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError } from '../errors.js';
+import { TokenSigner, looksLikeJwt } from '../gateway/tokens.js';
+
+const AUTH_FAILURE_WINDOW_MS = 60_000;
+
+export function credentialOf(request: FastifyRequest): string | undefined {
+  const h = request.headers.authorization;
+  if (!h) return undefined;
+  const m = /^(?:Bearer|Token)\s+(\S+)\s*$/i.exec(h);
+  return m?.[1];
+}
+
+function sameSecret(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+export interface AuthOptions {
+  signer?: TokenSigner;
+}
+
+export default fp<AuthOptions>(
+  async (app, opts) => {
+    const { config, store, tenants, metrics } = app.gw;
+    const signer = opts.signer;
+
+    /** Counts a failed attempt from this IP; past the limit the answer is 429, to stop key guessing. */
+    async function fail(request: FastifyRequest, detail: string): Promise<never> {
+      const count = await store.incrCounter(`authfail:${request.ip}`, AUTH_FAILURE_WINDOW_MS);
+      if (count > config.AUTH_FAILURE_LIMIT) {
+        metrics.rateLimited.inc({ tenant: '', limit: 'auth-failures' });
+        throw new GatewayError('RATE_LIMITED', 'too many failed authentication attempts from this address; try again later', {
+          headers: { 'retry-after': String(Math.ceil(AUTH_FAILURE_WINDOW_MS / 1000)) },
+        });
+      }
+      throw new GatewayError('UNAUTHENTICATED', detail);
+    }
+
+    app.decorateRequest('principal', null);
+
+    app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
+      const mode = request.routeOptions.config.auth ?? 'tenant';
+      if (mode === 'none') return;
+      const credential = credentialOf(request);
+      if (mode === 'admin') {
+        if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
+        if (!credential) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>"');
+        if (!sameSecret(credential, config.ADMIN_API_KEY)) {
+          // A valid tenant key is a known caller without the right: 403, not 401.
+          if (tenants.lookup(credential)) throw new GatewayError('FORBIDDEN', 'a tenant key cannot use the admin API');
+          return fail(request, 'the admin key is not valid');
+        }
+        return;
+      }
+      if (!credential) {
+        return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
+      }
+      const tenant = tenants.lookup(credential);
+      if (tenant) {
+        request.principal = { tenant };
+      } else if (signer && looksLikeJwt(credential)) {
+        let verified;
+        try {
+          verified = await signer.verify(credential);
+        } catch (err) {
+          return fail(request, (err as Error).message);
+        }
+        const t = tenants.get(verified.tenantId);
+        if (!t) return fail(request, 'the token names a tenant that no longer exists');
+        if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
+        request.principal = { tenant: t, token: verified.grant };
+      } else {
+        return fail(request, 'the key is not valid');
+      }
+      request.log = request.log.child({ tenant: request.principal.tenant.id });
+
+      // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
+      const origin = request.headers.origin;
+      if (origin !== undefined) {
+        const allowed = request.principal.tenant.allowedOrigins;
+        if (!allowed.includes('*') && !allowed.includes(origin)) {
+          throw new GatewayError('FORBIDDEN', `origin ${origin.slice(0, 200)} is not allowed for this tenant`);
+        }
+      }
+    });
+  },
+  { name: 'auth' },
+);

@@ -1,0 +1,80 @@
+// Per-tenant rate limits on @fastify/rate-limit's stores: Redis (one atomic Lua INCR+PEXPIRE per check, so
+// replicas share one count) or its in-process LocalStore. Creates and per-IP browser traffic have their own limits.
+import rateLimit from '@fastify/rate-limit';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError } from '../errors.js';
+import { RedisStore } from '../store/redis-store.js';
+
+type Limiter = (req: FastifyRequest) => Promise<
+  | { isAllowed: true; key: string }
+  | { isAllowed: false; max: number; remaining: number; ttlInSeconds: number; isExceeded: boolean }
+>;
+
+export default fp(
+  async (app) => {
+    const { config, store, metrics } = app.gw;
+    await app.register(rateLimit, {
+      global: false,
+      nameSpace: 'rl:',
+      ...(store instanceof RedisStore ? { redis: store.client } : {}),
+    });
+
+    const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
+    const make = (
+      name: string,
+      pick: (req: FastifyRequest) => { max: number; timeWindow: number } | undefined,
+      key: (req: FastifyRequest) => string,
+    ): Limiter =>
+      app.createRateLimit({
+        keyGenerator: (req) => `${name}:${key(req)}`,
+        max: (req) => pick(req)?.max ?? config.DEFAULT_RATE_LIMIT_MAX,
+        timeWindow: (req) => pick(req)?.timeWindow ?? config.DEFAULT_RATE_LIMIT_WINDOW,
+      }) as Limiter;
+
+    const limiters = {
+      all: make('t', (r) => tenantOf(r).rateLimit, (r) => tenantOf(r).id),
+      create: make('c', (r) => tenantOf(r).createRateLimit, (r) => tenantOf(r).id),
+      perIp: make('ip', (r) => tenantOf(r).rateLimit?.perIp, (r) => `${tenantOf(r).id}:${r.ip}`),
+    };
+
+    async function check(name: keyof typeof limiters, request: FastifyRequest, reply: FastifyReply, headers: boolean) {
+      let r;
+      try {
+        r = await limiters[name](request);
+      } catch (err) {
+        if (err instanceof GatewayError) throw err;
+        metrics.storeErrors.inc();
+        throw new GatewayError('STORE_UNAVAILABLE', 'rate limits cannot be checked: the state store is unavailable', {
+          cause: err,
+          headers: { 'retry-after': '2' },
+        });
+      }
+      if (r.isAllowed) return;
+      // The reset and retry-after come from the bucket's real remaining TTL, not the whole window.
+      const reset = String(Math.max(1, r.ttlInSeconds));
+      if (headers || r.isExceeded) {
+        reply.header('x-ratelimit-limit', r.max);
+        reply.header('x-ratelimit-remaining', r.remaining);
+        reply.header('x-ratelimit-reset', reset);
+      }
+      if (r.isExceeded) {
+        const tenant = tenantOf(request).id;
+        metrics.rateLimited.inc({ tenant, limit: name });
+        const what = name === 'create' ? 'create' : name === 'perIp' ? 'per-client' : 'request';
+        throw new GatewayError('RATE_LIMITED', `${what} rate limit of ${r.max} exceeded for tenant ${tenant}; retry in ${reset} s`, {
+          headers: { 'retry-after': reset },
+        });
+      }
+    }
+
+    app.addHook('onRequest', async (request, reply) => {
+      if (!request.principal) return;
+      const tenant = tenantOf(request);
+      await check('all', request, reply, true);
+      if (tenant.rateLimit?.perIp) await check('perIp', request, reply, false);
+      if (request.routeOptions.config.create) await check('create', request, reply, false);
+    });
+  },
+  { name: 'limits', dependencies: ['auth'] },
+);

@@ -1,0 +1,49 @@
+// Poll storms: concurrent GETs of one id share one upstream call, and a non-terminal answer is reused for
+// POLL_CACHE_MS. Deliberately per process (DESIGN.md): it only saves upstream calls, it never decides anything.
+import type { UpstreamClient, UpstreamResponse } from '../upstream.js';
+
+const MAX_MICRO_ENTRIES = 10_000;
+
+export class Poller {
+  readonly #inflight = new Map<string, Promise<UpstreamResponse>>();
+  readonly #micro = new Map<string, { res: UpstreamResponse; at: number }>();
+
+  constructor(
+    readonly upstream: UpstreamClient,
+    readonly microMs: number,
+  ) {}
+
+  /** The upstream answer for this id, and whether it was shared with (or reused from) another request. */
+  async get(id: string, requestId: string): Promise<{ res: UpstreamResponse; shared: boolean }> {
+    const cached = this.#micro.get(id);
+    if (cached && Date.now() - cached.at < this.microMs) return { res: cached.res, shared: true };
+    const pending = this.#inflight.get(id);
+    if (pending) return { res: await pending, shared: true };
+    const p = this.upstream.request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId, retry: true });
+    this.#inflight.set(id, p);
+    try {
+      const res = await p;
+      if (this.microMs > 0 && res.status === 200) this.#remember(id, res);
+      return { res, shared: false };
+    } finally {
+      this.#inflight.delete(id);
+    }
+  }
+
+  /** Only non-terminal answers are worth remembering; the caller says which are terminal by forgetting them. */
+  forget(id: string): void {
+    this.#micro.delete(id);
+  }
+
+  #remember(id: string, res: UpstreamResponse): void {
+    this.#micro.delete(id);
+    this.#micro.set(id, { res, at: Date.now() });
+    if (this.#micro.size > MAX_MICRO_ENTRIES) {
+      const now = Date.now();
+      for (const [k, v] of this.#micro) {
+        if (now - v.at >= this.microMs || this.#micro.size > MAX_MICRO_ENTRIES) this.#micro.delete(k);
+        else break;
+      }
+    }
+  }
+}

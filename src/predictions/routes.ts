@@ -1,0 +1,301 @@
+// The mirrored /replicate/v1 routes: create (by model, by version), get, cancel, list. Ownership, the terminal
+// cache, idempotent creates and URL rewriting are decided here; the upstream client does the transport.
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { z } from 'zod';
+import { GatewayError, fromUpstreamStatus } from '../errors.js';
+import { modelAllowed } from '../gateway/models.js';
+import { TERMINAL_STATUSES } from '../store/store.js';
+import type { Principal } from '../types.js';
+import { normalizePrefer, type UpstreamResponse } from '../upstream.js';
+import { Poller } from './poller.js';
+import { type Prediction, publicBase, rewriteUrls } from './rewrite.js';
+import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
+
+const PAGE_SIZE = 100;
+const IDEMPOTENCY_POLL_MS = 100;
+
+/** Parses with zod; the first issue names the field in a 422 (a missing body is a 400). */
+export function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
+  if (where === 'body' && (value === undefined || value === null || typeof value !== 'object' || Array.isArray(value))) {
+    throw new GatewayError('BAD_REQUEST', 'the request body must be a JSON object');
+  }
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const field = issue.path.length ? issue.path.join('.') : where;
+  throw new GatewayError('VALIDATION', `${where === 'body' ? '' : `${where} `}${field} ${issue.message}`.trim());
+}
+
+export const today = () => new Date().toISOString().slice(0, 10);
+
+function sendJson(reply: FastifyReply, status: number, body: unknown): FastifyReply {
+  return reply.code(status).type('application/json; charset=utf-8').send(JSON.stringify(body));
+}
+
+function readPrediction(res: UpstreamResponse): Prediction {
+  let p: unknown;
+  try {
+    p = JSON.parse(res.body);
+  } catch {
+    p = undefined;
+  }
+  if (!p || typeof p !== 'object' || typeof (p as Prediction).id !== 'string') {
+    throw new GatewayError('UPSTREAM_ERROR', `the upstream answered ${res.status} with a body that is not a prediction`);
+  }
+  return p as Prediction;
+}
+
+const isTerminal = (p: Prediction) => typeof p.status === 'string' && TERMINAL_STATUSES.has(p.status);
+
+export async function predictionRoutes(app: FastifyInstance): Promise<void> {
+  const { config, store, upstream, metrics } = app.gw;
+  const poller = new Poller(upstream, config.POLL_CACHE_MS);
+  const base = (req: FastifyRequest) => publicBase(req, config.PUBLIC_BASE_URL);
+
+  function observe(request: FastifyRequest, route: string, res: UpstreamResponse) {
+    request.upstreamMs = (request.upstreamMs ?? 0) + res.latencyMs;
+    metrics.upstreamDuration.observe({ route, outcome: res.status < 400 ? 'ok' : `http_${res.status}` }, res.latencyMs / 1000);
+  }
+
+  /** Caches a terminal prediction as received (before rewriting) and counts its usage once. */
+  async function keepIfTerminal(p: Prediction, raw: string, tenant: string): Promise<void> {
+    if (!isTerminal(p)) return;
+    const metricsObj = p.metrics as { predict_time?: unknown } | undefined;
+    const predictTime = typeof metricsObj?.predict_time === 'number' ? metricsObj.predict_time : 0;
+    await store.recordTerminal({ id: p.id as string, tenant, json: raw, status: p.status as string, predictTime, day: today() });
+  }
+
+  async function ownedLookup(request: FastifyRequest, id: string) {
+    let found;
+    try {
+      found = await store.lookup(id);
+    } catch (err) {
+      metrics.storeErrors.inc();
+      throw err;
+    }
+    // Someone else's prediction looks exactly like one that does not exist.
+    if (found.owner !== request.principal!.tenant.id) {
+      throw new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
+    }
+    return found;
+  }
+
+  function checkAllowed(principal: Principal, model: string | undefined, version: string | undefined) {
+    const { tenant, token } = principal;
+    if (model !== undefined) {
+      if (!modelAllowed(model, tenant.models) || (token?.models && !modelAllowed(model, token.models))) {
+        throw new GatewayError('FORBIDDEN', `model ${model} is not allowed for ${token?.models ? 'this token' : `tenant ${tenant.id}`}`);
+      }
+      return;
+    }
+    // A version names no model the gateway can check, so tenants with an allowlist must list versions explicitly.
+    const hasAllowlist = tenant.models !== undefined || tenant.versions !== undefined;
+    if (hasAllowlist && !tenant.versions?.includes(version!)) {
+      throw new GatewayError('FORBIDDEN', `version ${version} is not in the allowed versions of tenant ${tenant.id}`);
+    }
+    if (token?.models) {
+      const named = /^([^/:]+\/[^/:]+):/.exec(version!)?.[1];
+      if (!named || !modelAllowed(named, token.models)) {
+        throw new GatewayError('FORBIDDEN', `version ${version} is not allowed for this token`);
+      }
+    }
+  }
+
+  async function spendTokenBudget(principal: Principal) {
+    const token = principal.token;
+    if (token?.maxCreates === undefined) return;
+    const ttlMs = Math.max(1000, token.exp * 1000 - Date.now() + 60_000);
+    const used = await store.incrCounter(`tok:${token.jti}`, ttlMs);
+    if (used > token.maxCreates) {
+      throw new GatewayError('RATE_LIMITED', `this token's create budget of ${token.maxCreates} is used up; request a new token`, {
+        headers: { 'retry-after': String(Math.max(1, Math.ceil(token.exp - Date.now() / 1000))) },
+      });
+    }
+  }
+
+  /** Replays a finished idempotent create, or waits for a concurrent one (another request or replica) to finish. */
+  async function awaitIdempotent(request: FastifyRequest, reply: FastifyReply, key: string, fingerprint: string, deadline: number) {
+    for (let rec = await store.idemGet(key); ; rec = await store.idemGet(key)) {
+      if (!rec) return false; // released: the first attempt failed before the upstream created anything
+      if (rec.fingerprint !== fingerprint) {
+        throw new GatewayError('IDEMPOTENCY_MISMATCH', 'this Idempotency-Key was already used with a different request body');
+      }
+      if (rec.state === 'done') {
+        metrics.idempotentReplays.inc();
+        reply.header('idempotent-replayed', 'true');
+        const p = JSON.parse(rec.body!) as Prediction;
+        return sendJson(reply, rec.status!, rewriteUrls(p, base(request)));
+      }
+      if (Date.now() + IDEMPOTENCY_POLL_MS > deadline) {
+        throw new GatewayError('CONFLICT', 'a request with this Idempotency-Key is still in progress; retry later', {
+          headers: { 'retry-after': '1' },
+        });
+      }
+      await sleep(IDEMPOTENCY_POLL_MS);
+    }
+  }
+
+  async function create(request: FastifyRequest, reply: FastifyReply, path: string, body: Record<string, unknown>) {
+    const principal = request.principal!;
+    const tenant = principal.tenant.id;
+    const prefer = normalizePrefer(typeof request.headers.prefer === 'string' ? request.headers.prefer : undefined);
+    const timeoutMs = prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : config.UPSTREAM_TIMEOUT_MS;
+    // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
+    if (!store.isReady()) {
+      metrics.storeErrors.inc();
+      throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { headers: { 'retry-after': '2' } });
+    }
+
+    const idemHeader = request.headers['idempotency-key'];
+    let idemKey: string | undefined;
+    let fingerprint = '';
+    if (idemHeader !== undefined) {
+      if (typeof idemHeader !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(idemHeader)) {
+        throw new GatewayError('BAD_REQUEST', 'Idempotency-Key must be 1-255 visible ASCII characters');
+      }
+      idemKey = `${tenant}:${createHash('sha256').update(idemHeader).digest('hex')}`;
+      fingerprint = createHash('sha256').update(path).update('\n').update(JSON.stringify(body)).digest('hex');
+      const deadline = Date.now() + timeoutMs;
+      // Claim the key; whoever holds it already is either finished (replay) or still running (wait for it).
+      for (;;) {
+        const existing = await store.idemBegin(idemKey, fingerprint, timeoutMs + 30_000);
+        if (!existing) break;
+        const answered = await awaitIdempotent(request, reply, idemKey, fingerprint, deadline);
+        if (answered) return answered;
+      }
+    }
+
+    let res: UpstreamResponse;
+    try {
+      await spendTokenBudget(principal);
+      res = await upstream.request({
+        method: 'POST',
+        path,
+        body: request.rawBody ?? JSON.stringify(body),
+        requestId: request.id,
+        prefer: prefer.header,
+        cancelAfter: typeof request.headers['cancel-after'] === 'string' ? request.headers['cancel-after'] : undefined,
+        retry: false,
+        timeoutMs,
+      });
+    } catch (err) {
+      // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
+      // retry cannot start it a second time. Any other failure created nothing.
+      if (idemKey && !(err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT')) await store.idemRelease(idemKey).catch(() => {});
+      throw err;
+    }
+    observe(request, 'create', res);
+    if (res.status < 200 || res.status >= 300) {
+      if (idemKey) await store.idemRelease(idemKey).catch(() => {});
+      throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+    }
+    const p = readPrediction(res);
+    const id = p.id as string;
+    await store.recordCreate(tenant, id, Date.now() * 1000 + Math.floor(Math.random() * 1000), res.body, today());
+    await keepIfTerminal(p, res.body, tenant);
+    if (idemKey) {
+      await store.idemComplete(idemKey, { state: 'done', fingerprint, status: res.status, body: res.body }, config.IDEMPOTENCY_TTL_SECONDS);
+    }
+    request.log.info({ prediction: id, model: p.model, status: p.status }, 'prediction created');
+    return sendJson(reply, res.status, rewriteUrls(p, base(request)));
+  }
+
+  app.post('/models/:owner/:name/predictions', { config: { create: true } }, async (request, reply) => {
+    const { owner, name } = parse(ModelParamsSchema, request.params, 'path');
+    const body = parse(CreateByModelSchema, request.body, 'body');
+    checkAllowed(request.principal!, `${owner}/${name}`, undefined);
+    return create(request, reply, `/models/${owner}/${name}/predictions`, body);
+  });
+
+  app.post('/predictions', { config: { create: true } }, async (request, reply) => {
+    const body = parse(CreateByVersionSchema, request.body, 'body');
+    checkAllowed(request.principal!, undefined, body.version);
+    return create(request, reply, '/predictions', body);
+  });
+
+  app.get('/predictions/:id', async (request, reply) => {
+    const { id } = parse(IdParamsSchema, request.params, 'path');
+    const tenant = request.principal!.tenant.id;
+    const found = await ownedLookup(request, id);
+    if (found.terminal) {
+      metrics.cache.inc({ result: 'hit' });
+      request.cacheResult = 'HIT';
+      reply.header('x-cache', 'HIT');
+      return sendJson(reply, 200, rewriteUrls(JSON.parse(found.terminal) as Prediction, base(request)));
+    }
+    metrics.cache.inc({ result: 'miss' });
+    const { res, shared } = await poller.get(id, request.id);
+    if (shared) metrics.coalesced.inc();
+    else observe(request, 'get', res);
+    request.cacheResult = shared ? 'COALESCED' : 'MISS';
+    reply.header('x-cache', 'MISS');
+    if (res.status !== 200) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+    const p = readPrediction(res);
+    if (isTerminal(p)) {
+      poller.forget(id);
+      if (!shared) await keepIfTerminal(p, res.body, tenant);
+    }
+    return sendJson(reply, 200, rewriteUrls(p, base(request)));
+  });
+
+  app.post('/predictions/:id/cancel', async (request, reply) => {
+    const { id } = parse(IdParamsSchema, request.params, 'path');
+    const tenant = request.principal!.tenant.id;
+    const found = await ownedLookup(request, id);
+    if (found.terminal) {
+      metrics.cache.inc({ result: 'hit' });
+      request.cacheResult = 'HIT';
+      reply.header('x-cache', 'HIT');
+      return sendJson(reply, 200, rewriteUrls(JSON.parse(found.terminal) as Prediction, base(request)));
+    }
+    const res = await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: request.id, retry: true });
+    observe(request, 'cancel', res);
+    poller.forget(id);
+    request.cacheResult = 'MISS';
+    reply.header('x-cache', 'MISS');
+    if (res.status < 200 || res.status >= 300) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+    const p = readPrediction(res);
+    await keepIfTerminal(p, res.body, tenant);
+    return sendJson(reply, res.status, rewriteUrls(p, base(request)));
+  });
+
+  // Never forwarded: on the shared key the upstream list holds every team's predictions.
+  app.get('/predictions', async (request, reply) => {
+    const { cursor } = parse(ListQuerySchema, request.query, 'query');
+    const tenant = request.principal!.tenant.id;
+    let q: { limit: number; before?: number; after?: number } = { limit: PAGE_SIZE };
+    if (cursor) {
+      const m = /^([np])(\d+)$/.exec(Buffer.from(cursor, 'base64url').toString());
+      if (!m) throw new GatewayError('VALIDATION', 'query cursor is not a cursor this gateway issued');
+      q = m[1] === 'n' ? { limit: PAGE_SIZE, before: Number(m[2]) } : { limit: PAGE_SIZE, after: Number(m[2]) };
+    }
+    const { entries, hasMore } = await store.listPage(tenant, q);
+    const b = base(request);
+    const link = (dir: 'n' | 'p', score: number) =>
+      `${b}/replicate/v1/predictions?cursor=${Buffer.from(`${dir}${score}`).toString('base64url')}`;
+    const first = entries[0];
+    const last = entries.at(-1);
+    // Older pages exist when this page is full going back, or when we came here going forward.
+    const olderExist = q.after !== undefined ? entries.length > 0 : hasMore;
+    const newerExist = q.after !== undefined ? hasMore : q.before !== undefined && entries.length > 0;
+    return sendJson(reply, 200, {
+      next: olderExist && last ? link('n', last.score) : null,
+      previous: newerExist && first ? link('p', first.score) : null,
+      results: entries.map((e) => rewriteUrls(JSON.parse(e.json) as Prediction, b)),
+    });
+  });
+
+  // The official client uploads Blob inputs here first (multipart); a 501 makes it fall back to a data: URI.
+  await app.register(async (files) => {
+    files.addContentTypeParser('*', (_req, payload, done) => {
+      payload.resume();
+      payload.on('end', () => done(null, undefined));
+      payload.on('error', done);
+    });
+    files.post('/files', async () => {
+      throw new GatewayError('NOT_IMPLEMENTED', 'file uploads are not supported by this gateway; send the file inline as a data: URI');
+    });
+  });
+}

@@ -1,0 +1,35 @@
+// Request shapes checked before anything leaves the gateway. Unknown body fields pass through unchanged.
+import { z } from 'zod';
+
+const slug = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'may hold only letters, digits, ".", "_" and "-"');
+
+export const ModelParamsSchema = z.object({ owner: slug, name: slug });
+export const IdParamsSchema = z.object({
+  id: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'may hold only letters, digits, "_" and "-"'),
+});
+
+const EVENTS = ['start', 'output', 'logs', 'completed'] as const;
+
+const common = {
+  input: z.record(z.string(), z.unknown(), { error: 'must be a JSON object' }),
+  webhook: z
+    .string({ error: 'must be a string' })
+    .refine((u) => URL.canParse(u) && new URL(u).protocol === 'https:', 'must be an https URL')
+    .optional(),
+  webhook_events_filter: z
+    .array(z.enum(EVENTS, { error: `must be one of ${EVENTS.join(', ')}` }), { error: 'must be an array' })
+    .optional(),
+};
+
+export const CreateByModelSchema = z.looseObject({
+  ...common,
+  // Replicate rejects a version on this route; say so before it costs a round trip.
+  version: z.undefined({ error: 'is not accepted here; to pin a version use POST /replicate/v1/predictions' }).optional(),
+});
+
+export const CreateByVersionSchema = z.looseObject({
+  ...common,
+  version: z.string({ error: 'is required (a non-empty string)' }).min(1, 'is required (a non-empty string)'),
+});
+
+export const ListQuerySchema = z.object({ cursor: z.string().max(200).optional() });

@@ -1,0 +1,34 @@
+// Entry point: config → buildApp → listen → graceful shutdown. The only file that reads process.env.
+import closeWithGrace from 'close-with-grace';
+import { buildApp } from './app.js';
+import { ConfigError, loadConfig } from './config.js';
+import { TenantsError } from './tenants.js';
+
+async function main(): Promise<void> {
+  let app;
+  try {
+    const config = loadConfig(process.env);
+    app = await buildApp(config, { pretty: process.stdout.isTTY === true, watchTenants: true });
+    process.on('SIGHUP', () => {
+      const r = app!.gw.tenants.reload();
+      if (r.ok) app!.log.info({ tenants: r.tenants }, 'tenants file reloaded (SIGHUP)');
+      else app!.log.error({ reason: r.error }, 'tenants file rejected (SIGHUP); keeping the previous tenants');
+    });
+    // Stop accepting, let in-flight requests finish within the grace period, then close Redis and the pool.
+    closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async ({ signal, err }) => {
+      if (err) app!.log.error({ err }, 'shutting down after an unexpected error');
+      else app!.log.info({ signal }, 'shutting down');
+      await app!.close();
+    });
+    await app.listen({ port: config.PORT, host: config.HOST });
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof TenantsError) {
+      // One line naming what is wrong; no stack trace for a configuration mistake.
+      process.stderr.write(`fuhu-gateway: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+}
+
+await main();

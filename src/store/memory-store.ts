@@ -1,0 +1,175 @@
+// In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL and entry count.
+import type { IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import { USAGE_TTL_SECONDS } from './store.js';
+
+interface Entry<V> {
+  value: V;
+  expiresAt: number;
+}
+
+/** A Map with per-entry expiry that evicts the oldest insertions once it holds `max` entries. */
+class BoundedMap<V> {
+  #map = new Map<string, Entry<V>>();
+  constructor(readonly max: number) {}
+
+  get(key: string): V | undefined {
+    const e = this.#map.get(key);
+    if (!e) return undefined;
+    if (e.expiresAt <= Date.now()) {
+      this.#map.delete(key);
+      return undefined;
+    }
+    return e.value;
+  }
+
+  expiresIn(key: string): number {
+    const e = this.#map.get(key);
+    return e ? Math.max(0, e.expiresAt - Date.now()) : 0;
+  }
+
+  set(key: string, value: V, ttlMs: number): void {
+    this.#map.delete(key);
+    this.#map.set(key, { value, expiresAt: Date.now() + ttlMs });
+    while (this.#map.size > this.max) {
+      const oldest = this.#map.keys().next().value as string;
+      this.#map.delete(oldest);
+    }
+  }
+
+  delete(key: string): void {
+    this.#map.delete(key);
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
+}
+
+export class MemoryStore implements Store {
+  readonly kind = 'memory' as const;
+  readonly #opts: StoreOptions;
+  readonly #owners: BoundedMap<string>;
+  readonly #records: BoundedMap<string>;
+  readonly #terminal: BoundedMap<string>;
+  readonly #seen: BoundedMap<true>;
+  readonly #idem: BoundedMap<IdempotencyRecord>;
+  readonly #counters: BoundedMap<number>;
+  readonly #usage: BoundedMap<UsageDay>;
+  /** Per tenant, entries sorted by score descending (newest first). */
+  readonly #index = new Map<string, { id: string; score: number }[]>();
+  readonly #maxEntries: number;
+
+  constructor(opts: StoreOptions & { maxEntries: number }) {
+    this.#opts = opts;
+    this.#maxEntries = opts.maxEntries;
+    this.#owners = new BoundedMap(opts.maxEntries);
+    this.#records = new BoundedMap(opts.maxEntries);
+    this.#terminal = new BoundedMap(opts.maxEntries);
+    this.#seen = new BoundedMap(opts.maxEntries);
+    this.#idem = new BoundedMap(opts.maxEntries);
+    this.#counters = new BoundedMap(opts.maxEntries);
+    this.#usage = new BoundedMap(opts.maxEntries);
+  }
+
+  isReady(): boolean {
+    return true;
+  }
+
+  async lookup(id: string) {
+    return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ?? null };
+  }
+
+  async recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void> {
+    const ttl = this.#opts.predictionTtlSeconds * 1000;
+    this.#owners.set(id, tenant, ttl);
+    this.#records.set(id, json, ttl);
+    let list = this.#index.get(tenant);
+    if (!list) this.#index.set(tenant, (list = []));
+    // Creates arrive almost in order, so the insertion point is nearly always the front.
+    let i = 0;
+    while (i < list.length && list[i]!.score > score) i++;
+    list.splice(i, 0, { id, score });
+    if (list.length > this.#maxEntries) list.length = this.#maxEntries;
+    this.#addUsage(tenant, day, 'creates', 1);
+  }
+
+  async recordTerminal(rec: TerminalRecord): Promise<void> {
+    this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
+    if (this.#seen.get(rec.id)) return;
+    this.#seen.set(rec.id, true, this.#opts.predictionTtlSeconds * 1000);
+    this.#addUsage(rec.tenant, rec.day, rec.status, 1);
+    if (rec.predictTime > 0) this.#addUsage(rec.tenant, rec.day, 'predict_time', rec.predictTime);
+  }
+
+  async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
+    const list = this.#index.get(tenant) ?? [];
+    // Drop entries whose records expired, as Redis would have.
+    const live = list.filter((e) => this.#records.get(e.id) !== undefined);
+    if (live.length !== list.length) this.#index.set(tenant, live);
+    let slice: { id: string; score: number }[];
+    let hasMore: boolean;
+    if (q.after !== undefined) {
+      const newer = live.filter((e) => e.score > q.after!);
+      slice = newer.slice(Math.max(0, newer.length - q.limit));
+      hasMore = newer.length > q.limit;
+    } else {
+      const older = q.before !== undefined ? live.filter((e) => e.score < q.before!) : live;
+      slice = older.slice(0, q.limit);
+      hasMore = older.length > q.limit;
+    }
+    const entries = slice.map((e) => ({ id: e.id, score: e.score, json: this.#terminal.get(e.id) ?? this.#records.get(e.id)! }));
+    return { entries, hasMore };
+  }
+
+  async idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null> {
+    const existing = this.#idem.get(key);
+    if (existing) return existing;
+    this.#idem.set(key, { state: 'pending', fingerprint }, leaseMs);
+    return null;
+  }
+
+  async idemGet(key: string): Promise<IdempotencyRecord | null> {
+    return this.#idem.get(key) ?? null;
+  }
+
+  async idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void> {
+    this.#idem.set(key, rec, ttlSeconds * 1000);
+  }
+
+  async idemRelease(key: string): Promise<void> {
+    this.#idem.delete(key);
+  }
+
+  async incrCounter(key: string, ttlMs: number): Promise<number> {
+    const current = this.#counters.get(key);
+    if (current === undefined) {
+      this.#counters.set(key, 1, ttlMs);
+      return 1;
+    }
+    // Keep the original expiry: this is a fixed window.
+    this.#counters.set(key, current + 1, this.#counters.expiresIn(key));
+    return current + 1;
+  }
+
+  async usageAdd(tenant: string, day: string, field: string, by: number): Promise<void> {
+    this.#addUsage(tenant, day, field, by);
+  }
+
+  async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {
+    const out: Record<string, UsageDay> = {};
+    for (const day of days) {
+      const u = this.#usage.get(`${tenant}:${day}`);
+      if (u) out[day] = { ...u };
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {}
+
+  #addUsage(tenant: string, day: string, field: string, by: number): void {
+    const key = `${tenant}:${day}`;
+    const u = this.#usage.get(key) ?? {};
+    u[field] = (u[field] ?? 0) + by;
+    this.#usage.set(key, u, USAGE_TTL_SECONDS * 1000);
+  }
+}

@@ -1,0 +1,197 @@
+// Redis store (ioredis): everything replicas must agree on. Multi-step updates are single Lua scripts, so two
+// replicas can never interleave between a check and an update.
+import { Redis } from 'ioredis';
+import { GatewayError } from '../errors.js';
+import type { IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import { USAGE_TTL_SECONDS } from './store.js';
+
+// KEYS: term, seen, usage. ARGV: json, cacheTtl, predictionTtl, status, predictTime, usageTtl.
+const RECORD_TERMINAL = `
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  if tonumber(ARGV[5]) > 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'predict_time', ARGV[5]) end
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+return 1`;
+
+// KEYS: own, rec, idx, usage. ARGV: tenant, json, score, id, predictionTtl, usageTtl, nowScore.
+const RECORD_CREATE = `
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('HINCRBY', KEYS[4], 'creates', 1)
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return 1`;
+
+// KEYS: idem. ARGV: pending record, lease ms. Returns nil when claimed, else the record that holds the key.
+const IDEM_BEGIN = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])`;
+
+// KEYS: counter. ARGV: ttl ms. A fixed window: the expiry is set by the first increment only.
+const INCR_COUNTER = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`;
+
+interface ScriptedRedis extends Redis {
+  fgwRecordTerminal(...args: (string | number)[]): Promise<number>;
+  fgwRecordCreate(...args: (string | number)[]): Promise<number>;
+  fgwIdemBegin(...args: (string | number)[]): Promise<string | null>;
+  fgwIncr(...args: (string | number)[]): Promise<number>;
+}
+
+/** Every Redis failure becomes one 503 the client can act on; the cause stays for the log. */
+function unavailable(err: unknown): never {
+  throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', {
+    cause: err,
+    headers: { 'retry-after': '2' },
+  });
+}
+
+export function createRedisClient(url: string, keyPrefix: string, onEvent?: (event: string, detail?: string) => void): Redis {
+  const client = new Redis(url, {
+    keyPrefix,
+    // Fail fast while disconnected (503 + Retry-After) instead of queueing requests behind an outage.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    enableAutoPipelining: true,
+    connectTimeout: 5000,
+    // Reconnect forever with backoff capped at 5 s: recovery after an outage needs no restart.
+    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5000),
+    lazyConnect: false,
+  });
+  client.on('ready', () => onEvent?.('ready'));
+  client.on('error', (err: Error) => onEvent?.('error', err.message));
+  client.on('end', () => onEvent?.('end'));
+  return client;
+}
+
+export class RedisStore implements Store {
+  readonly kind = 'redis' as const;
+  readonly client: ScriptedRedis;
+  readonly #opts: StoreOptions;
+  readonly #owned: boolean;
+
+  /** `owned`: this store created the client and so closes it. */
+  constructor(client: Redis, opts: StoreOptions, owned = true) {
+    this.client = client as ScriptedRedis;
+    this.#opts = opts;
+    this.#owned = owned;
+    const define = (name: string, numberOfKeys: number, lua: string) => {
+      if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
+    };
+    define('fgwRecordTerminal', 3, RECORD_TERMINAL);
+    define('fgwRecordCreate', 4, RECORD_CREATE);
+    define('fgwIdemBegin', 1, IDEM_BEGIN);
+    define('fgwIncr', 1, INCR_COUNTER);
+  }
+
+  isReady(): boolean {
+    return this.client.status === 'ready';
+  }
+
+  async lookup(id: string) {
+    const [owner, terminal] = await this.client.mget(`own:${id}`, `term:${id}`).catch(unavailable);
+    return { owner: owner ?? null, terminal: terminal ?? null };
+  }
+
+  async recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void> {
+    const ttl = this.#opts.predictionTtlSeconds;
+    const oldest = (Date.now() - ttl * 1000) * 1000;
+    await this.client
+      .fgwRecordCreate(`own:${id}`, `rec:${id}`, `idx:${tenant}`, `usage:${tenant}:${day}`, tenant, json, score, id, ttl, USAGE_TTL_SECONDS, oldest)
+      .catch(unavailable);
+  }
+
+  async recordTerminal(rec: TerminalRecord): Promise<void> {
+    await this.client
+      .fgwRecordTerminal(
+        `term:${rec.id}`, `seen:${rec.id}`, `usage:${rec.tenant}:${rec.day}`,
+        rec.json, this.#opts.cacheTtlSeconds, this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS,
+      )
+      .catch(unavailable);
+  }
+
+  async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
+    const key = `idx:${tenant}`;
+    const n = q.limit + 1;
+    let flat: string[];
+    if (q.after !== undefined) {
+      flat = await this.client.zrangebyscore(key, `(${q.after}`, '+inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+    } else {
+      const max = q.before !== undefined ? `(${q.before}` : '+inf';
+      flat = await this.client.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+    }
+    let pairs: { id: string; score: number }[] = [];
+    for (let i = 0; i < flat.length; i += 2) pairs.push({ id: flat[i]!, score: Number(flat[i + 1]) });
+    const hasMore = pairs.length > q.limit;
+    pairs = pairs.slice(0, q.limit);
+    if (q.after !== undefined) pairs.reverse();
+    if (pairs.length === 0) return { entries: [], hasMore: false };
+    const values = await this.client
+      .mget(...pairs.flatMap((p) => [`term:${p.id}`, `rec:${p.id}`]))
+      .catch(unavailable);
+    const entries: IndexEntry[] = [];
+    const expired: string[] = [];
+    pairs.forEach((p, i) => {
+      const json = values[2 * i] ?? values[2 * i + 1];
+      if (json) entries.push({ id: p.id, score: p.score, json });
+      else expired.push(p.id);
+    });
+    // An index entry whose record expired is dead weight: drop it so later pages stay full.
+    if (expired.length) this.client.zrem(key, ...expired).catch(() => {});
+    return { entries, hasMore };
+  }
+
+  async idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null> {
+    const pending: IdempotencyRecord = { state: 'pending', fingerprint };
+    const existing = await this.client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs).catch(unavailable);
+    return existing ? (JSON.parse(existing) as IdempotencyRecord) : null;
+  }
+
+  async idemGet(key: string): Promise<IdempotencyRecord | null> {
+    const v = await this.client.get(`idem:${key}`).catch(unavailable);
+    return v ? (JSON.parse(v) as IdempotencyRecord) : null;
+  }
+
+  async idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void> {
+    await this.client.set(`idem:${key}`, JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
+  }
+
+  async idemRelease(key: string): Promise<void> {
+    await this.client.del(`idem:${key}`).catch(unavailable);
+  }
+
+  async incrCounter(key: string, ttlMs: number): Promise<number> {
+    return Number(await this.client.fgwIncr(`cnt:${key}`, ttlMs).catch(unavailable));
+  }
+
+  async usageAdd(tenant: string, day: string, field: string, by: number): Promise<void> {
+    const key = `usage:${tenant}:${day}`;
+    await this.client.multi().hincrbyfloat(key, field, by).expire(key, USAGE_TTL_SECONDS).exec().catch(unavailable);
+  }
+
+  async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {
+    const pipe = this.client.pipeline();
+    for (const day of days) pipe.hgetall(`usage:${tenant}:${day}`);
+    const results = (await pipe.exec().catch(unavailable)) ?? [];
+    const out: Record<string, UsageDay> = {};
+    results.forEach(([err, value], i) => {
+      if (err) unavailable(err);
+      const h = value as Record<string, string>;
+      if (h && Object.keys(h).length) {
+        out[days[i]!] = Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
+      }
+    });
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (!this.#owned) return;
+    await this.client.quit().catch(() => this.client.disconnect());
+  }
+}

@@ -1,0 +1,71 @@
+// The state the gateway shares between replicas, behind one small interface (Redis or in-memory).
+
+/** One entry of a tenant's prediction index; `json` is the cached terminal prediction, else the create-time record. */
+export interface IndexEntry {
+  id: string;
+  score: number;
+  json: string;
+}
+
+export interface ListQuery {
+  limit: number;
+  /** Entries strictly older than this score (the `next` page). */
+  before?: number;
+  /** Entries strictly newer than this score (the `previous` page). */
+  after?: number;
+}
+
+export interface IdempotencyRecord {
+  state: 'pending' | 'done';
+  fingerprint: string;
+  status?: number;
+  body?: string;
+}
+
+export interface TerminalRecord {
+  id: string;
+  tenant: string;
+  json: string;
+  status: string;
+  predictTime: number;
+  day: string;
+}
+
+export type UsageDay = Record<string, number>;
+
+export interface Store {
+  readonly kind: 'redis' | 'memory';
+  /** True once the backing store can serve requests. */
+  isReady(): boolean;
+  /** Owner and cached terminal prediction in one round trip: the hot path of GET and cancel. */
+  lookup(id: string): Promise<{ owner: string | null; terminal: string | null }>;
+  /** At create: the owner, the tenant's index entry and the create-time record, all with the prediction TTL. */
+  recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void>;
+  /**
+   * Caches a terminal prediction. The first time an id is seen terminal, its usage (status count and predict time)
+   * is added to the tenant's day, exactly once across replicas.
+   */
+  recordTerminal(rec: TerminalRecord): Promise<void>;
+  /** A page of the tenant's index, newest first. `hasMore` says whether more entries lie beyond the page. */
+  listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }>;
+  /** Atomically claims an idempotency key, or returns the record that already holds it. */
+  idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null>;
+  idemGet(key: string): Promise<IdempotencyRecord | null>;
+  idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void>;
+  idemRelease(key: string): Promise<void>;
+  /** Atomic counter with an expiry set on first use; returns the new count. */
+  incrCounter(key: string, ttlMs: number): Promise<number>;
+  usageAdd(tenant: string, day: string, field: string, by: number): Promise<void>;
+  usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>>;
+  close(): Promise<void>;
+}
+
+export interface StoreOptions {
+  predictionTtlSeconds: number;
+  cacheTtlSeconds: number;
+}
+
+/** Usage hashes outlive a year of monthly chargeback runs. */
+export const USAGE_TTL_SECONDS = 400 * 86400;
+
+export const TERMINAL_STATUSES: ReadonlySet<string> = new Set(['succeeded', 'failed', 'canceled', 'aborted']);

@@ -1,0 +1,165 @@
+// The tenants file: its schema, key hashing, lookup by hash, and hot reload (file change or SIGHUP).
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { parseDuration } from './config.js';
+
+const SHA256_PREFIX = 'sha256:';
+
+const WindowSchema = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "1 minute" or milliseconds' });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const LimitSchema = z.object({
+  max: z.number().int().positive(),
+  timeWindow: WindowSchema.default(60_000),
+});
+
+const KeySchema = z.string().refine(
+  (k) => (k.startsWith(SHA256_PREFIX) ? /^[0-9a-f]{64}$/i.test(k.slice(SHA256_PREFIX.length)) : k.length >= 16),
+  'a key must be at least 16 characters, or sha256:<64 hex digits>',
+);
+
+// Model patterns: "owner/name" or "owner/*".
+const ModelPatternSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]*\/(\*|[a-z0-9][a-z0-9._-]*)$/i, 'must be "owner/name" or "owner/*"');
+
+const OriginSchema = z.string().refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"');
+
+export const TenantSchema = z.object({
+  id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),
+  keys: z.array(KeySchema).min(1, 'needs at least one key'),
+  rateLimit: LimitSchema.extend({ perIp: LimitSchema.optional() }).optional(),
+  createRateLimit: LimitSchema.optional(),
+  models: z.array(ModelPatternSchema).optional(),
+  versions: z.array(z.string().min(1)).optional(),
+  allowedOrigins: z.array(OriginSchema).default([]),
+});
+
+export const TenantsFileSchema = z.object({ tenants: z.array(TenantSchema).min(1, 'needs at least one tenant') });
+
+export type TenantInput = z.input<typeof TenantSchema>;
+export type Tenant = Readonly<Omit<z.output<typeof TenantSchema>, 'keys'>>;
+
+export function hashKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+/** A new random key and the form to put in the tenants file instead of the key itself. */
+export function generateKey(): { key: string; hashed: string } {
+  const key = `fgw_${randomBytes(32).toString('base64url')}`;
+  return { key, hashed: `${SHA256_PREFIX}${hashKey(key)}` };
+}
+
+export class TenantsError extends Error {
+  override name = 'TenantsError';
+}
+
+interface Snapshot {
+  byHash: Map<string, Tenant>;
+  byId: Map<string, Tenant>;
+}
+
+/** Parses and checks a tenants document; throws a TenantsError naming the first problem. */
+export function buildSnapshot(doc: unknown): Snapshot {
+  const parsed = TenantsFileSchema.safeParse(doc);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new TenantsError(`tenants.${issue.path.join('.')}: ${issue.message}`);
+  }
+  const byHash = new Map<string, Tenant>();
+  const byId = new Map<string, Tenant>();
+  for (const [i, t] of parsed.data.tenants.entries()) {
+    if (byId.has(t.id)) throw new TenantsError(`tenants.${i}.id: duplicate tenant id "${t.id}"`);
+    const { keys, ...tenant } = t;
+    const frozen = Object.freeze(tenant);
+    byId.set(t.id, frozen);
+    for (const [j, k] of keys.entries()) {
+      const h = k.startsWith(SHA256_PREFIX) ? k.slice(SHA256_PREFIX.length).toLowerCase() : hashKey(k);
+      // Never print the key itself, not even in a boot error.
+      if (byHash.has(h)) throw new TenantsError(`tenants.${i}.keys.${j}: duplicate key (already used by tenant "${byHash.get(h)!.id}")`);
+      byHash.set(h, frozen);
+    }
+  }
+  return { byHash, byId };
+}
+
+export function readTenantsFile(path: string): Snapshot {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new TenantsError(`TENANTS_FILE ${path} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
+  } catch (err) {
+    throw new TenantsError(`TENANTS_FILE ${path} is not valid ${/\.ya?ml$/i.test(path) ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
+  }
+  return buildSnapshot(doc);
+}
+
+/** The live tenant set. Reads swap one snapshot reference, so a reload never shows a half-built set. */
+export class TenantRegistry {
+  #snap: Snapshot;
+  #watcher: FSWatcher | undefined;
+  #debounce: NodeJS.Timeout | undefined;
+
+  constructor(readonly path: string, snapshot?: Snapshot) {
+    this.#snap = snapshot ?? readTenantsFile(path);
+  }
+
+  /** The tenant a presented key belongs to, if any. */
+  lookup(key: string): Tenant | undefined {
+    // Keys are looked up by their SHA-256, so neither the map nor a timing side channel ever sees the key itself.
+    return this.#snap.byHash.get(hashKey(key));
+  }
+
+  get(id: string): Tenant | undefined {
+    return this.#snap.byId.get(id);
+  }
+
+  all(): Tenant[] {
+    return [...this.#snap.byId.values()];
+  }
+
+  /** Re-reads the file. On error the old tenants stay and the error is returned for the caller to log. */
+  reload(): { ok: true; tenants: number } | { ok: false; error: string } {
+    try {
+      this.#snap = readTenantsFile(this.path);
+      return { ok: true, tenants: this.#snap.byId.size };
+    } catch (err) {
+      return { ok: false, error: (err as Error).message };
+    }
+  }
+
+  /** Reloads when the file changes. Editors replace files by rename, so the directory entry is what is watched. */
+  watch(onReload: (result: ReturnType<TenantRegistry['reload']>) => void): void {
+    if (this.#watcher) return;
+    try {
+      this.#watcher = watch(this.path, { persistent: false }, () => {
+        clearTimeout(this.#debounce);
+        this.#debounce = setTimeout(() => {
+          onReload(this.reload());
+          // After a rename the old inode is gone: watch the new file.
+          this.unwatch();
+          this.watch(onReload);
+        }, 100);
+      });
+    } catch {
+      // A file that cannot be watched still reloads on SIGHUP.
+    }
+  }
+
+  unwatch(): void {
+    clearTimeout(this.#debounce);
+    this.#watcher?.close();
+    this.#watcher = undefined;
+  }
+}

@@ -1,0 +1,49 @@
+// What the app shares with its plugins and routes, and the request fields that auth adds.
+import type { Config } from './config.js';
+import type { Metrics } from './metrics.js';
+import type { Store } from './store/store.js';
+import type { Tenant, TenantRegistry } from './tenants.js';
+import type { UpstreamClient } from './upstream.js';
+
+export interface Gateway {
+  config: Config;
+  store: Store;
+  tenants: TenantRegistry;
+  upstream: UpstreamClient;
+  metrics: Metrics;
+}
+
+/** A short-lived token's narrowing, when the caller presented a token rather than a key. */
+export interface TokenGrant {
+  jti: string;
+  exp: number;
+  models?: string[];
+  maxCreates?: number;
+}
+
+export interface Principal {
+  tenant: Tenant;
+  token?: TokenGrant;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    gw: Gateway;
+  }
+  interface FastifyRequest {
+    principal: Principal | null;
+    /** The raw JSON body as received, forwarded unchanged to the upstream. */
+    rawBody: string | undefined;
+    /** For the access log: upstream latency and cache outcome. */
+    upstreamMs: number | undefined;
+    cacheResult: 'HIT' | 'MISS' | 'COALESCED' | undefined;
+  }
+  interface FastifyContextConfig {
+    /** 'tenant' (default on API routes): key or token; 'admin': ADMIN_API_KEY; 'none'. */
+    auth?: 'tenant' | 'admin' | 'none';
+    /** Creates are counted by the create limit and token budgets. */
+    create?: boolean;
+    /** Tokens may not mint tokens. */
+    keyOnly?: boolean;
+  }
+}
