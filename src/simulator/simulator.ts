@@ -39,6 +39,8 @@ export interface SimulatorOptions {
   maxPredictions?: number;
   /** Output is removed this long after completion, as Replicate does after 1 h. Default 3 600 000. */
   dataRetentionMs?: number;
+  /** Point urls.stream at this simulator's own SSE route instead of stream.replicate.com (for stream tests). */
+  selfStreamUrls?: boolean;
 }
 
 export interface RecordedRequest {
@@ -290,7 +292,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
         get: `https://api.replicate.com/v1/predictions/${id}`,
         cancel: `https://api.replicate.com/v1/predictions/${id}/cancel`,
         web: `https://replicate.com/p/${id}`,
-        stream: `https://stream.replicate.com/v1/files/${id}`,
+        stream: opts.selfStreamUrls && baseUrl ? `${baseUrl.slice(0, -SIM_PREFIX.length)}/stream/${id}` : `https://stream.replicate.com/v1/files/${id}`,
       },
     };
     if (typeof body.webhook === 'string') p.webhook = body.webhook;
