@@ -66,7 +66,7 @@ export function createRedisClient(url: string, keyPrefix: string, onEvent?: (eve
   });
   client.on('ready', () => onEvent?.('ready'));
   client.on('error', (err: Error) => onEvent?.('error', err.message));
-  client.on('end', () => onEvent?.('end'));
+  client.on('close', () => onEvent?.('error', 'connection closed'));
   return client;
 }
 

@@ -61,8 +61,11 @@ export class RedisServer {
     const p = this.#proc;
     if (!p || p.exitCode !== null) return;
     const exited = new Promise((r) => p.once('exit', r));
-    p.kill('SIGKILL');
+    // SIGTERM: redis flushes its AOF first, as a real restart would.
+    p.kill('SIGTERM');
+    const timer = setTimeout(() => p.kill('SIGKILL'), 3000);
     await exited;
+    clearTimeout(timer);
   }
 
   async destroy(): Promise<void> {

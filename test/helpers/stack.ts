@@ -60,6 +60,8 @@ export interface GatewayOptions {
   prefix?: string;
   env?: Record<string, string>;
   deps?: AppDeps;
+  /** Wait until the store is connected (default true). */
+  waitReady?: boolean;
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
@@ -85,7 +87,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const logger = pino(loggerOptions(config.LOG_LEVEL), sink);
   const app = await buildApp(config, { logger, ...opts.deps });
   await app.listen({ port: 0, host: '127.0.0.1' });
-  if (redisUrl) await waitFor(() => app.gw.store.isReady(), 5000, 'the gateway to connect to Redis');
+  if (redisUrl && opts.waitReady !== false) await waitFor(() => app.gw.store.isReady(), 5000, 'the gateway to connect to Redis');
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;
   return { app, config, url: `http://127.0.0.1:${port}`, logs, close: () => app.close() };

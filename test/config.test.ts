@@ -1,0 +1,117 @@
+// Bad configuration fails at boot with one line naming the variable; the tenants file is checked the same way.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/tenants.js';
+import { writeTenants } from './helpers/stack.js';
+
+const run = promisify(execFile);
+const base = { UPSTREAM_API_KEY: 'sk-test-secret-value-123', TENANTS_FILE: '/tmp/t.json' };
+
+describe('loadConfig', () => {
+  it('applies the documented defaults', () => {
+    const c = loadConfig(base);
+    expect(c).toMatchObject({
+      PORT: 8080, HOST: '0.0.0.0', UPSTREAM_BASE_URL: 'https://api.fuhuapi.com/replicate/v1', UPSTREAM_TIMEOUT_MS: 30000,
+      BODY_LIMIT_BYTES: 10485760, LOG_LEVEL: 'info', TRUST_PROXY: false, REDIS_KEY_PREFIX: 'fgw:', PREDICTION_TTL_SECONDS: 2592000,
+      CACHE_TTL_SECONDS: 86400, DEFAULT_RATE_LIMIT_MAX: 600, DEFAULT_RATE_LIMIT_WINDOW: 60000, UPSTREAM_RETRIES: 2, POLL_CACHE_MS: 500,
+      SHUTDOWN_GRACE_MS: 10000,
+    });
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it.each([
+    [{ PORT: 'eighty' }, /^invalid configuration: PORT /],
+    [{ UPSTREAM_BASE_URL: 'ftp://x' }, /UPSTREAM_BASE_URL must be an http\(s\) URL/],
+    [{ UPSTREAM_API_KEY: '' }, /UPSTREAM_API_KEY is required/],
+    [{ TRUST_PROXY: 'maybe' }, /TRUST_PROXY must be true or false/],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
+    [{ REDIS_URL: 'http://localhost' }, /REDIS_URL must be a redis/],
+    [{ DEFAULT_RATE_LIMIT_WINDOW: 'soon' }, /DEFAULT_RATE_LIMIT_WINDOW must be a duration/],
+    [{ TOKEN_SIGNING_SECRET: 'short' }, /TOKEN_SIGNING_SECRET must be at least 32/],
+  ])('names the variable for %o', (env, message) => {
+    expect(() => loadConfig({ ...base, ...env })).toThrow(message);
+    try {
+      loadConfig({ ...base, ...env });
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+    }
+  });
+
+  it('parses durations in words', () => {
+    expect(loadConfig({ ...base, DEFAULT_RATE_LIMIT_WINDOW: '30 seconds' }).DEFAULT_RATE_LIMIT_WINDOW).toBe(30_000);
+    expect(loadConfig({ ...base, DEFAULT_RATE_LIMIT_WINDOW: '2h' }).DEFAULT_RATE_LIMIT_WINDOW).toBe(7_200_000);
+  });
+
+  it('makes the server exit non-zero with one line naming the variable, without echoing the secret', async () => {
+    const err = await run(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+      env: { PATH: process.env.PATH, UPSTREAM_API_KEY: 'sk-do-not-print-me-0000', TENANTS_FILE: '/tmp/x.json', PORT: '99999' },
+    }).catch((e: { code: number; stderr: string }) => e);
+    expect((err as { code: number }).code).toBe(1);
+    const stderr = (err as { stderr: string }).stderr.trim();
+    expect(stderr.split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/PORT/);
+    expect(stderr).not.toContain('sk-do-not-print-me');
+  });
+});
+
+describe('tenants file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fgw-tenants-test-'));
+  const file = (name: string, body: string) => {
+    const f = join(dir, name);
+    writeFileSync(f, body);
+    return f;
+  };
+
+  it('accepts plain and sha256 keys and looks both up by hash', () => {
+    const { key, hashed } = generateKey();
+    expect(hashed).toBe(`sha256:${hashKey(key)}`);
+    const reg = new TenantRegistry(writeTenants([{ id: 'a', keys: ['plain-key-0123456789', hashed] }]));
+    expect(reg.lookup('plain-key-0123456789')?.id).toBe('a');
+    expect(reg.lookup(key)?.id).toBe('a');
+    expect(reg.lookup('nope-nope-nope-nope')).toBeUndefined();
+  });
+
+  it('reads YAML too', () => {
+    const f = file('t.yaml', 'tenants:\n  - id: y\n    keys: ["yaml-key-0123456789"]\n    rateLimit: { max: 5, timeWindow: 1 minute }\n');
+    const reg = new TenantRegistry(f);
+    expect(reg.lookup('yaml-key-0123456789')?.rateLimit).toEqual({ max: 5, timeWindow: 60_000 });
+  });
+
+  it.each([
+    ['duplicate ids', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'] }, { id: 'a', keys: ['k-0123456789abcdeg'] }] }, /duplicate tenant id "a"/],
+    ['duplicate keys', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'] }, { id: 'b', keys: ['k-0123456789abcdef'] }] }, /tenants\.1\.keys\.0: duplicate key/],
+    ['a short key', { tenants: [{ id: 'a', keys: ['short'] }] }, /tenants\.0\.keys\.0: .*16 characters/],
+    ['a bad model pattern', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'], models: ['*'] }] }, /models\.0/],
+    ['no tenants', { tenants: [] }, /at least one tenant/],
+  ])('rejects %s, naming the place and never the key', (_name, doc, message) => {
+    const f = file(`bad-${Math.random()}.json`, JSON.stringify(doc));
+    expect(() => readTenantsFile(f)).toThrow(TenantsError);
+    expect(() => readTenantsFile(f)).toThrow(message);
+    try {
+      readTenantsFile(f);
+    } catch (err) {
+      expect((err as Error).message).not.toContain('k-0123456789abcdef');
+    }
+  });
+
+  it('names a missing or unparsable file', () => {
+    expect(() => readTenantsFile(join(dir, 'missing.json'))).toThrow(/TENANTS_FILE .* cannot be read: ENOENT/);
+    expect(() => readTenantsFile(file('broken.json', '{'))).toThrow(/is not valid JSON/);
+  });
+});
+
+describe('keygen', () => {
+  it('prints a key and its sha256 form that the tenants file accepts', async () => {
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/keygen.ts', 'team-z']);
+    const key = /key:\s+(\S+)/.exec(stdout)![1]!;
+    const hashed = /hashed:\s+(\S+)/.exec(stdout)![1]!;
+    expect(hashed).toBe(`sha256:${hashKey(key)}`);
+    const reg = new TenantRegistry(writeTenants([{ id: 'team-z', keys: [hashed] }]));
+    expect(reg.lookup(key)?.id).toBe('team-z');
+  });
+});

@@ -1,0 +1,117 @@
+// One contract, two stores: the in-memory store and the Redis store must behave the same.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { MemoryStore } from '../src/store/memory-store.js';
+import { RedisStore, createRedisClient } from '../src/store/redis-store.js';
+import type { Store } from '../src/store/store.js';
+import { waitFor } from './helpers/stack.js';
+
+const opts = { predictionTtlSeconds: 3600, cacheTtlSeconds: 3600 };
+const factories: [string, () => Promise<Store>][] = [
+  ['memory', async () => new MemoryStore({ ...opts, maxEntries: 1000 })],
+  [
+    'redis',
+    async () => {
+      const store = new RedisStore(createRedisClient(inject('redisUrl'), `contract:${randomUUID()}:`), opts);
+      await waitFor(() => store.isReady(), 5000, 'redis');
+      return store;
+    },
+  ],
+];
+
+const pred = (id: string, status = 'starting', extra: Record<string, unknown> = {}) => JSON.stringify({ id, status, ...extra });
+const DAY = '2026-11-26';
+// Index scores are creation times in microseconds; entries older than the prediction TTL are dropped.
+const NOW = Date.now() * 1000;
+
+describe.each(factories)('%s store', (_kind, make) => {
+  let store: Store;
+  beforeAll(async () => {
+    store = await make();
+  });
+  afterAll(async () => {
+    await store.close();
+  });
+
+  it('records the owner at create and finds nothing for unknown ids', async () => {
+    await store.recordCreate('team-a', 'p1', NOW, pred('p1'), DAY);
+    expect(await store.lookup('p1')).toEqual({ owner: 'team-a', terminal: null });
+    expect(await store.lookup('nope')).toEqual({ owner: null, terminal: null });
+  });
+
+  it('caches a terminal prediction and counts its usage exactly once', async () => {
+    await store.recordCreate('team-u', 'u1', NOW, pred('u1'), DAY);
+    const done = pred('u1', 'succeeded', { metrics: { predict_time: 1.5 } });
+    await store.recordTerminal({ id: 'u1', tenant: 'team-u', json: done, status: 'succeeded', predictTime: 1.5, day: DAY });
+    await store.recordTerminal({ id: 'u1', tenant: 'team-u', json: done, status: 'succeeded', predictTime: 1.5, day: DAY });
+    expect((await store.lookup('u1')).terminal).toBe(done);
+    expect(await store.usageGet('team-u', [DAY, '2026-11-25'])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 1.5 } });
+  });
+
+  it('lists a tenant\'s predictions newest first, with cursors both ways, preferring cached terminal records', async () => {
+    for (let i = 1; i <= 7; i++) await store.recordCreate('team-l', `l${i}`, NOW + i, pred(`l${i}`), DAY);
+    await store.recordCreate('team-other', 'o1', NOW + 99, pred('o1'), DAY);
+    await store.recordTerminal({ id: 'l6', tenant: 'team-l', json: pred('l6', 'failed'), status: 'failed', predictTime: 0, day: DAY });
+    const p1 = await store.listPage('team-l', { limit: 3 });
+    expect(p1.entries.map((e) => e.id)).toEqual(['l7', 'l6', 'l5']);
+    expect(p1.hasMore).toBe(true);
+    expect(JSON.parse(p1.entries[1]!.json).status).toBe('failed');
+    const p2 = await store.listPage('team-l', { limit: 3, before: p1.entries.at(-1)!.score });
+    expect(p2.entries.map((e) => e.id)).toEqual(['l4', 'l3', 'l2']);
+    expect(p2.hasMore).toBe(true);
+    const p3 = await store.listPage('team-l', { limit: 3, before: p2.entries.at(-1)!.score });
+    expect(p3.entries.map((e) => e.id)).toEqual(['l1']);
+    expect(p3.hasMore).toBe(false);
+    const back = await store.listPage('team-l', { limit: 3, after: p3.entries[0]!.score });
+    expect(back.entries.map((e) => e.id)).toEqual(['l4', 'l3', 'l2']);
+    expect(back.hasMore).toBe(true);
+    expect((await store.listPage('team-nobody', { limit: 3 })).entries).toEqual([]);
+  });
+
+  it('claims an idempotency key once, then replays, and releases on request', async () => {
+    expect(await store.idemBegin('k1', 'fp', 10_000)).toBeNull();
+    expect(await store.idemBegin('k1', 'fp', 10_000)).toEqual({ state: 'pending', fingerprint: 'fp' });
+    await store.idemComplete('k1', { state: 'done', fingerprint: 'fp', status: 201, body: '{}' }, 60);
+    expect(await store.idemGet('k1')).toEqual({ state: 'done', fingerprint: 'fp', status: 201, body: '{}' });
+    expect(await store.idemBegin('k2', 'fp', 10_000)).toBeNull();
+    await store.idemRelease('k2');
+    expect(await store.idemGet('k2')).toBeNull();
+    expect(await store.idemBegin('k2', 'fp2', 10_000)).toBeNull();
+  });
+
+  it('lets exactly one of many concurrent claims win', async () => {
+    const results = await Promise.all(Array.from({ length: 20 }, () => store.idemBegin('race', 'fp', 10_000)));
+    expect(results.filter((r) => r === null)).toHaveLength(1);
+  });
+
+  it('counts atomically in a fixed window that expires', async () => {
+    const counts = await Promise.all(Array.from({ length: 10 }, () => store.incrCounter('c1', 200)));
+    expect([...counts].sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await store.incrCounter('c1', 200)).toBe(1);
+  });
+
+  it('expires idempotency leases', async () => {
+    expect(await store.idemBegin('lease', 'fp', 100)).toBeNull();
+    await new Promise((r) => setTimeout(r, 250));
+    expect(await store.idemBegin('lease', 'fp', 100)).toBeNull();
+  });
+
+  it('adds arbitrary usage fields', async () => {
+    await store.usageAdd('team-x', DAY, 'creates', 2);
+    await store.usageAdd('team-x', DAY, 'predict_time', 0.25);
+    expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 2, predict_time: 0.25 } });
+  });
+});
+
+describe('memory store bounds', () => {
+  it('evicts the oldest entries past its size', async () => {
+    const store = new MemoryStore({ ...opts, maxEntries: 100 });
+    for (let i = 0; i < 250; i++) await store.recordCreate('t', `id${i}`, NOW + i, pred(`id${i}`), DAY);
+    expect((await store.lookup('id0')).owner).toBeNull();
+    expect((await store.lookup('id249')).owner).toBe('t');
+    const page = await store.listPage('t', { limit: 1000 });
+    expect(page.entries.length).toBeLessThanOrEqual(100);
+  });
+});
