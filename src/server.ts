@@ -15,7 +15,8 @@ async function main(): Promise<void> {
       else app!.log.error({ reason: r.error }, 'tenants file rejected (SIGHUP); keeping the previous tenants');
     });
     // Stop accepting, let in-flight requests finish within the grace period, then close Redis and the pool.
-    closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async ({ signal, err }) => {
+    // SIGHUP is skipped: it means "reload the tenants file" here, not "shut down".
+    closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS, skip: ['SIGHUP'] }, async ({ signal, err }) => {
       if (err) app!.log.error({ err }, 'shutting down after an unexpected error');
       else app!.log.info({ signal }, 'shutting down');
       await app!.close();

@@ -126,7 +126,9 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
         metrics.idempotentReplays.inc();
         reply.header('idempotent-replayed', 'true');
         const p = JSON.parse(rec.body!) as Prediction;
-        return sendJson(reply, rec.status!, rewriteUrls(p, base(request)));
+        // Not `return sendJson(...)`: a FastifyReply is thenable, and an async function would await it.
+        sendJson(reply, rec.status!, rewriteUrls(p, base(request)));
+        return true;
       }
       if (Date.now() + IDEMPOTENCY_POLL_MS > deadline) {
         throw new GatewayError('CONFLICT', 'a request with this Idempotency-Key is still in progress; retry later', {
@@ -162,8 +164,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       for (;;) {
         const existing = await store.idemBegin(idemKey, fingerprint, timeoutMs + 30_000);
         if (!existing) break;
-        const answered = await awaitIdempotent(request, reply, idemKey, fingerprint, deadline);
-        if (answered) return answered;
+        if (await awaitIdempotent(request, reply, idemKey, fingerprint, deadline)) return reply;
       }
     }
 
