@@ -36,14 +36,19 @@ export class RedisServer {
 
   /** Starts (or restarts, on the same port and data directory, so AOF data survives). */
   async start(): Promise<void> {
+    let spawnError: Error | undefined;
     this.#proc = spawn(
       'redis-server',
       ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', this.#dir],
       { stdio: 'ignore' },
     );
+    this.#proc.once('error', (err) => (spawnError = err));
     const probe = new Redis(this.url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
     probe.on('error', () => {});
     for (let i = 0; i < 100; i++) {
+      if (spawnError) {
+        throw new Error(`cannot start redis-server (${spawnError.message}): install it (apt-get install redis-server) or set REDIS_URL`);
+      }
       try {
         await probe.connect();
         await probe.ping();
