@@ -73,7 +73,8 @@ export default fp(
       const tenant = tenantOf(request);
       await check('all', request, reply, true);
       if (tenant.rateLimit?.perIp) await check('perIp', request, reply, false);
-      if (request.routeOptions.config.create) await check('create', request, reply, false);
+      // Without a createRateLimit, creates count only towards the tenant's overall limit.
+      if (tenant.createRateLimit && request.routeOptions.config.create) await check('create', request, reply, false);
     });
   },
   { name: 'limits', dependencies: ['auth'] },
