@@ -13,6 +13,12 @@ export class Poller {
     readonly microMs: number,
   ) {}
 
+  /** A non-terminal answer still fresh enough to reuse, without waiting. */
+  peek(id: string): UpstreamResponse | undefined {
+    const cached = this.#micro.get(id);
+    return cached && Date.now() - cached.at < this.microMs ? cached.res : undefined;
+  }
+
   /** The upstream answer for this id, and whether it was shared with (or reused from) another request. */
   async get(id: string, requestId: string): Promise<{ res: UpstreamResponse; shared: boolean }> {
     const cached = this.#micro.get(id);

@@ -1,0 +1,129 @@
+// `npm run bench`: the gateway's overhead as ratios to baselines measured in the same run on the same machine.
+// Starts Redis, the simulator, a bare Fastify hello and the gateway as separate processes and loads each over
+// loopback with autocannon. Bounded: about 75 s of load plus start-up.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import autocannon from 'autocannon';
+import { RedisServer, freePort } from '../test/helpers/redis.js';
+
+const DURATION = Number(process.env.BENCH_SECONDS ?? 8);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const UPSTREAM_KEY = 'bench-upstream-key-000000000000';
+const TENANT_KEY = 'bench-tenant-key-0000000000000';
+const children: ChildProcess[] = [];
+
+function start(cmd: string[], env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, cmd, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  children.push(child);
+  return child;
+}
+
+async function waitHttp(url: string, headers: Record<string, string> = {}): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      if ((await fetch(url, { headers })).status < 500) return;
+    } catch {}
+    await sleep(50);
+  }
+  throw new Error(`${url} did not come up`);
+}
+
+interface Row {
+  name: string;
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+}
+
+async function load(name: string, opts: autocannon.Options): Promise<Row> {
+  const r = await autocannon({ connections: CONNECTIONS, duration: DURATION, ...opts });
+  const row = { name, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
+  process.stderr.write(`  ${name}: ${Math.round(row.rps)} req/s, p50 ${row.p50} ms, p99 ${row.p99} ms${row.non2xx ? `, ${row.non2xx} non-2xx` : ''}\n`);
+  return row;
+}
+
+async function json(url: string, init: RequestInit): Promise<any> {
+  const res = await fetch(url, init);
+  if (!res.ok) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+async function main(): Promise<void> {
+  const redis = process.env.REDIS_URL ? undefined : await RedisServer.start();
+  const redisUrl = process.env.REDIS_URL ?? redis!.url;
+  const [helloPort, simPort, gwPort] = [await freePort(), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'fgw-bench-'));
+  const tenantsFile = join(dir, 'tenants.json');
+  writeFileSync(tenantsFile, JSON.stringify({ tenants: [{ id: 'bench', keys: [TENANT_KEY], rateLimit: { max: 1e9, timeWindow: '1 minute' } }] }));
+
+  start(['--import', 'tsx', 'bench/hello.ts'], { PORT: String(helloPort) });
+  start(['dist/simulator/main.js'], { SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '1000' });
+  const simBase = `http://127.0.0.1:${simPort}/replicate/v1`;
+  start(['dist/server.js'], {
+    PORT: String(gwPort),
+    HOST: '127.0.0.1',
+    UPSTREAM_BASE_URL: simBase,
+    UPSTREAM_API_KEY: UPSTREAM_KEY,
+    TENANTS_FILE: tenantsFile,
+    REDIS_URL: redisUrl,
+    REDIS_KEY_PREFIX: `bench:${Date.now()}:`,
+    LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
+    NODE_ENV: 'production',
+  });
+  const gw = `http://127.0.0.1:${gwPort}`;
+  await Promise.all([waitHttp(`http://127.0.0.1:${helloPort}/`), waitHttp(`${simBase}/predictions/x`), waitHttp(`${gw}/readyz`)]);
+
+  const up = { authorization: `Bearer ${UPSTREAM_KEY}`, 'content-type': 'application/json' };
+  const mine = { authorization: `Bearer ${TENANT_KEY}`, 'content-type': 'application/json' };
+  const createBody = JSON.stringify({ input: { prompt: 'bench' } });
+  const longBody = JSON.stringify({ input: { prompt: 'bench', duration_ms: 3_600_000 } });
+  const modelPath = '/replicate/v1/models/black-forest-labs/flux-schnell/predictions';
+
+  // A running prediction on each side, and a terminal one cached by the gateway.
+  const simRunning = await json(`${simBase}/models/black-forest-labs/flux-schnell/predictions`, { method: 'POST', headers: up, body: longBody });
+  const gwRunning = await json(`${gw}${modelPath}`, { method: 'POST', headers: mine, body: longBody });
+  const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
+  await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
+
+  process.stderr.write(`load: ${CONNECTIONS} connections, ${DURATION} s each\n`);
+  const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` });
+  const simGet = await load('upstream direct: GET running', { url: `${simBase}/predictions/${simRunning.id}`, headers: up });
+  const simCreate = await load('upstream direct: create', { url: `${simBase}/models/black-forest-labs/flux-schnell/predictions`, method: 'POST', headers: up, body: createBody });
+  const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine });
+  const poll = await load('gateway: poll running', { url: `${gw}/replicate/v1/predictions/${gwRunning.id}`, headers: mine });
+  const create = await load('gateway: create', { url: `${gw}${modelPath}`, method: 'POST', headers: mine, body: createBody });
+
+  const rows = [hello, simGet, simCreate, cached, poll, create];
+  const fmt = (n: number, w: number) => String(n).padStart(w);
+  const lines = [
+    `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, ${CONNECTIONS} connections, ${DURATION} s per target`,
+    '',
+    '| target | req/s | p50 ms | p99 ms | errors |',
+    '|---|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.name} | ${fmt(Math.round(r.rps), 6)} | ${fmt(r.p50, 4)} | ${fmt(r.p99, 4)} | ${r.errors + r.non2xx} |`),
+    '',
+    '| ratio | value | target | |',
+    '|---|---:|---:|---|',
+  ];
+  const ratio = (name: string, value: number, target: number) =>
+    lines.push(`| ${name} | ${value.toFixed(2)} | ≥ ${target.toFixed(2)} | ${value >= target ? 'met' : 'MISSED'} |`);
+  ratio('cached GET / bare hello', cached.rps / hello.rps, 0.5);
+  ratio('create / upstream direct create', create.rps / simCreate.rps, 0.5);
+  ratio('poll running / upstream direct GET', poll.rps / simGet.rps, 1);
+  lines.push(`| p99 of cached GET (ms, ${CONNECTIONS} connections) | ${cached.p99} | ≤ 5 | ${cached.p99 <= 5 ? 'met' : 'MISSED'} |`);
+  const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0 && r.name !== 'bare Fastify hello');
+  if (failed.length) lines.push('', `errors in: ${failed.map((r) => r.name).join(', ')}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+  await redis?.destroy();
+}
+
+try {
+  await main();
+} finally {
+  for (const c of children) c.kill('SIGTERM');
+}
