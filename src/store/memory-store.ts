@@ -7,7 +7,7 @@ interface Entry<V> {
   expiresAt: number;
 }
 
-/** A Map with per-entry expiry that evicts the oldest insertions once it holds `max` entries. */
+/** A Map with per-entry expiry that evicts the least recently used entries once it holds `max` entries. */
 class BoundedMap<V> {
   #map = new Map<string, Entry<V>>();
   constructor(readonly max: number) {}
@@ -19,7 +19,16 @@ class BoundedMap<V> {
       this.#map.delete(key);
       return undefined;
     }
+    // Re-insert so that a prediction still being polled is not the first to go.
+    this.#map.delete(key);
+    this.#map.set(key, e);
     return e.value;
+  }
+
+  /** Whether the key is live, without refreshing its recency. */
+  has(key: string): boolean {
+    const e = this.#map.get(key);
+    return e !== undefined && e.expiresAt > Date.now();
   }
 
   expiresIn(key: string): number {
@@ -104,7 +113,7 @@ export class MemoryStore implements Store {
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
     const list = this.#index.get(tenant) ?? [];
     // Drop entries whose records expired, as Redis would have.
-    const live = list.filter((e) => this.#records.get(e.id) !== undefined);
+    const live = list.filter((e) => this.#records.has(e.id));
     if (live.length !== list.length) this.#index.set(tenant, live);
     let slice: { id: string; score: number }[];
     let hasMore: boolean;
