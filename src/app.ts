@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import { GatewayError } from './errors.js';
 import { gatewayRoutes } from './gateway/routes.js';
 import { TokenSigner } from './gateway/tokens.js';
-import { loggerOptions } from './logger.js';
+import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
 import auth from './plugins/auth.js';
 import limits from './plugins/limits.js';
@@ -50,7 +50,7 @@ function toGatewayError(err: FastifyError): GatewayError {
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: loggerOptions(config.LOG_LEVEL, deps.pretty) }),
+    loggerInstance: deps.logger ?? createLogger(config.LOG_LEVEL, deps.pretty),
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY,
     requestIdHeader: false,
