@@ -65,7 +65,8 @@ export async function gatewayRoutes(app: FastifyInstance, opts: { signer?: Token
     return reply.code(201).send({ token, expires_at: expiresAt.toISOString(), tenant: tenant.id, models: body.models ?? null, max_creates: body.max_creates ?? null });
   });
 
-  app.get('/usage', async (request) => {
+  // Usage is the tenant's chargeback figure, for its servers: a browser token cannot read it.
+  app.get('/usage', { config: { keyOnly: true } }, async (request) => {
     const tenant = request.principal!.tenant.id;
     return { tenant, ...withTotals(await store.usageGet(tenant, daysOf(request.query))) };
   });

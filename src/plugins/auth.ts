@@ -1,5 +1,6 @@
 // Who is calling: a tenant key or token (Bearer or Token scheme) → request.principal; 401 before anything else.
 import { timingSafeEqual } from 'node:crypto';
+import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
@@ -20,6 +21,8 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+type FailureLimiter = (req: FastifyRequest) => Promise<{ isAllowed: true } | { isAllowed: false; ttlInSeconds: number; isExceeded: boolean }>;
+
 export interface AuthOptions {
   signer?: TokenSigner;
 }
@@ -29,13 +32,42 @@ export default fp<AuthOptions>(
     const { config, store, tenants, metrics } = app.gw;
     const signer = opts.signer;
 
+    // Failures are counted on the same atomic store as the rate limits (plugins/limits.ts registers
+    // @fastify/rate-limit in this context after auth), so the 429's retry-after is what is really left of the window.
+    let failureLimiter: FailureLimiter | undefined;
+
+    /** This failure's place in the IP's window: whether it is past the limit, and when the window ends. */
+    async function countFailure(request: FastifyRequest): Promise<{ exceeded: boolean; retryAfter: number }> {
+      if (!failureLimiter && app.hasDecorator('createRateLimit')) {
+        failureLimiter = app.createRateLimit({
+          // Per address; IPv6 per /64, which one client can hold whole.
+          keyGenerator: (req) => `authfail:${normalizeIP(req.ip)}`,
+          max: config.AUTH_FAILURE_LIMIT,
+          timeWindow: AUTH_FAILURE_WINDOW_MS,
+        }) as FailureLimiter;
+      }
+      if (!failureLimiter) {
+        // Without the rate-limit plugin (auth registered on its own), a plain fixed-window counter.
+        const count = await store.incrCounter(`authfail:${normalizeIP(request.ip)}`, AUTH_FAILURE_WINDOW_MS);
+        return { exceeded: count > config.AUTH_FAILURE_LIMIT, retryAfter: Math.ceil(AUTH_FAILURE_WINDOW_MS / 1000) };
+      }
+      let r;
+      try {
+        r = await failureLimiter(request);
+      } catch (err) {
+        metrics.storeErrors.inc();
+        throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { cause: err, headers: { 'retry-after': '2' } });
+      }
+      return r.isAllowed ? { exceeded: false, retryAfter: 0 } : { exceeded: r.isExceeded, retryAfter: Math.max(1, r.ttlInSeconds) };
+    }
+
     /** Counts a failed attempt from this IP; past the limit the answer is 429, to stop key guessing. */
     async function fail(request: FastifyRequest, detail: string): Promise<never> {
-      const count = await store.incrCounter(`authfail:${request.ip}`, AUTH_FAILURE_WINDOW_MS);
-      if (count > config.AUTH_FAILURE_LIMIT) {
+      const { exceeded, retryAfter } = await countFailure(request);
+      if (exceeded) {
         metrics.rateLimited.inc({ tenant: '', limit: 'auth-failures' });
-        throw new GatewayError('RATE_LIMITED', 'too many failed authentication attempts from this address; try again later', {
-          headers: { 'retry-after': String(Math.ceil(AUTH_FAILURE_WINDOW_MS / 1000)) },
+        throw new GatewayError('RATE_LIMITED', `too many failed authentication attempts from this address; retry in ${retryAfter} s`, {
+          headers: { 'retry-after': String(retryAfter) },
         });
       }
       throw new GatewayError('UNAUTHENTICATED', detail);

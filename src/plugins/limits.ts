@@ -1,6 +1,6 @@
 // Per-tenant rate limits on @fastify/rate-limit's stores: Redis (one atomic Lua INCR+PEXPIRE per check, so
 // replicas share one count) or its in-process LocalStore. Creates and per-IP browser traffic have their own limits.
-import rateLimit from '@fastify/rate-limit';
+import rateLimit, { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
@@ -35,7 +35,8 @@ export default fp(
     const limiters = {
       all: make('t', (r) => tenantOf(r).rateLimit, (r) => tenantOf(r).id),
       create: make('c', (r) => tenantOf(r).createRateLimit, (r) => tenantOf(r).id),
-      perIp: make('ip', (r) => tenantOf(r).rateLimit?.perIp, (r) => `${tenantOf(r).id}:${r.ip}`),
+      // IPv6 clients are counted per /64, as one household or host can hold a whole /64.
+      perIp: make('ip', (r) => tenantOf(r).rateLimit?.perIp, (r) => `${tenantOf(r).id}:${normalizeIP(r.ip)}`),
     };
 
     async function check(name: keyof typeof limiters, request: FastifyRequest, reply: FastifyReply, headers: boolean) {

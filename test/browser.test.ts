@@ -1,0 +1,114 @@
+// Issue 4, in a real browser: headless Chromium loads a page from another origin, which gets a short-lived token
+// from its own backend, then creates and polls a prediction through the gateway with CORS. The same page from an
+// origin the tenant does not allow fails, and says so.
+import { existsSync } from 'node:fs';
+import { type Browser, type Page, chromium } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type DemoBackend, startDemoBackend } from './fixtures/browser/backend.js';
+import { freePort } from './helpers/redis.js';
+import { type Gateway, type SimHandle, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const BROWSER_KEY = 'browser-tenant-key-0123456789abcdef';
+const OTHER_KEY = 'other-tenant-key-0123456789abcdef';
+
+let s: SimHandle;
+let gw: Gateway;
+let browser: Browser;
+const backends: DemoBackend[] = [];
+let allowed: string; // http://127.0.0.1:<port>: the browser tenant's origin
+let otherTenants: string; // http://localhost:<port>: allowed for another tenant only
+let nobodys: string; // http://localhost:<port>: allowed for no tenant
+
+beforeAll(async () => {
+  // No skipping: a machine without Chromium fails this file, with the fix in the message.
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} is missing: install it with "apt-get install -y chromium" (.ci/run does this)`);
+  }
+  const [p1, p2, p3] = await Promise.all([freePort(), freePort(), freePort()]);
+  // Both names are loopback, but to the browser and the gateway they are different origins.
+  allowed = `http://127.0.0.1:${p1}`;
+  otherTenants = `http://localhost:${p2}`;
+  nobodys = `http://localhost:${p3}`;
+  s = await startSimulator(150);
+  gw = await startGateway({
+    sim: s,
+    tenants: [
+      { id: 'browser-app', keys: [BROWSER_KEY], allowedOrigins: [allowed], rateLimit: { max: 100, timeWindow: '1 minute', perIp: { max: 50 } } },
+      { id: 'other-app', keys: [OTHER_KEY], allowedOrigins: [otherTenants] },
+    ],
+    env: { TOKEN_SIGNING_SECRET: 'browser-test-signing-secret-0123456789abcdef', LOG_LEVEL: 'warn' },
+  });
+  for (const port of [p1, p2, p3]) backends.push(await startDemoBackend({ port, gatewayUrl: gw.url, tenantKey: BROWSER_KEY }));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: 10_000,
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await Promise.all(backends.map((b) => b.close()));
+  await gw?.close();
+  await s?.sim.close();
+});
+
+/** Opens the demo page at `origin` and waits until it shows a final state. */
+async function runPage(origin: string): Promise<{ state: string; status: string; prediction: string; ratelimit: string; console: string[] }> {
+  const context = await browser.newContext();
+  const page: Page = await context.newPage();
+  const consoleLines: string[] = [];
+  page.on('console', (m) => consoleLines.push(m.text()));
+  try {
+    await page.goto(`${origin}/`, { timeout: 5000 });
+    await page.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 8000 });
+    const text = (id: string) => page.locator(`#${id}`).innerText();
+    return {
+      state: (await page.locator('#status').getAttribute('data-state')) ?? '',
+      status: await text('status'),
+      prediction: await text('prediction'),
+      ratelimit: await text('ratelimit'),
+      console: consoleLines,
+    };
+  } finally {
+    await context.close();
+  }
+}
+
+describe('a browser page on another origin', () => {
+  it('gets a token from its backend, then creates and polls a prediction through the gateway to the end', async () => {
+    s.sim.clearRequests();
+    const r = await runPage(allowed);
+    expect(r, r.console.join('\n')).toMatchObject({ state: 'done', status: 'succeeded' });
+    expect(r.prediction).toMatch(/^\w+$/);
+    // The exposed x-ratelimit-remaining was readable from page JS.
+    expect(Number(r.ratelimit)).toBeGreaterThan(0);
+    expect(backends[0]!.tokensIssued()).toBe(1);
+    // The browser really went through the gateway: the create reached upstream with the gateway's key.
+    const creates = upstreamCalls(s.sim, /\/models\/black-forest-labs\/flux-schnell\/predictions$/);
+    expect(creates).toHaveLength(1);
+    expect(creates[0]!.headers.authorization).toBe(`Bearer ${s.apiKey}`);
+  });
+
+  it('fails from an origin the tenant does not allow, even with a valid token, and the page shows the 403', async () => {
+    s.sim.clearRequests();
+    const r = await runPage(otherTenants);
+    expect(r.state).toBe('error');
+    expect(r.status).toContain('403');
+    expect(r.status).toContain(`origin ${otherTenants} is not allowed for this tenant`);
+    expect(r.prediction).toBe('');
+    expect(backends[1]!.tokensIssued()).toBe(1);
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+  });
+
+  it('is blocked by the browser itself from an origin no tenant allows, and the page shows the error', async () => {
+    s.sim.clearRequests();
+    const r = await runPage(nobodys);
+    expect(r.state).toBe('error');
+    expect(r.status).toMatch(/TypeError: Failed to fetch/);
+    expect(r.console.join('\n')).toMatch(/CORS/);
+    expect(backends[2]!.tokensIssued()).toBe(1);
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+  });
+});
