@@ -29,7 +29,11 @@ const KeySchema = z.string().refine(
 // Model patterns: "owner/name" or "owner/*".
 const ModelPatternSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]*\/(\*|[a-z0-9][a-z0-9._-]*)$/i, 'must be "owner/name" or "owner/*"');
 
-const OriginSchema = z.string().refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"');
+// Browsers send origins in lower case, so `https://App.example.com` in the file must still match.
+const OriginSchema = z
+  .string()
+  .refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"')
+  .transform((o) => o.toLowerCase());
 
 export const TenantSchema = z.object({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),

@@ -115,3 +115,10 @@ describe('keygen', () => {
     expect(reg.lookup(key)?.id).toBe('team-z');
   });
 });
+
+describe('tenant origins', () => {
+  it('are matched in lower case, as browsers send them', () => {
+    const reg = new TenantRegistry(writeTenants([{ id: 'o', keys: ['origin-key-0123456789'], allowedOrigins: ['https://App.Example.com'] }]));
+    expect(reg.get('o')?.allowedOrigins).toEqual(['https://app.example.com']);
+  });
+});

@@ -349,6 +349,8 @@ describe('short-lived tokens', () => {
     // A token cannot mint more tokens, nor read the tenant's usage.
     expectProblem(await mint(token), 403, /token cannot be used here/);
     expectProblem(await call(gw.url, 'GET', '/gateway/v1/usage', { key: token }), 403, /token cannot be used here/);
+    // Nor list the tenant's predictions: those of other end users of the same app are among them.
+    expectProblem(await call(gw.url, 'GET', '/replicate/v1/predictions', { key: token }), 403, /token cannot be used here/);
   });
 
   it('narrows to fewer models, and never beyond the tenant allowlist', async () => {
@@ -364,7 +366,8 @@ describe('short-lived tokens', () => {
 
   it('spends max_creates once each, then answers 429 with a clear detail; the tenant key is not limited by it', async () => {
     const { token } = (await mint(key('tok'), { max_creates: 2 })).body;
-    expect((await create(token)).status).toBe(201);
+    const first = await create(token);
+    expect(first.status).toBe(201);
     expect((await create(token)).status).toBe(201);
     s.sim.clearRequests();
     const over = await create(token);
@@ -372,7 +375,7 @@ describe('short-lived tokens', () => {
     expect(Number(over.headers.get('retry-after'))).toBeGreaterThan(0);
     expect(upstreamCalls(s.sim)).toHaveLength(0);
     // Reads with the token still work, and a key of the same tenant creates as usual.
-    expect((await call(gw.url, 'GET', '/replicate/v1/predictions', { key: token })).status).toBe(200);
+    expect((await call(gw.url, 'GET', `/replicate/v1/predictions/${first.body.id}`, { key: token })).status).toBe(200);
     expect((await create(key('tok'))).status).toBe(201);
 
     // The budget is spent atomically: a burst of 10 concurrent creates on a budget of 3 starts exactly 3.
