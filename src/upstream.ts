@@ -103,12 +103,15 @@ export class UpstreamClient {
     const deadline = Date.now() + (req.timeoutMs ?? this.#opts.timeoutMs);
     const maxAttempts = req.retry ? this.#opts.retries + 1 : 1;
     for (let attempt = 1; ; attempt++) {
-      let waitMs: number | undefined;
+      let pauseMs: number;
       try {
+        // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
+        // (for as long as the probe's deadline); fail fast instead, as while open.
+        if (this.#breaker.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
         const res = await this.#breaker.execute(() => this.#once(req, deadline, attempt));
         if (!req.retry || attempt >= maxAttempts || !RETRY_STATUS.has(res.status)) return res;
-        waitMs = retryAfterMs(res.retryAfter);
-        if (!this.#canRetry(deadline, attempt, waitMs)) return res;
+        pauseMs = this.#backoff(attempt, retryAfterMs(res.retryAfter));
+        if (!this.#canRetry(deadline, pauseMs)) return res;
       } catch (err) {
         if (err instanceof BrokenCircuitError) {
           const left = Math.max(1, Math.ceil((this.#openedAt + this.#opts.breakerCooldownMs - Date.now()) / 1000));
@@ -119,17 +122,19 @@ export class UpstreamClient {
         }
         const mapped = fromTransportError(err);
         const code = (err as { code?: string }).code ?? '';
-        if (!req.retry || attempt >= maxAttempts || !RETRY_CODES.has(code) || !this.#canRetry(deadline, attempt, undefined)) {
+        pauseMs = this.#backoff(attempt, undefined);
+        if (!req.retry || attempt >= maxAttempts || !RETRY_CODES.has(code) || !this.#canRetry(deadline, pauseMs)) {
           throw mapped;
         }
       }
-      await sleep(this.#backoff(attempt, waitMs));
+      await sleep(pauseMs);
     }
   }
 
-  #canRetry(deadline: number, attempt: number, waitMs: number | undefined): boolean {
+  #canRetry(deadline: number, pauseMs: number): boolean {
     // A retry that could not finish before the deadline only makes the client wait longer for the same failure.
-    return Date.now() + this.#backoff(attempt, waitMs) + 50 < deadline;
+    // The pause checked here is the pause taken (jitter is drawn once).
+    return Date.now() + pauseMs + 50 < deadline;
   }
 
   #backoff(attempt: number, retryAfter: number | undefined): number {
