@@ -9,12 +9,29 @@ import { modelAllowed } from '../gateway/models.js';
 import { TERMINAL_STATUSES } from '../store/store.js';
 import type { Principal } from '../types.js';
 import { normalizePrefer, type UpstreamResponse } from '../upstream.js';
+import { Facts } from './facts.js';
 import { Poller } from './poller.js';
 import { type Prediction, publicBase, rewriteUrls } from './rewrite.js';
 import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
 
 const PAGE_SIZE = 100;
 const IDEMPOTENCY_POLL_MS = 100;
+
+/** How long a create that succeeded upstream keeps retrying to record itself while the store is unavailable. */
+const RECORD_RETRY_MS = 10_000;
+
+/** Runs a store write, retrying on STORE_UNAVAILABLE (Redis reconnecting) for up to RECORD_RETRY_MS. */
+async function untilStored(write: () => Promise<void>): Promise<void> {
+  const until = Date.now() + RECORD_RETRY_MS;
+  for (let pause = 50; ; pause = Math.min(pause * 2, 500)) {
+    try {
+      return await write();
+    } catch (err) {
+      if (!(err instanceof GatewayError && err.code === 'STORE_UNAVAILABLE') || Date.now() + pause > until) throw err;
+      await sleep(pause);
+    }
+  }
+}
 
 /** Parses with zod; the first issue names the field in a 422 (a missing body is a 400). */
 export function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
@@ -52,6 +69,9 @@ const isTerminal = (p: Prediction) => typeof p.status === 'string' && TERMINAL_S
 export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   const { config, store, upstream, metrics } = app.gw;
   const poller = new Poller(upstream, config.POLL_CACHE_MS);
+  const facts = new Facts();
+  // Renderings of one upstream answer, shared by every request that got the same (coalesced or micro-cached) answer.
+  const rendered = new WeakMap<UpstreamResponse, { base: string; body: string; terminal: boolean }>();
   const base = (req: FastifyRequest) => publicBase(req, config.PUBLIC_BASE_URL);
 
   function observe(request: FastifyRequest, route: string, res: UpstreamResponse) {
@@ -143,7 +163,8 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     const principal = request.principal!;
     const tenant = principal.tenant.id;
     const prefer = normalizePrefer(typeof request.headers.prefer === 'string' ? request.headers.prefer : undefined);
-    const timeoutMs = prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : config.UPSTREAM_TIMEOUT_MS;
+    // Sync mode extends the deadline to wait + 10 s; it never shortens the configured one.
+    const timeoutMs = Math.max(config.UPSTREAM_TIMEOUT_MS, prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : 0);
     // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
     if (!store.isReady()) {
       metrics.storeErrors.inc();
@@ -194,11 +215,27 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     }
     const p = readPrediction(res);
     const id = p.id as string;
-    await store.recordCreate(tenant, id, Date.now() * 1000 + Math.floor(Math.random() * 1000), res.body, today());
-    await keepIfTerminal(p, res.body, tenant);
-    if (idemKey) {
-      await store.idemComplete(idemKey, { state: 'done', fingerprint, status: res.status, body: res.body }, config.IDEMPOTENCY_TTL_SECONDS);
+    // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
+    // into a second job. Keep trying to record it; only if the store stays down is the job canceled.
+    try {
+      await untilStored(() => store.recordCreate(tenant, id, Date.now() * 1000 + Math.floor(Math.random() * 1000), res.body, today()));
+    } catch (err) {
+      request.log.error({ prediction: id, err }, 'created upstream but could not record it; canceling the upstream prediction');
+      await upstream
+        .request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: request.id, retry: true })
+        .catch(() => {});
+      throw err;
     }
+    // Recorded: from here the client gets its 201 even if the cache or the idempotency record cannot be written
+    // (a later GET fills the cache; an unrecorded key only means a retry is not recognised as one).
+    await untilStored(() => keepIfTerminal(p, res.body, tenant)).catch((err) => request.log.warn({ err, prediction: id }, 'could not cache the terminal prediction'));
+    if (idemKey) {
+      const done = { state: 'done' as const, fingerprint, status: res.status, body: res.body };
+      await untilStored(() => store.idemComplete(idemKey, done, config.IDEMPOTENCY_TTL_SECONDS)).catch((err) =>
+        request.log.warn({ err, prediction: id }, 'could not record the idempotent response'),
+      );
+    }
+    facts.setOwner(id, tenant);
     request.log.info({ prediction: id, model: p.model, status: p.status }, 'prediction created');
     return sendJson(reply, res.status, rewriteUrls(p, base(request)));
   }
@@ -216,41 +253,69 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     return create(request, reply, '/predictions', body);
   });
 
+  /** A cached terminal prediction, its URLs rewritten for this request's base (the last rendering is reused). */
+  function sendTerminal(request: FastifyRequest, reply: FastifyReply, id: string, raw: string) {
+    metrics.cache.inc({ result: 'hit' });
+    request.cacheResult = 'HIT';
+    reply.header('x-cache', 'HIT');
+    const b = base(request);
+    const t = facts.terminal(id) ?? facts.setTerminal(id, raw);
+    if (t.base !== b) {
+      t.body = JSON.stringify(rewriteUrls(JSON.parse(t.raw) as Prediction, b));
+      t.base = b;
+    }
+    return reply.code(200).type('application/json; charset=utf-8').send(t.body);
+  }
+
+  /** Owner first from memory (it never changes), else from the store with the cached terminal in the same trip. */
+  async function ownerAndTerminal(request: FastifyRequest, id: string): Promise<string | null> {
+    const tenant = request.principal!.tenant.id;
+    const known = facts.owner(id);
+    if (known !== undefined && known !== tenant) throw new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
+    const local = known === undefined ? undefined : facts.terminal(id);
+    if (local) return local.raw;
+    const found = await ownedLookup(request, id);
+    facts.setOwner(id, tenant);
+    return found.terminal;
+  }
+
   app.get('/predictions/:id', async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     const tenant = request.principal!.tenant.id;
-    const found = await ownedLookup(request, id);
-    if (found.terminal) {
-      metrics.cache.inc({ result: 'hit' });
-      request.cacheResult = 'HIT';
-      reply.header('x-cache', 'HIT');
-      return sendJson(reply, 200, rewriteUrls(JSON.parse(found.terminal) as Prediction, base(request)));
-    }
+    // A fresh answer for a running prediction needs no store trip once the owner is known in this process.
+    const fresh = facts.owner(id) === tenant ? poller.peek(id) : undefined;
+    const terminal = fresh ? null : await ownerAndTerminal(request, id);
+    if (terminal) return sendTerminal(request, reply, id, terminal);
     metrics.cache.inc({ result: 'miss' });
-    const { res, shared } = await poller.get(id, request.id);
+    const { res, shared } = fresh ? { res: fresh, shared: true } : await poller.get(id, request.id);
     if (shared) metrics.coalesced.inc();
     else observe(request, 'get', res);
     request.cacheResult = shared ? 'COALESCED' : 'MISS';
     reply.header('x-cache', 'MISS');
     if (res.status !== 200) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
-    const p = readPrediction(res);
-    if (isTerminal(p)) {
-      poller.forget(id);
-      if (!shared) await keepIfTerminal(p, res.body, tenant);
+    const b = base(request);
+    let r = rendered.get(res);
+    if (!r || r.base !== b) {
+      const p = readPrediction(res);
+      r = { base: b, terminal: isTerminal(p), body: '' };
+      if (r.terminal) {
+        poller.forget(id);
+        if (!shared) {
+          await keepIfTerminal(p, res.body, tenant);
+          facts.setTerminal(id, res.body);
+        }
+      }
+      r.body = JSON.stringify(rewriteUrls(p, b));
+      rendered.set(res, r);
     }
-    return sendJson(reply, 200, rewriteUrls(p, base(request)));
+    return reply.code(200).type('application/json; charset=utf-8').send(r.body);
   });
 
   app.post('/predictions/:id/cancel', async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     const tenant = request.principal!.tenant.id;
-    const found = await ownedLookup(request, id);
-    if (found.terminal) {
-      metrics.cache.inc({ result: 'hit' });
-      request.cacheResult = 'HIT';
-      reply.header('x-cache', 'HIT');
-      return sendJson(reply, 200, rewriteUrls(JSON.parse(found.terminal) as Prediction, base(request)));
-    }
+    const terminal = await ownerAndTerminal(request, id);
+    if (terminal) return sendTerminal(request, reply, id, terminal);
     const res = await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: request.id, retry: true });
     observe(request, 'cancel', res);
     poller.forget(id);
@@ -259,11 +324,13 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     if (res.status < 200 || res.status >= 300) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
     const p = readPrediction(res);
     await keepIfTerminal(p, res.body, tenant);
+    if (isTerminal(p)) facts.setTerminal(id, res.body);
     return sendJson(reply, res.status, rewriteUrls(p, base(request)));
   });
 
   // Never forwarded: on the shared key the upstream list holds every team's predictions.
-  app.get('/predictions', async (request, reply) => {
+  // Key only: a browser token would otherwise list every prediction of its tenant, other end users' included.
+  app.get('/predictions', { config: { keyOnly: true } }, async (request, reply) => {
     const { cursor } = parse(ListQuerySchema, request.query, 'query');
     const tenant = request.principal!.tenant.id;
     let q: { limit: number; before?: number; after?: number } = { limit: PAGE_SIZE };
