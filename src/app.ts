@@ -123,6 +123,15 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
+  // While draining, close each keep-alive connection after its response: an idle keep-alive socket would otherwise
+  // hold the process open until SHUTDOWN_GRACE_MS runs out, and the exit would count as a failure.
+  let draining = false;
+  app.addHook('preClose', async () => {
+    draining = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (draining) reply.header('connection', 'close');
+  });
   app.addHook('onResponse', async (request: FastifyRequest, reply: FastifyReply) => {
     const route = request.routeOptions.url ?? 'unmatched';
     const tenant = request.principal?.tenant.id ?? '';
@@ -144,8 +153,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS || undefined,
     maxHeapUsedBytes: config.OVERLOAD_MAX_HEAP_BYTES || undefined,
     exposeStatusRoute: false,
-    pressureHandler: (request, reply, type) => {
-      problemReply(reply, new GatewayError('OVERLOADED', `the gateway is overloaded (${type}); retry shortly`, { headers: { 'retry-after': '5' } }), request.id);
+    // Rejecting hands the error to the one error handler (problem JSON) and stops the request there.
+    pressureHandler: async (_request, _reply, type) => {
+      throw new GatewayError('OVERLOADED', `the gateway is overloaded (${type}); retry shortly`, { headers: { 'retry-after': '5' } });
     },
   });
 
@@ -161,7 +171,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     maxAge: 600,
   });
 
-  app.get('/healthz', { config: { auth: 'none' } }, async () => ({ status: 'ok' }));
+  // Liveness stays 200 under load shedding: an overloaded process is alive, and restarting it would only shed more.
+  app.get('/healthz', { config: { auth: 'none', pressureHandler: () => undefined } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { config: { auth: 'none' } }, async (request, reply) => {
     if (!store.isReady()) {
       return problemReply(reply, new GatewayError('STORE_UNAVAILABLE', `the ${store.kind} store is not connected`, { headers: { 'retry-after': '2' } }), request.id);
