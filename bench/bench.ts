@@ -64,7 +64,8 @@ async function main(): Promise<void> {
   start(['--import', 'tsx', 'bench/hello.ts'], { PORT: String(helloPort) });
   start(['dist/simulator/main.js'], { SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '1000' });
   const simBase = `http://127.0.0.1:${simPort}/replicate/v1`;
-  start(['dist/server.js'], {
+  // BENCH_GATEWAY runs another build (e.g. an older commit's dist/server.js) for before/after comparisons.
+  start([process.env.BENCH_GATEWAY ?? 'dist/server.js'], {
     PORT: String(gwPort),
     HOST: '127.0.0.1',
     UPSTREAM_BASE_URL: simBase,
@@ -84,17 +85,20 @@ async function main(): Promise<void> {
   const longBody = JSON.stringify({ input: { prompt: 'bench', duration_ms: 3_600_000 } });
   const modelPath = '/replicate/v1/models/black-forest-labs/flux-schnell/predictions';
 
-  // A running prediction on each side, and a terminal one cached by the gateway.
-  const simRunning = await json(`${simBase}/models/black-forest-labs/flux-schnell/predictions`, { method: 'POST', headers: up, body: longBody });
-  const gwRunning = await json(`${gw}${modelPath}`, { method: 'POST', headers: mine, body: longBody });
-  const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
-  await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
+  // Each prediction is made right before its phase: the simulator keeps at most 100 000, and the create phases
+  // push older ones out.
+  const running = (base: string, headers: Record<string, string>, path: string) =>
+    json(`${base}${path}`, { method: 'POST', headers, body: longBody });
 
   process.stderr.write(`load: ${CONNECTIONS} connections, ${DURATION} s each\n`);
   const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` });
+  const simRunning = await running(simBase, up, '/models/black-forest-labs/flux-schnell/predictions');
   const simGet = await load('upstream direct: GET running', { url: `${simBase}/predictions/${simRunning.id}`, headers: up });
   const simCreate = await load('upstream direct: create', { url: `${simBase}/models/black-forest-labs/flux-schnell/predictions`, method: 'POST', headers: up, body: createBody });
+  const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
+  await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
   const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine });
+  const gwRunning = await running(gw, mine, modelPath);
   const poll = await load('gateway: poll running', { url: `${gw}/replicate/v1/predictions/${gwRunning.id}`, headers: mine });
   const create = await load('gateway: create', { url: `${gw}${modelPath}`, method: 'POST', headers: mine, body: createBody });
 

@@ -87,6 +87,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.decorateRequest('rawBody', undefined);
   app.decorateRequest('upstreamMs', undefined);
   app.decorateRequest('cacheResult', undefined);
+  app.decorateRequest('createdPrediction', undefined);
 
   if (deps.watchTenants) {
     tenants.watch((r) => (r.ok ? app.log.info({ tenants: r.tenants }, 'tenants file reloaded') : app.log.error({ reason: r.error }, 'tenants file rejected; keeping the previous tenants')));
@@ -144,6 +145,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
         responseTime: Math.round(reply.elapsedTime * 100) / 100,
         upstreamMs: request.upstreamMs === undefined ? undefined : Math.round(request.upstreamMs * 100) / 100,
         cache: request.cacheResult,
+        prediction: request.createdPrediction,
       },
       'request completed',
     );

@@ -37,6 +37,8 @@ declare module 'fastify' {
     /** For the access log: upstream latency and cache outcome. */
     upstreamMs: number | undefined;
     cacheResult: 'HIT' | 'MISS' | 'COALESCED' | undefined;
+    /** The id of the prediction a create started, for the access log. */
+    createdPrediction: string | undefined;
   }
   interface FastifyContextConfig {
     /** 'tenant' (default on API routes): key or token; 'admin': ADMIN_API_KEY; 'none'. */

@@ -88,11 +88,14 @@ describe('logs', () => {
     try {
       const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} }, headers: { 'x-request-id': 'trace-42' } });
       expect(r.status).toBe(201);
-      const lines = gw.logs.map((l) => JSON.parse(l)).filter((l) => l.reqId === 'trace-42');
+      const parsed = () => gw.logs.map((l) => JSON.parse(l));
+      const access = parsed().find((l) => l.reqId === 'trace-42' && l.msg === 'request completed');
+      expect(access).toMatchObject({ tenant: 'team-a', statusCode: 201, method: 'POST', upstreamMs: expect.any(Number), responseTime: expect.any(Number), prediction: r.body.id });
+      // A failing request logs twice (the error, then the access line): both name the request and the tenant.
+      expect((await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: 'x' }, headers: { 'x-request-id': 'trace-44' } })).status).toBe(422);
+      const lines = parsed().filter((l) => l.reqId === 'trace-44');
       expect(lines.length).toBeGreaterThanOrEqual(2);
       for (const l of lines) expect(l.tenant).toBe('team-a');
-      const access = lines.find((l) => l.msg === 'request completed');
-      expect(access).toMatchObject({ statusCode: 201, method: 'POST', upstreamMs: expect.any(Number), responseTime: expect.any(Number) });
       await call(gw.url, 'GET', `/replicate/v1/predictions/${r.body.id}`, { key: KEY_A, headers: { 'x-request-id': 'trace-43' } });
       expect(gw.logs.map((l) => JSON.parse(l)).find((l) => l.reqId === 'trace-43' && l.msg === 'request completed')?.cache).toBe('MISS');
     } finally {

@@ -3,6 +3,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import type { Logger } from 'pino';
 import { GatewayError } from '../errors.js';
 import { TokenSigner, looksLikeJwt } from '../gateway/tokens.js';
 
@@ -109,7 +110,8 @@ export default fp<AuthOptions>(
       } else {
         return fail(request, 'the key is not valid');
       }
-      request.log = request.log.child({ tenant: request.principal.tenant.id });
+      // In place rather than a new child logger: every later line of this request names the tenant, at less cost.
+      (request.log as unknown as Logger).setBindings({ tenant: request.principal.tenant.id });
 
       // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
       const origin = request.headers.origin;

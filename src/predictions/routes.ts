@@ -236,7 +236,8 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       );
     }
     facts.setOwner(id, tenant);
-    request.log.info({ prediction: id, model: p.model, status: p.status }, 'prediction created');
+    // The access line names the prediction a create started: one log line per create, not two.
+    request.createdPrediction = id;
     return sendJson(reply, res.status, rewriteUrls(p, base(request)));
   }
 
