@@ -1,7 +1,8 @@
 // `npm run bench`: the gateway's overhead as ratios to baselines measured in the same run on the same machine.
 // Starts Redis, the simulator, a bare Fastify hello and the gateway as separate processes and loads each over
-// loopback with autocannon. Bounded: about 75 s of load plus start-up.
-import { type ChildProcess, spawn } from 'node:child_process';
+// loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
+// Bounded: about 50 s of load plus start-up.
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,9 +41,50 @@ interface Row {
   non2xx: number;
 }
 
+const WRK = process.env.BENCH_LOADER !== 'autocannon' && (() => {
+  try {
+    execFileSync('wrk', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch (err) {
+    // wrk --version exits 1 after printing its version; only a missing binary throws ENOENT.
+    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+})();
+
+/** wrk's latency figures ("1.23ms", "850.00us", "1.02s") in milliseconds. */
+function wrkMs(text: string, label: string): number {
+  const m = new RegExp(`^\\s*${label}\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(text);
+  if (!m) return NaN;
+  const n = Number(m[1]);
+  return Math.round((m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n) * 100) / 100;
+}
+
+function runWrk(opts: autocannon.Options): Omit<Row, 'name'> {
+  const lua = join(mkdtempSync(join(tmpdir(), 'fgw-wrk-')), 'req.lua');
+  const headers = Object.entries((opts.headers ?? {}) as Record<string, string>)
+    .map(([k, v]) => `wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}`)
+    .join('\n');
+  writeFileSync(lua, `wrk.method = ${JSON.stringify(opts.method ?? 'GET')}\n${opts.body ? `wrk.body = ${JSON.stringify(opts.body)}\n` : ''}${headers}\n`);
+  // One wrk thread leaves the other core to the servers under test.
+  const out = execFileSync('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${DURATION}s`, '--latency', '-s', lua, String(opts.url)], { encoding: 'utf8' });
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    p50: wrkMs(out, '50%'),
+    p99: wrkMs(out, '99%'),
+    errors: socketErrors ? socketErrors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
+    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+  };
+}
+
 async function load(name: string, opts: autocannon.Options): Promise<Row> {
-  const r = await autocannon({ connections: CONNECTIONS, duration: DURATION, ...opts });
-  const row = { name, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
+  let row: Row;
+  if (WRK) {
+    row = { name, ...runWrk(opts) };
+  } else {
+    const r = await autocannon({ connections: CONNECTIONS, duration: DURATION, ...opts });
+    row = { name, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
+  }
   process.stderr.write(`  ${name}: ${Math.round(row.rps)} req/s, p50 ${row.p50} ms, p99 ${row.p99} ms${row.non2xx ? `, ${row.non2xx} non-2xx` : ''}\n`);
   return row;
 }
@@ -90,7 +132,7 @@ async function main(): Promise<void> {
   const running = (base: string, headers: Record<string, string>, path: string) =>
     json(`${base}${path}`, { method: 'POST', headers, body: longBody });
 
-  process.stderr.write(`load: ${CONNECTIONS} connections, ${DURATION} s each\n`);
+  process.stderr.write(`load: ${WRK ? 'wrk (1 thread)' : 'autocannon'}, ${CONNECTIONS} connections, ${DURATION} s each\n`);
   const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` });
   const simRunning = await running(simBase, up, '/models/black-forest-labs/flux-schnell/predictions');
   const simGet = await load('upstream direct: GET running', { url: `${simBase}/predictions/${simRunning.id}`, headers: up });
@@ -105,7 +147,7 @@ async function main(): Promise<void> {
   const rows = [hello, simGet, simCreate, cached, poll, create];
   const fmt = (n: number, w: number) => String(n).padStart(w);
   const lines = [
-    `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, ${CONNECTIONS} connections, ${DURATION} s per target`,
+    `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, ${WRK ? 'wrk' : 'autocannon'}, ${CONNECTIONS} connections, ${DURATION} s per target`,
     '',
     '| target | req/s | p50 ms | p99 ms | errors |',
     '|---|---:|---:|---:|---:|',
