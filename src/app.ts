@@ -1,6 +1,7 @@
 // buildApp: registers plugins and routes in order and returns an app that is not listening.
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
+import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
@@ -13,6 +14,7 @@ import auth from './plugins/auth.js';
 import limits from './plugins/limits.js';
 import { predictionRoutes } from './predictions/routes.js';
 import { createStore } from './store/index.js';
+import { RedisStore } from './store/redis-store.js';
 import type { Store } from './store/store.js';
 import { TenantRegistry } from './tenants.js';
 import './types.js';
@@ -192,6 +194,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   const signer = config.TOKEN_SIGNING_SECRET ? new TokenSigner(config.TOKEN_SIGNING_SECRET) : undefined;
   await app.register(async (api) => {
+    // Rate-limit windows live in the shared store: Redis (one atomic Lua INCR+PEXPIRE per check) or in-process.
+    await api.register(rateLimit, { global: false, nameSpace: 'rl:', ...(store instanceof RedisStore ? { redis: store.client } : {}) });
     await api.register(auth, { signer });
     await api.register(limits);
     await api.register(predictionRoutes, { prefix: '/replicate/v1' });

@@ -30,28 +30,20 @@ export interface AuthOptions {
 
 export default fp<AuthOptions>(
   async (app, opts) => {
-    const { config, store, tenants, metrics } = app.gw;
+    const { config, tenants, metrics } = app.gw;
     const signer = opts.signer;
 
-    // Failures are counted on the same atomic store as the rate limits (plugins/limits.ts registers
-    // @fastify/rate-limit in this context after auth), so the 429's retry-after is what is really left of the window.
-    let failureLimiter: FailureLimiter | undefined;
+    // Failures are counted by the same atomic store as the rate limits, so the 429's retry-after is what is really
+    // left of the window, and replicas count together.
+    const failureLimiter = app.createRateLimit({
+      // Per address; IPv6 per /64, which one client can hold whole.
+      keyGenerator: (req) => `authfail:${normalizeIP(req.ip)}`,
+      max: config.AUTH_FAILURE_LIMIT,
+      timeWindow: AUTH_FAILURE_WINDOW_MS,
+    }) as FailureLimiter;
 
     /** This failure's place in the IP's window: whether it is past the limit, and when the window ends. */
     async function countFailure(request: FastifyRequest): Promise<{ exceeded: boolean; retryAfter: number }> {
-      if (!failureLimiter && app.hasDecorator('createRateLimit')) {
-        failureLimiter = app.createRateLimit({
-          // Per address; IPv6 per /64, which one client can hold whole.
-          keyGenerator: (req) => `authfail:${normalizeIP(req.ip)}`,
-          max: config.AUTH_FAILURE_LIMIT,
-          timeWindow: AUTH_FAILURE_WINDOW_MS,
-        }) as FailureLimiter;
-      }
-      if (!failureLimiter) {
-        // Without the rate-limit plugin (auth registered on its own), a plain fixed-window counter.
-        const count = await store.incrCounter(`authfail:${normalizeIP(request.ip)}`, AUTH_FAILURE_WINDOW_MS);
-        return { exceeded: count > config.AUTH_FAILURE_LIMIT, retryAfter: Math.ceil(AUTH_FAILURE_WINDOW_MS / 1000) };
-      }
       let r;
       try {
         r = await failureLimiter(request);
@@ -123,5 +115,5 @@ export default fp<AuthOptions>(
       }
     });
   },
-  { name: 'auth' },
+  { name: 'auth', dependencies: ['@fastify/rate-limit'] },
 );

@@ -1,10 +1,9 @@
 // Per-tenant rate limits on @fastify/rate-limit's stores: Redis (one atomic Lua INCR+PEXPIRE per check, so
 // replicas share one count) or its in-process LocalStore. Creates and per-IP browser traffic have their own limits.
-import rateLimit, { normalizeIP } from '@fastify/rate-limit';
+import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
-import { RedisStore } from '../store/redis-store.js';
 
 type Limiter = (req: FastifyRequest) => Promise<
   | { isAllowed: true; key: string }
@@ -13,12 +12,7 @@ type Limiter = (req: FastifyRequest) => Promise<
 
 export default fp(
   async (app) => {
-    const { config, store, metrics } = app.gw;
-    await app.register(rateLimit, {
-      global: false,
-      nameSpace: 'rl:',
-      ...(store instanceof RedisStore ? { redis: store.client } : {}),
-    });
+    const { config, metrics } = app.gw;
 
     const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
     const make = (
@@ -78,5 +72,5 @@ export default fp(
       if (tenant.createRateLimit && request.routeOptions.config.create) await check('create', request, reply, false);
     });
   },
-  { name: 'limits', dependencies: ['auth'] },
+  { name: 'limits', dependencies: ['@fastify/rate-limit', 'auth'] },
 );

@@ -8,7 +8,7 @@ interface Terminal {
   body?: string;
 }
 
-/** A Map that forgets its oldest insertions past `max` entries and anything older than `ttlMs`. */
+/** A Map that forgets the least recently used entries past `max` entries, and anything older than `ttlMs`. */
 class Lru<V> {
   readonly #map = new Map<string, { v: V; at: number }>();
   constructor(readonly max: number, readonly ttlMs: number) {}
@@ -20,6 +20,9 @@ class Lru<V> {
       this.#map.delete(key);
       return undefined;
     }
+    // Re-insert (keeping its age): an id still being polled stays, the ones nobody asks for go first.
+    this.#map.delete(key);
+    this.#map.set(key, e);
     return e.v;
   }
 
@@ -34,7 +37,7 @@ export class Facts {
   readonly #owners: Lru<string>;
   readonly #terminal: Lru<Terminal>;
 
-  constructor(max = 20_000, ttlMs = 5 * 60_000) {
+  constructor(max = 10_000, ttlMs = 5 * 60_000) {
     this.#owners = new Lru(max, ttlMs);
     this.#terminal = new Lru(Math.ceil(max / 4), ttlMs);
   }
