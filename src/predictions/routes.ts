@@ -71,7 +71,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   const poller = new Poller(upstream, config.POLL_CACHE_MS);
   const facts = new Facts();
   // Renderings of one upstream answer, shared by every request that got the same (coalesced or micro-cached) answer.
-  const rendered = new WeakMap<UpstreamResponse, { base: string; body: string; terminal: boolean }>();
+  const rendered = new WeakMap<UpstreamResponse, { base: string; body: string }>();
   const base = (req: FastifyRequest) => publicBase(req, config.PUBLIC_BASE_URL);
 
   function observe(request: FastifyRequest, route: string, res: UpstreamResponse) {
@@ -298,15 +298,15 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     let r = rendered.get(res);
     if (!r || r.base !== b) {
       const p = readPrediction(res);
-      r = { base: b, terminal: isTerminal(p), body: '' };
-      if (r.terminal) {
+      if (isTerminal(p)) {
         poller.forget(id);
+        // Only the request that fetched it stores it; those that shared the answer need not write it again.
         if (!shared) {
           await keepIfTerminal(p, res.body, tenant);
           facts.setTerminal(id, res.body);
         }
       }
-      r.body = JSON.stringify(rewriteUrls(p, b));
+      r = { base: b, body: JSON.stringify(rewriteUrls(p, b)) };
       rendered.set(res, r);
     }
     return reply.code(200).type('application/json; charset=utf-8').send(r.body);
