@@ -37,11 +37,15 @@ export interface UpstreamResponse {
   body: string;
   latencyMs: number;
   attempts: number;
+  /** Whether this answer says the upstream itself is unwell (counts towards opening the breaker). */
+  unhealthy: boolean;
 }
 
 const RETRY_STATUS = new Set([429, 502, 503, 504, 524]);
 const RETRY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_CLOSED']);
 const MAX_WAIT_SECONDS = 60;
+/** Answers to a create that concern the model asked for rather than the upstream as a whole. */
+const MODEL_SPECIFIC_STATUS = new Set([500, 503]);
 
 /**
  * `Prefer: wait` / `wait=n` with n clamped to 1..60 (the official client sends it unclamped, e.g. wait=90).
@@ -85,11 +89,9 @@ export class UpstreamClient {
       bodyTimeout: opts.timeoutMs,
       keepAliveTimeout: 30_000,
     });
-    // 5xx answers and transport failures count towards opening the breaker; 4xx are the caller's problem.
+    // Transport failures and unhealthy answers count towards opening the breaker; 4xx are the caller's problem.
     this.#breaker = circuitBreaker(
-      handleWhen((err) => !(err instanceof GatewayError) || err.statusCode >= 500).orWhenResult(
-        (r) => (r as UpstreamResponse).status >= 500,
-      ),
+      handleWhen((err) => !(err instanceof GatewayError) || err.statusCode >= 500).orWhenResult((r) => (r as UpstreamResponse).unhealthy),
       { halfOpenAfter: this.#opts.breakerCooldownMs, breaker: new ConsecutiveBreaker(this.#opts.breakerThreshold) },
     );
     this.#breaker.onBreak(() => (this.#openedAt = Date.now()));
@@ -174,6 +176,9 @@ export class UpstreamClient {
         retryAfter: Array.isArray(ra) ? ra[0] : ra,
         body,
         latencyMs: performance.now() - started,
+        // A create answered 500 or 503 speaks of that model (New-API: "no available channel for model X"); one
+        // team's unavailable model must not pause the upstream for every team. Gateway-level 5xx still count.
+        unhealthy: res.statusCode >= 500 && (req.retry || !MODEL_SPECIFIC_STATUS.has(res.statusCode)),
         attempts: attempt,
       };
     } catch (err) {

@@ -394,6 +394,16 @@ describe('circuit breaker', () => {
     expect((await create(g.url)).status).toBe(201);
   });
 
+  it('stays closed when creates for one unavailable model answer 503, so other teams keep working', async () => {
+    // New-API answers 503 "no available channel for model X": a fact about that model, not about the upstream.
+    for (let i = 0; i < 6; i++) {
+      const r = await call(g.url, 'POST', '/replicate/v1/models/sim/no-channel/predictions', { key: KEY_A, body: { input: {} } });
+      expectProblem(r, 502, /no available channel/);
+    }
+    expect((await call(g.url, 'GET', '/readyz')).body.upstream_breaker).toBe('closed');
+    expect((await create(g.url)).status).toBe(201);
+  });
+
   it('opens on hangs too, so timeouts do not pile up; while the probe runs, others fail fast', async () => {
     // Three different predictions: concurrent polls of one id would share one upstream call.
     const ids = await Promise.all(Array.from({ length: 3 }, () => createPrediction(g.url, KEY_A, RUNNING)));
