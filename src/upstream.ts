@@ -3,7 +3,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BrokenCircuitError, ConsecutiveBreaker, CircuitState, circuitBreaker, handleWhen } from 'cockatiel';
 import { Pool } from 'undici';
-import { GatewayError, fromTransportError } from './errors.js';
+import { GatewayError, fromTransportError, fromUpstreamStatus } from './errors.js';
 
 export interface UpstreamOptions {
   baseUrl: string;
@@ -72,6 +72,7 @@ export class UpstreamClient {
   readonly #pool: Pool;
   readonly #basePath: string;
   readonly #auth: string;
+  readonly #apiKey: string;
   readonly #opts: Required<UpstreamOptions>;
   readonly #breaker;
   #openedAt = 0;
@@ -80,6 +81,7 @@ export class UpstreamClient {
     this.#opts = { connections: 128, breakerThreshold: 5, breakerCooldownMs: 5000, ...opts };
     const url = new URL(opts.baseUrl);
     this.#basePath = url.pathname.replace(/\/+$/, '');
+    this.#apiKey = opts.apiKey;
     this.#auth = `Bearer ${opts.apiKey}`;
     // undici's default timeouts are 300 s; ours follow UPSTREAM_TIMEOUT_MS.
     this.#pool = new Pool(url.origin, {
@@ -95,6 +97,11 @@ export class UpstreamClient {
       { halfOpenAfter: this.#opts.breakerCooldownMs, breaker: new ConsecutiveBreaker(this.#opts.breakerThreshold) },
     );
     this.#breaker.onBreak(() => (this.#openedAt = Date.now()));
+  }
+
+  /** The client-facing error for a non-2xx answer; here because scrubbing it needs the key only this class holds. */
+  errorFor(res: UpstreamResponse): GatewayError {
+    return fromUpstreamStatus(res.status, res.body, res.retryAfter, this.#apiKey);
   }
 
   get breakerOpen(): boolean {

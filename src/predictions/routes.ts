@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { GatewayError, fromUpstreamStatus } from '../errors.js';
+import { GatewayError } from '../errors.js';
 import { modelAllowed } from '../gateway/models.js';
 import { TERMINAL_STATUSES } from '../store/store.js';
 import type { Principal } from '../types.js';
@@ -211,7 +211,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     observe(request, 'create', res);
     if (res.status < 200 || res.status >= 300) {
       if (idemKey) await store.idemRelease(idemKey).catch(() => {});
-      throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+      throw upstream.errorFor(res);
     }
     const p = readPrediction(res);
     const id = p.id as string;
@@ -293,7 +293,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     else observe(request, 'get', res);
     request.cacheResult = shared ? 'COALESCED' : 'MISS';
     reply.header('x-cache', 'MISS');
-    if (res.status !== 200) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+    if (res.status !== 200) throw upstream.errorFor(res);
     const b = base(request);
     let r = rendered.get(res);
     if (!r || r.base !== b) {
@@ -322,7 +322,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     poller.forget(id);
     request.cacheResult = 'MISS';
     reply.header('x-cache', 'MISS');
-    if (res.status < 200 || res.status >= 300) throw fromUpstreamStatus(res.status, res.body, res.retryAfter, config.UPSTREAM_API_KEY);
+    if (res.status < 200 || res.status >= 300) throw upstream.errorFor(res);
     const p = readPrediction(res);
     await keepIfTerminal(p, res.body, tenant);
     if (isTerminal(p)) facts.setTerminal(id, res.body);
