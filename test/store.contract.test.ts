@@ -70,18 +70,27 @@ describe.each(factories)('%s store', (_kind, make) => {
   });
 
   it('claims an idempotency key once, then replays, and releases on request', async () => {
-    expect(await store.idemBegin('k1', 'fp', 10_000)).toBeNull();
-    expect(await store.idemBegin('k1', 'fp', 10_000)).toEqual({ state: 'pending', fingerprint: 'fp' });
+    expect(await store.idemBegin('k1', 'fp', 10_000, 'h1')).toBeNull();
+    expect(await store.idemBegin('k1', 'fp', 10_000, 'h0')).toEqual({ state: 'pending', fingerprint: 'fp', holder: 'h1' });
     await store.idemComplete('k1', { state: 'done', fingerprint: 'fp', status: 201, body: '{}' }, 60);
     expect(await store.idemGet('k1')).toEqual({ state: 'done', fingerprint: 'fp', status: 201, body: '{}' });
-    expect(await store.idemBegin('k2', 'fp', 10_000)).toBeNull();
+    expect(await store.idemBegin('k2', 'fp', 10_000, 'h2')).toBeNull();
     await store.idemRelease('k2');
     expect(await store.idemGet('k2')).toBeNull();
-    expect(await store.idemBegin('k2', 'fp2', 10_000)).toBeNull();
+    expect(await store.idemBegin('k2', 'fp2', 10_000, 'h3')).toBeNull();
+  });
+
+  it('lets a holder find its own pending claim again, but nobody else', async () => {
+    expect(await store.idemBegin('own', 'fp', 10_000, 'me')).toBeNull();
+    expect(await store.idemBegin('own', 'fp', 10_000, 'me')).toBeNull();
+    expect(await store.idemBegin('own', 'fp', 10_000, 'someone-else')).toEqual({ state: 'pending', fingerprint: 'fp', holder: 'me' });
+    await store.idemComplete('own', { state: 'done', fingerprint: 'fp', status: 201, body: '{}' }, 60);
+    // Once done, the record is replayed to everyone, the first holder included.
+    expect((await store.idemBegin('own', 'fp', 10_000, 'me'))?.state).toBe('done');
   });
 
   it('lets exactly one of many concurrent claims win', async () => {
-    const results = await Promise.all(Array.from({ length: 20 }, () => store.idemBegin('race', 'fp', 10_000)));
+    const results = await Promise.all(Array.from({ length: 20 }, () => store.idemBegin('race', 'fp', 10_000, randomUUID())));
     expect(results.filter((r) => r === null)).toHaveLength(1);
   });
 
@@ -93,9 +102,9 @@ describe.each(factories)('%s store', (_kind, make) => {
   });
 
   it('expires idempotency leases', async () => {
-    expect(await store.idemBegin('lease', 'fp', 100)).toBeNull();
+    expect(await store.idemBegin('lease', 'fp', 100, randomUUID())).toBeNull();
     await new Promise((r) => setTimeout(r, 250));
-    expect(await store.idemBegin('lease', 'fp', 100)).toBeNull();
+    expect(await store.idemBegin('lease', 'fp', 100, randomUUID())).toBeNull();
   });
 
   it('adds arbitrary usage fields', async () => {

@@ -1,6 +1,6 @@
 // The mirrored /replicate/v1 routes: create (by model, by version), get, cancel, list. Ownership, the terminal
 // cache, idempotent creates and URL rewriting are decided here; the upstream client does the transport.
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
@@ -20,8 +20,8 @@ const IDEMPOTENCY_POLL_MS = 100;
 /** How long a create that succeeded upstream keeps retrying to record itself while the store is unavailable. */
 const RECORD_RETRY_MS = 10_000;
 
-/** Runs a store write, retrying on STORE_UNAVAILABLE (Redis reconnecting) for up to RECORD_RETRY_MS. */
-async function untilStored(write: () => Promise<void>): Promise<void> {
+/** Runs a store call, retrying on STORE_UNAVAILABLE (Redis reconnecting) for up to RECORD_RETRY_MS. */
+async function untilStored<T>(write: () => Promise<T>): Promise<T> {
   const until = Date.now() + RECORD_RETRY_MS;
   for (let pause = 50; ; pause = Math.min(pause * 2, 500)) {
     try {
@@ -181,9 +181,11 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       idemKey = `${tenant}:${createHash('sha256').update(idemHeader).digest('hex')}`;
       fingerprint = createHash('sha256').update(path).update('\n').update(JSON.stringify(body)).digest('hex');
       const deadline = Date.now() + timeoutMs;
-      // Claim the key; whoever holds it already is either finished (replay) or still running (wait for it).
+      // Claim the key; whoever holds it already is either finished (replay) or still running (wait for it). If Redis
+      // dies between taking the claim and answering, the retry finds this request's own claim and goes on.
+      const holder = randomUUID();
       for (;;) {
-        const existing = await store.idemBegin(idemKey, fingerprint, timeoutMs + 30_000);
+        const existing = await untilStored(() => store.idemBegin(idemKey!, fingerprint, timeoutMs + 30_000, holder));
         if (!existing) break;
         if (await awaitIdempotent(request, reply, idemKey, fingerprint, deadline)) return reply;
       }

@@ -130,10 +130,10 @@ export class MemoryStore implements Store {
     return { entries, hasMore };
   }
 
-  async idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null> {
+  async idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null> {
     const existing = this.#idem.get(key);
-    if (existing) return existing;
-    this.#idem.set(key, { state: 'pending', fingerprint }, leaseMs);
+    if (existing) return existing.state === 'pending' && existing.holder === holder ? null : existing;
+    this.#idem.set(key, { state: 'pending', fingerprint, holder }, leaseMs);
     return null;
   }
 

@@ -26,10 +26,16 @@ redis.call('HINCRBY', KEYS[4], 'creates', 1)
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 return 1`;
 
-// KEYS: idem. ARGV: pending record, lease ms. Returns nil when claimed, else the record that holds the key.
+// KEYS: idem. ARGV: pending record, lease ms, holder. Returns nil when claimed (now, or earlier by the same holder),
+// else the record that holds the key.
 const IDEM_BEGIN = `
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])`;
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, r = pcall(cjson.decode, v)
+  if ok and r.state == 'pending' and r.holder == ARGV[3] then return false end
+end
+return v`;
 
 // KEYS: counter. ARGV: ttl ms. A fixed window: the expiry is set by the first increment only.
 const INCR_COUNTER = `
@@ -147,9 +153,9 @@ export class RedisStore implements Store {
     return { entries, hasMore };
   }
 
-  async idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null> {
-    const pending: IdempotencyRecord = { state: 'pending', fingerprint };
-    const existing = await this.client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs).catch(unavailable);
+  async idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null> {
+    const pending: IdempotencyRecord = { state: 'pending', fingerprint, holder };
+    const existing = await this.client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs, holder).catch(unavailable);
     return existing ? (JSON.parse(existing) as IdempotencyRecord) : null;
   }
 

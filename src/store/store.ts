@@ -18,6 +18,8 @@ export interface ListQuery {
 export interface IdempotencyRecord {
   state: 'pending' | 'done';
   fingerprint: string;
+  /** Who claimed a pending key (one request). */
+  holder?: string;
   status?: number;
   body?: string;
 }
@@ -48,8 +50,11 @@ export interface Store {
   recordTerminal(rec: TerminalRecord): Promise<void>;
   /** A page of the tenant's index, newest first. `hasMore` says whether more entries lie beyond the page. */
   listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }>;
-  /** Atomically claims an idempotency key, or returns the record that already holds it. */
-  idemBegin(key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyRecord | null>;
+  /**
+   * Atomically claims an idempotency key for `holder`, or returns the record that already holds it. A pending claim
+   * by the same holder counts as claimed: a request retrying after its answer was lost finds its own claim.
+   */
+  idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null>;
   idemGet(key: string): Promise<IdempotencyRecord | null>;
   idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void>;
   idemRelease(key: string): Promise<void>;
