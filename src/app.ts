@@ -167,7 +167,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(cors, {
     origin: (origin, cb) => {
       if (!origin) return cb(null, false);
-      cb(null, tenants.all().some((t) => t.allowedOrigins.includes('*') || t.allowedOrigins.includes(origin)));
+      const o = origin.toLowerCase();
+      cb(null, tenants.all().some((t) => t.allowedOrigins.includes('*') || t.allowedOrigins.includes(o)));
     },
     methods: ['GET', 'POST', 'OPTIONS'],
     allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],

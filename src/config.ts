@@ -12,9 +12,15 @@ const httpUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
   .transform((u) => u.replace(/\/+$/, ''));
 
-/** "1 minute", "30 seconds", "500 ms", "2h" or plain milliseconds → milliseconds. */
+/** The longest window accepted: Redis PEXPIRE and timers need whole milliseconds of a sane size. */
+const MAX_DURATION_MS = 366 * 86_400_000;
+
+/** "1 minute", "30 seconds", "500 ms", "2h" or plain milliseconds → whole milliseconds, 1 ms to 366 days. */
 export function parseDuration(value: string | number): number | undefined {
-  if (typeof value === 'number') return Number.isFinite(value) && value > 0 ? value : undefined;
+  if (typeof value === 'number') {
+    const ms = Math.round(value);
+    return Number.isFinite(ms) && ms > 0 && ms <= MAX_DURATION_MS ? ms : undefined;
+  }
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)?\s*$/i.exec(value);
   if (!m) return undefined;
   const n = Number(m[1]);
@@ -25,13 +31,13 @@ export function parseDuration(value: string | number): number | undefined {
     : unit.startsWith('h') ? 3_600_000
     : 86_400_000;
   const ms = Math.round(n * factor);
-  return ms > 0 ? ms : undefined;
+  return ms > 0 && ms <= MAX_DURATION_MS ? ms : undefined;
 }
 
 const duration = z.string().transform((v, ctx) => {
   const ms = parseDuration(v);
   if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "1 minute", "30 s" or 60000' });
+    ctx.addIssue({ code: 'custom', message: 'must be a duration from 1 ms to 366 days, such as "1 minute", "30 s" or 60000' });
     return z.NEVER;
   }
   return ms;
@@ -60,11 +66,11 @@ export const ConfigSchema = z.object({
   DEFAULT_RATE_LIMIT_WINDOW: duration.default(60_000),
   AUTH_FAILURE_LIMIT: int(1, 1_000_000).default(20),
   TOKEN_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
-  ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').regex(/^\S+$/, 'must not contain spaces').optional(),
   POLL_CACHE_MS: int(0, 60_000).default(500),
   IDEMPOTENCY_TTL_SECONDS: int(60, 7 * 86400).default(86400),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(10_000),
-  METRICS_TOKEN: z.string().min(1).optional(),
+  METRICS_TOKEN: z.string().min(1).regex(/^\S+$/, 'must not contain spaces').optional(),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: int(0, 60_000).default(1000),
   OVERLOAD_MAX_HEAP_BYTES: int(0, 1024 ** 4).default(0),
 });

@@ -1,6 +1,7 @@
 // The tenants file: its schema, key hashing, lookup by hash, and hot reload (file change or SIGHUP).
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from './config.js';
@@ -10,7 +11,7 @@ const SHA256_PREFIX = 'sha256:';
 const WindowSchema = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const ms = parseDuration(v);
   if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "1 minute" or milliseconds' });
+    ctx.addIssue({ code: 'custom', message: 'must be a duration from 1 ms to 366 days, such as "1 minute" or milliseconds' });
     return z.NEVER;
   }
   return ms;
@@ -21,9 +22,10 @@ const LimitSchema = z.object({
   timeWindow: WindowSchema.default(60_000),
 });
 
+// A key travels in an Authorization header, so it can hold no spaces.
 const KeySchema = z.string().refine(
-  (k) => (k.startsWith(SHA256_PREFIX) ? /^[0-9a-f]{64}$/i.test(k.slice(SHA256_PREFIX.length)) : k.length >= 16),
-  'a key must be at least 16 characters, or sha256:<64 hex digits>',
+  (k) => (k.startsWith(SHA256_PREFIX) ? /^[0-9a-f]{64}$/i.test(k.slice(SHA256_PREFIX.length)) : /^\S{16,}$/.test(k)),
+  'a key must be at least 16 characters without spaces, or sha256:<64 hex digits>',
 );
 
 // Model patterns: "owner/name" or "owner/*".
@@ -93,6 +95,19 @@ export function buildSnapshot(doc: unknown): Snapshot {
   return { byHash, byId };
 }
 
+/** "line L, column C" of a parse error, from YAML's linePos or the position in V8's JSON message. */
+function where(err: unknown, text: string): string {
+  const linePos = (err as { linePos?: { line: number; col: number }[] }).linePos?.[0];
+  if (linePos) return `line ${linePos.line}, column ${linePos.col}`;
+  const m = /line (\d+) column (\d+)/.exec((err as Error).message) ?? /position (\d+)/.exec((err as Error).message);
+  if (m && m[2]) return `line ${m[1]}, column ${m[2]}`;
+  if (m) {
+    const before = text.slice(0, Number(m[1])).split('\n');
+    return `line ${before.length}, column ${before.at(-1)!.length + 1}`;
+  }
+  return 'the parser\'s own message is not shown: it quotes the file, which holds keys';
+}
+
 export function readTenantsFile(path: string): Snapshot {
   let text: string;
   try {
@@ -101,10 +116,12 @@ export function readTenantsFile(path: string): Snapshot {
     throw new TenantsError(`TENANTS_FILE ${path} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   let doc: unknown;
+  const yaml = /\.ya?ml$/i.test(path);
   try {
-    doc = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
+    doc = yaml ? parseYaml(text) : JSON.parse(text);
   } catch (err) {
-    throw new TenantsError(`TENANTS_FILE ${path} is not valid ${/\.ya?ml$/i.test(path) ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
+    // Only where, never the parser's own message: it quotes the text around the error, which may be a key.
+    throw new TenantsError(`TENANTS_FILE ${path} is not valid ${yaml ? 'YAML' : 'JSON'} (${where(err, text)})`);
   }
   return buildSnapshot(doc);
 }
@@ -143,21 +160,21 @@ export class TenantRegistry {
     }
   }
 
-  /** Reloads when the file changes. Editors replace files by rename, so the directory entry is what is watched. */
+  /**
+   * Reloads when the file changes. The folder is watched, not the file: editors save by replacing the file, and an
+   * operator may delete and recreate it; a watch on the file itself would be left on the old one.
+   */
   watch(onReload: (result: ReturnType<TenantRegistry['reload']>) => void): void {
     if (this.#watcher) return;
+    const name = basename(this.path);
     try {
-      this.#watcher = watch(this.path, { persistent: false }, () => {
+      this.#watcher = watch(dirname(this.path), { persistent: false }, (_event, changed) => {
+        if (changed !== null && changed !== name) return;
         clearTimeout(this.#debounce);
-        this.#debounce = setTimeout(() => {
-          onReload(this.reload());
-          // After a rename the old inode is gone: watch the new file.
-          this.unwatch();
-          this.watch(onReload);
-        }, 100);
+        this.#debounce = setTimeout(() => onReload(this.reload()), 100);
       });
     } catch {
-      // A file that cannot be watched still reloads on SIGHUP.
+      // A folder that cannot be watched still reloads on SIGHUP.
     }
   }
 

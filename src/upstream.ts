@@ -53,10 +53,15 @@ const MODEL_SPECIFIC_STATUS = new Set([500, 503]);
  */
 export function normalizePrefer(value: string | undefined): { header?: string; waitSeconds: number } {
   if (!value) return { waitSeconds: 0 };
-  const m = /(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?=$|[,;\s])/i.exec(value);
+  const m = /(?:^|[,;\s])wait(?:\s*=\s*([^,;\s]*))?(?=$|[,;\s])/i.exec(value);
   if (!m) return { header: value, waitSeconds: 0 };
-  const n = m[1] === undefined ? MAX_WAIT_SECONDS : Math.min(Math.max(Number(m[1]), 1), MAX_WAIT_SECONDS);
-  return { header: m[1] === undefined ? 'wait' : `wait=${n}`, waitSeconds: n };
+  if (m[1] === undefined) return { header: 'wait', waitSeconds: MAX_WAIT_SECONDS };
+  const asked = Number(m[1]);
+  if (m[1] === '' || !Number.isFinite(asked)) {
+    throw new GatewayError('BAD_REQUEST', 'Prefer: wait takes a number of seconds (wait or wait=1..60)');
+  }
+  const n = Math.min(Math.max(Math.round(asked), 1), MAX_WAIT_SECONDS);
+  return { header: `wait=${n}`, waitSeconds: n };
 }
 
 /** Retry-After in ms from seconds or an HTTP date; undefined when absent or unreadable. */

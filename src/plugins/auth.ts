@@ -109,7 +109,7 @@ export default fp<AuthOptions>(
       const origin = request.headers.origin;
       if (origin !== undefined) {
         const allowed = request.principal.tenant.allowedOrigins;
-        if (!allowed.includes('*') && !allowed.includes(origin)) {
+        if (!allowed.includes('*') && !allowed.includes(origin.toLowerCase())) {
           throw new GatewayError('FORBIDDEN', `origin ${origin.slice(0, 200)} is not allowed for this tenant`);
         }
       }

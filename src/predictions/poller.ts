@@ -3,10 +3,14 @@
 import type { UpstreamClient, UpstreamResponse } from '../upstream.js';
 
 const MAX_MICRO_ENTRIES = 10_000;
+const MAX_MICRO_BYTES = 64 * 1024 * 1024;
+/** Bodies above this size are never kept in memory (they can carry whole images as data: URIs). */
+export const MAX_REMEMBERED_BODY = 256 * 1024;
 
 export class Poller {
   readonly #inflight = new Map<string, Promise<UpstreamResponse>>();
   readonly #micro = new Map<string, { res: UpstreamResponse; at: number }>();
+  #bytes = 0;
 
   constructor(
     readonly upstream: UpstreamClient,
@@ -38,18 +42,28 @@ export class Poller {
 
   /** Only non-terminal answers are worth remembering; the caller says which are terminal by forgetting them. */
   forget(id: string): void {
-    this.#micro.delete(id);
+    this.#drop(id);
   }
 
   #remember(id: string, res: UpstreamResponse): void {
-    this.#micro.delete(id);
-    this.#micro.set(id, { res, at: Date.now() });
-    if (this.#micro.size > MAX_MICRO_ENTRIES) {
-      const now = Date.now();
-      for (const [k, v] of this.#micro) {
-        if (now - v.at >= this.microMs || this.#micro.size > MAX_MICRO_ENTRIES) this.#micro.delete(k);
-        else break;
-      }
+    // A huge body (inputs sent as data: URIs) is not worth holding: memory must be bounded by size, not just count.
+    if (res.body.length > MAX_REMEMBERED_BODY) return;
+    this.#drop(id);
+    const now = Date.now();
+    this.#micro.set(id, { res, at: now });
+    this.#bytes += res.body.length;
+    // Entries are in insertion order, so the stale ones are at the head: drop them on every insert, so that nothing
+    // outlives its window by more than one insert, and the oldest fresh ones go when over the caps.
+    for (const [k, v] of this.#micro) {
+      if (now - v.at >= this.microMs || this.#micro.size > MAX_MICRO_ENTRIES || this.#bytes > MAX_MICRO_BYTES) this.#drop(k);
+      else break;
     }
+  }
+
+  #drop(id: string): void {
+    const e = this.#micro.get(id);
+    if (!e) return;
+    this.#bytes -= e.res.body.length;
+    this.#micro.delete(id);
   }
 }

@@ -115,9 +115,11 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     if (hasAllowlist && !tenant.versions?.includes(version!)) {
       throw new GatewayError('FORBIDDEN', `version ${version} is not in the allowed versions of tenant ${tenant.id}`);
     }
+    // The upstream may run a version by its hash whatever name precedes it, so a token narrowed to models may only
+    // use versions the tenant lists explicitly, and only of those models.
     if (token?.models) {
       const named = /^([^/:]+\/[^/:]+):/.exec(version!)?.[1];
-      if (!named || !modelAllowed(named, token.models)) {
+      if (!named || !modelAllowed(named, token.models) || !tenant.versions?.includes(version!)) {
         throw new GatewayError('FORBIDDEN', `version ${version} is not allowed for this token`);
       }
     }
