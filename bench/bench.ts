@@ -3,7 +3,7 @@
 // loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
 // Bounded: about 50 s of load plus start-up.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -39,7 +39,27 @@ interface Row {
   p99: number;
   errors: number;
   non2xx: number;
+  /** CPU time the server under test spent per request: steadier than req/s on a shared, noisy machine. */
+  cpuUs?: number;
 }
+
+/** utime + stime of a process in seconds (Linux /proc), or undefined elsewhere. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    // After "pid (comm) ", utime and stime are fields 12 and 13 (0-based), in clock ticks.
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 const WRK = process.env.BENCH_LOADER !== 'autocannon' && (() => {
   try {
@@ -77,7 +97,8 @@ function runWrk(opts: autocannon.Options): Omit<Row, 'name'> {
   };
 }
 
-async function load(name: string, opts: autocannon.Options): Promise<Row> {
+async function load(name: string, opts: autocannon.Options, server: ChildProcess): Promise<Row> {
+  const cpuBefore = cpuSeconds(server.pid);
   let row: Row;
   if (WRK) {
     row = { name, ...runWrk(opts) };
@@ -85,7 +106,9 @@ async function load(name: string, opts: autocannon.Options): Promise<Row> {
     const r = await autocannon({ connections: CONNECTIONS, duration: DURATION, ...opts });
     row = { name, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
   }
-  process.stderr.write(`  ${name}: ${Math.round(row.rps)} req/s, p50 ${row.p50} ms, p99 ${row.p99} ms${row.non2xx ? `, ${row.non2xx} non-2xx` : ''}\n`);
+  const cpuAfter = cpuSeconds(server.pid);
+  if (cpuBefore !== undefined && cpuAfter !== undefined && row.rps > 0) row.cpuUs = Math.round(((cpuAfter - cpuBefore) * 1e6) / (row.rps * DURATION));
+  process.stderr.write(`  ${name}: ${Math.round(row.rps)} req/s, p50 ${row.p50} ms, p99 ${row.p99} ms${row.cpuUs ? `, ${row.cpuUs} µs CPU/request` : ''}${row.non2xx ? `, ${row.non2xx} non-2xx` : ''}\n`);
   return row;
 }
 
@@ -103,11 +126,11 @@ async function main(): Promise<void> {
   const tenantsFile = join(dir, 'tenants.json');
   writeFileSync(tenantsFile, JSON.stringify({ tenants: [{ id: 'bench', keys: [TENANT_KEY], rateLimit: { max: 1e9, timeWindow: '1 minute' } }] }));
 
-  start(['--import', 'tsx', 'bench/hello.ts'], { PORT: String(helloPort) });
-  start(['dist/simulator/main.js'], { SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '1000' });
+  const helloProc = start(['--import', 'tsx', 'bench/hello.ts'], { PORT: String(helloPort) });
+  const simProc = start(['dist/simulator/main.js'], { SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '1000' });
   const simBase = `http://127.0.0.1:${simPort}/replicate/v1`;
   // BENCH_GATEWAY runs another build (e.g. an older commit's dist/server.js) for before/after comparisons.
-  start([process.env.BENCH_GATEWAY ?? 'dist/server.js'], {
+  const gwProc = start([process.env.BENCH_GATEWAY ?? 'dist/server.js'], {
     PORT: String(gwPort),
     HOST: '127.0.0.1',
     UPSTREAM_BASE_URL: simBase,
@@ -133,25 +156,25 @@ async function main(): Promise<void> {
     json(`${base}${path}`, { method: 'POST', headers, body: longBody });
 
   process.stderr.write(`load: ${WRK ? 'wrk (1 thread)' : 'autocannon'}, ${CONNECTIONS} connections, ${DURATION} s each\n`);
-  const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` });
+  const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` }, helloProc);
   const simRunning = await running(simBase, up, '/models/black-forest-labs/flux-schnell/predictions');
-  const simGet = await load('upstream direct: GET running', { url: `${simBase}/predictions/${simRunning.id}`, headers: up });
-  const simCreate = await load('upstream direct: create', { url: `${simBase}/models/black-forest-labs/flux-schnell/predictions`, method: 'POST', headers: up, body: createBody });
+  const simGet = await load('upstream direct: GET running', { url: `${simBase}/predictions/${simRunning.id}`, headers: up }, simProc);
+  const simCreate = await load('upstream direct: create', { url: `${simBase}/models/black-forest-labs/flux-schnell/predictions`, method: 'POST', headers: up, body: createBody }, simProc);
   const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
   await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
-  const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine });
+  const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine }, gwProc);
   const gwRunning = await running(gw, mine, modelPath);
-  const poll = await load('gateway: poll running', { url: `${gw}/replicate/v1/predictions/${gwRunning.id}`, headers: mine });
-  const create = await load('gateway: create', { url: `${gw}${modelPath}`, method: 'POST', headers: mine, body: createBody });
+  const poll = await load('gateway: poll running', { url: `${gw}/replicate/v1/predictions/${gwRunning.id}`, headers: mine }, gwProc);
+  const create = await load('gateway: create', { url: `${gw}${modelPath}`, method: 'POST', headers: mine, body: createBody }, gwProc);
 
   const rows = [hello, simGet, simCreate, cached, poll, create];
-  const fmt = (n: number, w: number) => String(n).padStart(w);
+  const fmt = (n: number | string, w: number) => String(n).padStart(w);
   const lines = [
     `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, ${WRK ? 'wrk' : 'autocannon'}, ${CONNECTIONS} connections, ${DURATION} s per target`,
     '',
-    '| target | req/s | p50 ms | p99 ms | errors |',
-    '|---|---:|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.name} | ${fmt(Math.round(r.rps), 6)} | ${fmt(r.p50, 4)} | ${fmt(r.p99, 4)} | ${r.errors + r.non2xx} |`),
+    '| target | req/s | p50 ms | p99 ms | CPU µs/request (server) | errors |',
+    '|---|---:|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.name} | ${fmt(Math.round(r.rps), 6)} | ${fmt(r.p50, 4)} | ${fmt(r.p99, 4)} | ${fmt(r.cpuUs ?? '-', 4)} | ${r.errors + r.non2xx} |`),
     '',
     '| ratio | value | target | |',
     '|---|---:|---:|---|',
@@ -161,6 +184,9 @@ async function main(): Promise<void> {
   ratio('cached GET / bare hello', cached.rps / hello.rps, 0.5);
   ratio('create / upstream direct create', create.rps / simCreate.rps, 0.5);
   ratio('poll running / upstream direct GET', poll.rps / simGet.rps, 1);
+  // The same comparison in CPU per request (baseline over gateway, so higher is better as with req/s).
+  if (hello.cpuUs && cached.cpuUs) lines.push(`| by CPU: bare hello / cached GET | ${(hello.cpuUs / cached.cpuUs).toFixed(2)} | (≥ 0.50) | ${hello.cpuUs} µs vs ${cached.cpuUs} µs |`);
+  if (simCreate.cpuUs && create.cpuUs) lines.push(`| by CPU: upstream create / gateway create | ${(simCreate.cpuUs / create.cpuUs).toFixed(2)} | (≥ 0.50) | ${simCreate.cpuUs} µs vs ${create.cpuUs} µs |`);
   lines.push(`| p99 of cached GET (ms, ${CONNECTIONS} connections) | ${cached.p99} | ≤ 5 | ${cached.p99 <= 5 ? 'met' : 'MISSED'} |`);
   const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0 && r.name !== 'bare Fastify hello');
   if (failed.length) lines.push('', `errors in: ${failed.map((r) => r.name).join(', ')}`);
