@@ -31,6 +31,8 @@ EXPOSE 8080
 # Liveness only (/healthz); readiness incl. the Redis store is /readyz. Uses node itself: the image has no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+# A 32 MiB young generation: fewer scavenges under load cut the cached-GET p99 from 7.3-8.1 ms to 5.5-6.5 ms
+# (7 interleaved runs each, see README "Performance") for about 64 MiB more memory.
 # Exec form: node is PID 1 (the base image's entrypoint execs it) and gets SIGTERM/SIGINT directly;
 # server.ts drains in-flight requests within SHUTDOWN_GRACE_MS, so give `docker stop -t` more than that.
-CMD ["node", "dist/server.js"]
+CMD ["node", "--max-semi-space-size=32", "dist/server.js"]
