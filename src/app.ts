@@ -70,11 +70,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   const metrics = new Metrics();
   const tenants = deps.tenants ?? new TenantRegistry(config.TENANTS_FILE);
   let lastRedisEvent = '';
+  let closing = false;
   const store =
     deps.store ??
     createStore(config, (event, detail) => {
-      // ioredis reports every failed reconnect; log state changes only.
-      if (event === lastRedisEvent) return;
+      // ioredis reports every failed reconnect; log state changes only, and not our own disconnect at shutdown.
+      if (event === lastRedisEvent || closing) return;
       lastRedisEvent = event;
       if (event === 'ready') app.log.info('redis connected');
       else if (event === 'error') app.log.warn({ reason: detail }, 'redis unavailable: requests that need state get 503 until it is back; reconnecting with backoff');
@@ -95,6 +96,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     tenants.watch((r) => (r.ok ? app.log.info({ tenants: r.tenants }, 'tenants file reloaded') : app.log.error({ reason: r.error }, 'tenants file rejected; keeping the previous tenants')));
   }
   app.addHook('onClose', async () => {
+    closing = true;
     tenants.unwatch();
     for (const c of owned) await c.close();
   });
@@ -115,6 +117,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   app.setErrorHandler((err: FastifyError, request, reply) => {
     const e = toGatewayError(err);
+    // Counted here, once per failed request, whichever part of the request path met the outage.
+    if (e.code === 'STORE_UNAVAILABLE') metrics.storeErrors.inc();
     if (e.statusCode >= 500) request.log.error({ err, code: e.code }, e.message);
     else request.log.info({ code: e.code, status: e.statusCode }, e.message);
     return problemReply(reply, e, request.id);
@@ -167,8 +171,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(cors, {
     origin: (origin, cb) => {
       if (!origin) return cb(null, false);
-      const o = origin.toLowerCase();
-      cb(null, tenants.all().some((t) => t.allowedOrigins.includes('*') || t.allowedOrigins.includes(o)));
+      cb(null, tenants.someAllowOrigin(origin));
     },
     methods: ['GET', 'POST', 'OPTIONS'],
     allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],

@@ -69,6 +69,8 @@ export class TenantsError extends Error {
 interface Snapshot {
   byHash: Map<string, Tenant>;
   byId: Map<string, Tenant>;
+  /** Every origin some tenant allows (lower case), derived once per load for the CORS preflight. */
+  origins: Set<string>;
 }
 
 /** Parses and checks a tenants document; throws a TenantsError naming the first problem. */
@@ -80,11 +82,13 @@ export function buildSnapshot(doc: unknown): Snapshot {
   }
   const byHash = new Map<string, Tenant>();
   const byId = new Map<string, Tenant>();
+  const origins = new Set<string>();
   for (const [i, t] of parsed.data.tenants.entries()) {
     if (byId.has(t.id)) throw new TenantsError(`tenants.${i}.id: duplicate tenant id "${t.id}"`);
     const { keys, ...tenant } = t;
     const frozen = Object.freeze(tenant);
     byId.set(t.id, frozen);
+    for (const o of t.allowedOrigins) origins.add(o);
     for (const [j, k] of keys.entries()) {
       const h = k.startsWith(SHA256_PREFIX) ? k.slice(SHA256_PREFIX.length).toLowerCase() : hashKey(k);
       // Never print the key itself, not even in a boot error.
@@ -92,7 +96,7 @@ export function buildSnapshot(doc: unknown): Snapshot {
       byHash.set(h, frozen);
     }
   }
-  return { byHash, byId };
+  return { byHash, byId, origins };
 }
 
 /** "line L, column C" of a parse error, from YAML's linePos or the position in V8's JSON message. */
@@ -144,6 +148,12 @@ export class TenantRegistry {
 
   get(id: string): Tenant | undefined {
     return this.#snap.byId.get(id);
+  }
+
+  /** Whether some tenant allows this browser origin (the CORS preflight answers for any such origin). */
+  someAllowOrigin(origin: string): boolean {
+    const o = this.#snap.origins;
+    return o.has('*') || o.has(origin.toLowerCase());
   }
 
   all(): Tenant[] {

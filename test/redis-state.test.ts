@@ -116,6 +116,10 @@ describe('replicas and restarts', () => {
     } finally {
       await second.close();
     }
+    // A normal shutdown is not an outage: closing our own Redis connection logs no warning (the socket's close
+    // event comes a moment after quit() resolves).
+    await new Promise((r) => setTimeout(r, 200));
+    expect(second.logs.join('\n')).not.toMatch(/redis unavailable/);
     // A restart: a brand-new process state on the same Redis.
     const id = await createPrediction(gw.url, KEY_A);
     await settle(id);
@@ -158,6 +162,8 @@ describe('Redis outage', () => {
       expect(upstreamCalls(s.sim)).toHaveLength(0);
       expect((await call(g.url, 'GET', '/healthz')).status).toBe(200);
       expect((await call(g.url, 'GET', '/readyz')).status).toBe(503);
+      // Both refused requests are counted, whichever part of the path met the outage.
+      expect((await g.app.gw.metrics.storeErrors.get()).values[0]?.value).toBe(2);
 
       await redis.start();
       await waitFor(async () => (await call(g.url, 'GET', '/readyz')).status === 200, 10_000, 'readyz to recover');

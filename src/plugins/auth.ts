@@ -48,7 +48,6 @@ export default fp<AuthOptions>(
       try {
         r = await failureLimiter(request);
       } catch (err) {
-        metrics.storeErrors.inc();
         throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { cause: err, headers: { 'retry-after': '2' } });
       }
       return r.isAllowed ? { exceeded: false, retryAfter: 0 } : { exceeded: r.isExceeded, retryAfter: Math.max(1, r.ttlInSeconds) };

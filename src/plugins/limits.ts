@@ -39,7 +39,6 @@ export default fp(
         r = await limiters[name](request);
       } catch (err) {
         if (err instanceof GatewayError) throw err;
-        metrics.storeErrors.inc();
         throw new GatewayError('STORE_UNAVAILABLE', 'rate limits cannot be checked: the state store is unavailable', {
           cause: err,
           headers: { 'retry-after': '2' },
