@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { GatewayError } from '../errors.js';
-import { parse } from '../predictions/routes.js';
+import { parse } from '../predictions/schemas.js';
 import type { UsageDay } from '../store/store.js';
 import { patternWithin } from './models.js';
 import { TOKEN_DEFAULT_TTL_SECONDS, TOKEN_MAX_TTL_SECONDS, type TokenSigner } from './tokens.js';

@@ -25,8 +25,8 @@ export class Poller {
 
   /** The upstream answer for this id, and whether it was shared with (or reused from) another request. */
   async get(id: string, requestId: string): Promise<{ res: UpstreamResponse; shared: boolean }> {
-    const cached = this.#micro.get(id);
-    if (cached && Date.now() - cached.at < this.microMs) return { res: cached.res, shared: true };
+    const cached = this.peek(id);
+    if (cached) return { res: cached, shared: true };
     const pending = this.#inflight.get(id);
     if (pending) return { res: await pending, shared: true };
     const p = this.upstream.request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId, retry: true });

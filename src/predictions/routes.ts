@@ -3,7 +3,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { modelAllowed } from '../gateway/models.js';
 import { TERMINAL_STATUSES } from '../store/store.js';
@@ -12,7 +11,7 @@ import { normalizePrefer, type UpstreamResponse } from '../upstream.js';
 import { Facts } from './facts.js';
 import { Poller } from './poller.js';
 import { type Prediction, publicBase, rewriteUrls } from './rewrite.js';
-import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
+import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema, parse } from './schemas.js';
 
 const PAGE_SIZE = 100;
 const IDEMPOTENCY_POLL_MS = 100;
@@ -33,23 +32,17 @@ async function untilStored<T>(write: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Parses with zod; the first issue names the field in a 422 (a missing body is a 400). */
-export function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
-  if (where === 'body' && (value === undefined || value === null || typeof value !== 'object' || Array.isArray(value))) {
-    throw new GatewayError('BAD_REQUEST', 'the request body must be a JSON object');
-  }
-  const r = schema.safeParse(value);
-  if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  const field = issue.path.length ? issue.path.join('.') : where;
-  throw new GatewayError('VALIDATION', `${where === 'body' ? '' : `${where} `}${field} ${issue.message}`.trim());
-}
+const today = () => new Date().toISOString().slice(0, 10);
 
-export const today = () => new Date().toISOString().slice(0, 10);
+function sendBody(reply: FastifyReply, status: number, json: string): FastifyReply {
+  return reply.code(status).type('application/json; charset=utf-8').send(json);
+}
 
 function sendJson(reply: FastifyReply, status: number, body: unknown): FastifyReply {
-  return reply.code(status).type('application/json; charset=utf-8').send(JSON.stringify(body));
+  return sendBody(reply, status, JSON.stringify(body));
 }
+
+const notFound = (id: string) => new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
 
 function readPrediction(res: UpstreamResponse): Prediction {
   let p: unknown;
@@ -85,21 +78,6 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     const metricsObj = p.metrics as { predict_time?: unknown } | undefined;
     const predictTime = typeof metricsObj?.predict_time === 'number' ? metricsObj.predict_time : 0;
     await store.recordTerminal({ id: p.id as string, tenant, json: raw, status: p.status as string, predictTime, day: today() });
-  }
-
-  async function ownedLookup(request: FastifyRequest, id: string) {
-    let found;
-    try {
-      found = await store.lookup(id);
-    } catch (err) {
-      metrics.storeErrors.inc();
-      throw err;
-    }
-    // Someone else's prediction looks exactly like one that does not exist.
-    if (found.owner !== request.principal!.tenant.id) {
-      throw new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
-    }
-    return found;
   }
 
   function checkAllowed(principal: Principal, model: string | undefined, version: string | undefined) {
@@ -169,7 +147,6 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     const timeoutMs = Math.max(config.UPSTREAM_TIMEOUT_MS, prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : 0);
     // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
     if (!store.isReady()) {
-      metrics.storeErrors.inc();
       throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { headers: { 'retry-after': '2' } });
     }
 
@@ -269,27 +246,34 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       t.body = JSON.stringify(rewriteUrls(JSON.parse(t.raw) as Prediction, b));
       t.base = b;
     }
-    return reply.code(200).type('application/json; charset=utf-8').send(t.body);
+    return sendBody(reply, 200, t.body!);
   }
 
-  /** Owner first from memory (it never changes), else from the store with the cached terminal in the same trip. */
-  async function ownerAndTerminal(request: FastifyRequest, id: string): Promise<string | null> {
+  /**
+   * What is already known of an id the caller may read: its terminal body, or (for a poll) a fresh answer. The owner
+   * comes from this process's memory when it has seen the id (an owner never changes), else from the store together
+   * with the cached terminal prediction in one trip. Someone else's prediction looks exactly like a missing one.
+   */
+  async function known(request: FastifyRequest, id: string, poll: boolean): Promise<{ terminal?: string; fresh?: UpstreamResponse }> {
     const tenant = request.principal!.tenant.id;
-    const known = facts.owner(id);
-    if (known !== undefined && known !== tenant) throw new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
-    const local = known === undefined ? undefined : facts.terminal(id);
-    if (local) return local.raw;
-    const found = await ownedLookup(request, id);
+    const owner = facts.owner(id);
+    if (owner !== undefined) {
+      if (owner !== tenant) throw notFound(id);
+      const local = facts.terminal(id);
+      if (local) return { terminal: local.raw };
+      const fresh = poll ? poller.peek(id) : undefined;
+      if (fresh) return { fresh };
+    }
+    const found = await store.lookup(id);
+    if (found.owner !== tenant) throw notFound(id);
     facts.setOwner(id, tenant);
-    return found.terminal;
+    return { terminal: found.terminal ?? undefined };
   }
 
   app.get('/predictions/:id', async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     const tenant = request.principal!.tenant.id;
-    // A fresh answer for a running prediction needs no store trip once the owner is known in this process.
-    const fresh = facts.owner(id) === tenant ? poller.peek(id) : undefined;
-    const terminal = fresh ? null : await ownerAndTerminal(request, id);
+    const { terminal, fresh } = await known(request, id, true);
     if (terminal) return sendTerminal(request, reply, id, terminal);
     metrics.cache.inc({ result: 'miss' });
     const { res, shared } = fresh ? { res: fresh, shared: true } : await poller.get(id, request.id);
@@ -313,13 +297,13 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       r = { base: b, body: JSON.stringify(rewriteUrls(p, b)) };
       rendered.set(res, r);
     }
-    return reply.code(200).type('application/json; charset=utf-8').send(r.body);
+    return sendBody(reply, 200, r.body);
   });
 
   app.post('/predictions/:id/cancel', async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     const tenant = request.principal!.tenant.id;
-    const terminal = await ownerAndTerminal(request, id);
+    const { terminal } = await known(request, id, false);
     if (terminal) return sendTerminal(request, reply, id, terminal);
     const res = await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: request.id, retry: true });
     observe(request, 'cancel', res);
