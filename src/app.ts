@@ -14,6 +14,7 @@ import auth from './plugins/auth.js';
 import limits from './plugins/limits.js';
 import { predictionRoutes } from './predictions/routes.js';
 import { createStore } from './store/index.js';
+import { leasedRedisStore } from './store/rate-limit-store.js';
 import { RedisStore } from './store/redis-store.js';
 import type { Store } from './store/store.js';
 import { TenantRegistry } from './tenants.js';
@@ -198,8 +199,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   const signer = config.TOKEN_SIGNING_SECRET ? new TokenSigner(config.TOKEN_SIGNING_SECRET) : undefined;
   await app.register(async (api) => {
-    // Rate-limit windows live in the shared store: Redis (one atomic Lua INCR+PEXPIRE per check) or in-process.
-    await api.register(rateLimit, { global: false, nameSpace: 'rl:', ...(store instanceof RedisStore ? { redis: store.client } : {}) });
+    // Rate-limit windows live in the shared store: Redis (permits taken in leases, so replicas together never
+    // admit more than the limit) or in-process.
+    await api.register(rateLimit, {
+      global: false,
+      ...(store instanceof RedisStore ? { store: leasedRedisStore(store.client, 'rl:', config.RATE_LIMIT_LEASE_MAX) } : {}),
+    });
     await api.register(auth, { signer });
     await api.register(limits);
     await api.register(predictionRoutes, { prefix: '/replicate/v1' });

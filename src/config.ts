@@ -64,6 +64,8 @@ export const ConfigSchema = z.object({
   MEMORY_STORE_MAX_ENTRIES: int(100, 100_000_000).default(100_000),
   DEFAULT_RATE_LIMIT_MAX: int(1, 10_000_000).default(600),
   DEFAULT_RATE_LIMIT_WINDOW: duration.default(60_000),
+  // Most rate-limit permits one Redis trip may take for a process (see src/store/rate-limit-store.ts); 1: a trip per request.
+  RATE_LIMIT_LEASE_MAX: int(1, 10_000).default(64),
   AUTH_FAILURE_LIMIT: int(1, 1_000_000).default(20),
   TOKEN_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').regex(/^\S+$/, 'must not contain spaces').optional(),

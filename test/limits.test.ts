@@ -178,6 +178,45 @@ describe('tenant rate limit', () => {
     }
   });
 
+  it('with permits leased in batches, two processes together never pass a limit of 300, and one process passes exactly 300', async () => {
+    const tenantsFile = writeTenants([
+      { id: 'lease-two', keys: [key('lease-two')], rateLimit: { max: 300, timeWindow: '1 minute' } },
+      { id: 'lease-one', keys: [key('lease-one')], rateLimit: { max: 300, timeWindow: '1 minute' } },
+    ]);
+    const prefix = `lease:${randomUUID()}:`;
+    let a: GatewayProcess | undefined;
+    let b: GatewayProcess | undefined;
+    try {
+      [a, b] = await Promise.all([startGatewayProcess({ sim: s, tenantsFile, prefix }), startGatewayProcess({ sim: s, tenantsFile, prefix })]);
+      const list = (url: string, who: string) => call(url, 'GET', '/replicate/v1/predictions', { key: key(who) });
+      const rs: CallResult[] = [];
+      // 450 requests in waves of 30, alternating between the processes.
+      for (let wave = 0; wave < 15; wave++) {
+        rs.push(...(await Promise.all(Array.from({ length: 30 }, (_, i) => list(i % 2 ? b!.url : a!.url, 'lease-two')))));
+      }
+      const passed = count(rs, 200);
+      expect(passed + count(rs, 429)).toBe(450);
+      expect(passed).toBeLessThanOrEqual(300);
+      // What a process leased and had not used when the window ran dry is lost: at most 1/16 of what was left.
+      expect(passed).toBeGreaterThanOrEqual(300 - 2 * Math.floor(300 / 16));
+      expect(count(rs.filter((_, i) => i % 2 === 0), 200)).toBeGreaterThan(100);
+      expect(count(rs.filter((_, i) => i % 2 === 1), 200)).toBeGreaterThan(100);
+
+      // One process: exact, with a countdown that never repeats or skips.
+      const one: CallResult[] = [];
+      for (let wave = 0; wave < 11; wave++) one.push(...(await Promise.all(Array.from({ length: 30 }, () => list(a!.url, 'lease-one')))));
+      expect(count(one, 200)).toBe(300);
+      expect(count(one, 429)).toBe(30);
+      const remaining = one.filter((r) => r.status === 200).map((r) => Number(r.headers.get('x-ratelimit-remaining')));
+      expect(remaining.sort((x, y) => x - y)).toEqual(Array.from({ length: 300 }, (_, i) => i));
+      expect(one.filter((r) => r.status === 429).every((r) => /request rate limit of 300 exceeded/.test(r.body.detail))).toBe(true);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- gateway A ---\n${a?.output() ?? ''}\n--- gateway B ---\n${b?.output() ?? ''}`, { cause: err });
+    } finally {
+      await Promise.all([a?.stop(), b?.stop()]);
+    }
+  });
+
   it('rateLimit.perIp limits each client address separately, within the tenant limit', async () => {
     const k = key('rl-ip');
     const from = (ip: string) => call(gw.url, 'GET', '/replicate/v1/predictions', { key: k, headers: { 'x-forwarded-for': ip } });

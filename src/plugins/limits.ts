@@ -1,5 +1,5 @@
-// Per-tenant rate limits on @fastify/rate-limit's stores: Redis (one atomic Lua INCR+PEXPIRE per check, so
-// replicas share one count) or its in-process LocalStore. Creates and per-IP browser traffic have their own limits.
+// Per-tenant rate limits on @fastify/rate-limit, with our leased Redis store (src/store/rate-limit-store.ts: replicas
+// share one count) or its in-process LocalStore. Creates and per-IP browser traffic have their own limits.
 import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';

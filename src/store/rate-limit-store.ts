@@ -1,0 +1,137 @@
+// A @fastify/rate-limit store on Redis that takes permits in small leases instead of one round trip per request.
+//
+// Why: the per-request Lua INCR was the largest single cost of a cached GET after the response write (an ioredis
+// command on the gateway plus a script run on a Redis that shares the machine). A lease keeps the limit exact in
+// the direction that matters: every permit is counted in Redis *before* any replica hands it out, so all replicas
+// together never admit more than `max` per window. What a lease can cost is the other direction: permits a
+// replica took but did not use before the window ended are lost. A lease is at most 1/16 of what was left in the
+// window (and at most RATE_LIMIT_LEASE_MAX), and it is exactly what the waiting requests need once the window is
+// nearly spent, so near the limit this behaves as the per-request store did. RATE_LIMIT_LEASE_MAX=1 restores one
+// round trip per request.
+//
+// A spent window is also remembered locally until Redis expires it: a client hammering past its limit is refused
+// without a Redis trip. That is exact, since a fixed window's count never goes down before it expires.
+import type { Redis } from 'ioredis';
+
+// KEYS: counter. ARGV: window ms, max, permits wanted now, lease cap.
+// Returns {count after the grant, permits granted, remaining ttl ms}. The window starts with its first grant.
+const LEASE = `
+local max = tonumber(ARGV[2])
+local need = tonumber(ARGV[3])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local room = max - cur
+local grant = 0
+if room > 0 then
+  grant = math.min(room, math.max(need, math.min(tonumber(ARGV[4]), math.floor(room / 16))))
+  redis.call('INCRBY', KEYS[1], grant)
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {cur + grant, grant, ttl}`;
+
+type Result = { current: number; ttl: number };
+type Callback = (err: Error | null, res?: Result) => void;
+
+interface Bucket {
+  /** Redis's count after our last grant; the permits we hold are the last `left` of them. */
+  top: number;
+  left: number;
+  /** Local clock time the window ends (Redis's PTTL at the grant, added to our clock). */
+  endsAt: number;
+  /** The limit the permits were granted under; a tenants reload that changes it makes them stale. */
+  max: number;
+  /** The window had no room left at the last grant: refuse locally until endsAt. */
+  spent: boolean;
+  waiting: Callback[];
+  fetching: boolean;
+}
+
+interface LeaseRedis extends Redis {
+  fgwRateLease(key: string, windowMs: number, max: number, need: number, cap: number, cb: (err: Error | null, r?: [number, number, number]) => void): void;
+}
+
+/** Buckets kept per process: one per tenant and limit, plus one per client address for perIp limits. */
+const MAX_BUCKETS = 50_000;
+
+/**
+ * Returns a store class for @fastify/rate-limit's `store` option (it constructs the class itself).
+ * `leaseMax` is the most permits one trip may take; 1 means a round trip per request.
+ */
+export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number) {
+  const client = redis as LeaseRedis;
+  if (!client.fgwRateLease) client.defineCommand('fgwRateLease', { numberOfKeys: 1, lua: LEASE });
+  const buckets = new Map<string, Bucket>();
+
+  function settle(b: Bucket, now: number): void {
+    // Serve whoever waits from the permits held; refuse them outright if the window is spent.
+    while (b.waiting.length && (b.left > 0 || b.spent)) {
+      const cb = b.waiting.shift()!;
+      if (b.left > 0) {
+        b.left--;
+        cb(null, { current: b.top - b.left, ttl: b.endsAt - now });
+      } else {
+        cb(null, { current: b.max + 1, ttl: b.endsAt - now });
+      }
+    }
+  }
+
+  function fetch(key: string, b: Bucket, windowMs: number, max: number): void {
+    b.fetching = true;
+    const need = b.waiting.length;
+    client.fgwRateLease(prefix + key, windowMs, max, need, Math.max(1, leaseMax), (err, r) => {
+      b.fetching = false;
+      if (err || !r) {
+        const waiting = b.waiting.splice(0);
+        for (const cb of waiting) cb(err ?? new Error('rate limit lease failed'));
+        return;
+      }
+      const now = Date.now();
+      const [count, grant, ttl] = r;
+      b.top = count;
+      b.left = grant;
+      b.endsAt = now + ttl;
+      b.max = max;
+      // Fewer permits than requests waiting means the window's room ran out.
+      b.spent = grant < need || count >= max;
+      settle(b, now);
+      // Requests that arrived while the trip was in flight and found nothing left need another one.
+      if (b.waiting.length) fetch(key, b, windowMs, max);
+    });
+  }
+
+  function sweep(now: number): void {
+    for (const [k, b] of buckets) if (b.endsAt <= now && !b.fetching && !b.waiting.length) buckets.delete(k);
+    // Still full of live windows (a flood of distinct client addresses): drop the oldest.
+    for (const [k, b] of buckets) {
+      if (buckets.size <= MAX_BUCKETS * 0.9) break;
+      if (!b.fetching && !b.waiting.length) buckets.delete(k);
+    }
+  }
+
+  return class LeasedRedisStore {
+    incr(key: string, cb: Callback, timeWindow: number, max: number): void {
+      const now = Date.now();
+      let b = buckets.get(key);
+      if (!b) {
+        if (buckets.size >= MAX_BUCKETS) sweep(now);
+        b = { top: 0, left: 0, endsAt: 0, max, spent: false, waiting: [], fetching: false };
+        buckets.set(key, b);
+      } else if (b.endsAt <= now || b.max !== max) {
+        // The window ended in Redis (or the limit changed): what we hold belongs to the old one.
+        b.left = 0;
+        b.spent = false;
+      }
+      b.waiting.push(cb);
+      if (b.fetching) return;
+      if (b.left > 0 || b.spent) settle(b, now);
+      else fetch(key, b, timeWindow, max);
+    }
+
+    child(): LeasedRedisStore {
+      return this;
+    }
+  };
+}
