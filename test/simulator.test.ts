@@ -166,6 +166,23 @@ describe('simulator', () => {
     expect(sim.requests).toHaveLength(4);
   });
 
+  it('with latencyMs, answers every API request only after that delay, as a distant upstream would', async () => {
+    const slow = createSimulator({ apiKey: KEY, stepMs: 40, latencyMs: 120 });
+    const url = await slow.listen();
+    try {
+      const t0 = Date.now();
+      const [a, b] = await Promise.all([
+        request(`${url}/predictions/x`, { headers: auth }),
+        request(`${url}/models/black-forest-labs/flux-schnell/predictions`, { method: 'POST', headers: auth, body: '{"input":{}}' }),
+      ]);
+      expect([a.statusCode, b.statusCode]).toEqual([404, 201]);
+      await Promise.all([a.body.dump(), b.body.dump()]);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(115);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('closes promptly with hung and waiting requests in flight', async () => {
     const other = createSimulator({ apiKey: KEY, stepMs: 60_000 });
     const url = await other.listen();

@@ -13,10 +13,11 @@ const port = intFromEnv('SIMULATOR_PORT', 8090);
 const host = process.env.SIMULATOR_HOST || '127.0.0.1';
 const apiKey = process.env.SIMULATOR_API_KEY || 'sim-key';
 const stepMs = intFromEnv('SIMULATOR_STEP_MS', 1000);
+const latencyMs = intFromEnv('SIMULATOR_LATENCY_MS', 0);
 
-const sim = createSimulator({ apiKey, stepMs });
+const sim = createSimulator({ apiKey, stepMs, latencyMs });
 const url = await sim.listen(port, host);
-console.log(`fuhu simulator listening on ${url} (stepMs=${stepMs})`);
+console.log(`fuhu simulator listening on ${url} (stepMs=${stepMs}, latencyMs=${latencyMs})`);
 
 let stopping = false;
 async function shutdown(signal: string): Promise<void> {

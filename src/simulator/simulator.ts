@@ -41,6 +41,11 @@ export interface SimulatorOptions {
   dataRetentionMs?: number;
   /** Point urls.stream at this simulator's own SSE route instead of stream.replicate.com (for stream tests). */
   selfStreamUrls?: boolean;
+  /**
+   * Every API request waits this long before it is handled: the network and service time of a real upstream, which
+   * a simulator on loopback otherwise answers in microseconds. Default 0.
+   */
+  latencyMs?: number;
 }
 
 export interface RecordedRequest {
@@ -184,6 +189,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
   const maxRecorded = opts.maxRecordedRequests ?? 10_000;
   const maxPredictions = opts.maxPredictions ?? 100_000;
   const retentionMs = opts.dataRetentionMs ?? 3_600_000;
+  const latencyMs = opts.latencyMs ?? 0;
   const expectedAuth = `bearer ${opts.apiKey}`;
 
   const requests: RecordedRequest[] = [];
@@ -422,7 +428,8 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
       requests.push(rec);
       records.set(request.raw, rec);
     }
-    done();
+    if (latencyMs > 0 && request.url.startsWith(SIM_PREFIX)) setTimeout(done, latencyMs);
+    else done();
   });
 
   function authorized(request: FastifyRequest): boolean {
