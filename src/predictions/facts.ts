@@ -14,8 +14,10 @@ interface Terminal {
  * and anything older than `ttlMs`.
  */
 class Lru<V> {
-  readonly #map = new Map<string, { v: V; at: number; size: number }>();
+  readonly #map = new Map<string, { v: V; at: number; size: number; seq: number }>();
   #bytes = 0;
+  /** Counts insertions; an entry's `seq` says how recently it went to the back of the map. */
+  #seq = 0;
   constructor(
     readonly max: number,
     readonly ttlMs: number,
@@ -30,16 +32,20 @@ class Lru<V> {
       this.#delete(key);
       return undefined;
     }
-    // Re-insert (keeping its age): an id still being polled stays, the ones nobody asks for go first.
-    this.#map.delete(key);
-    this.#map.set(key, e);
+    // Re-insert (keeping its age): an id still being polled stays, the ones nobody asks for go first. Only entries
+    // in the older half move: a hot id is not re-inserted on every request, and still never reaches the front.
+    if (this.#seq - e.seq > this.#map.size >> 1) {
+      this.#map.delete(key);
+      e.seq = ++this.#seq;
+      this.#map.set(key, e);
+    }
     return e.v;
   }
 
   set(key: string, v: V): void {
     this.#delete(key);
     const size = this.sizeOf(v);
-    this.#map.set(key, { v, at: Date.now(), size });
+    this.#map.set(key, { v, at: Date.now(), size, seq: ++this.#seq });
     this.#bytes += size;
     while (this.#map.size > this.max || this.#bytes > this.maxBytes) this.#delete(this.#map.keys().next().value as string);
   }

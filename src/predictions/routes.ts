@@ -32,7 +32,13 @@ async function untilStored<T>(write: () => Promise<T>): Promise<T> {
   }
 }
 
-const today = () => new Date().toISOString().slice(0, 10);
+// The UTC day usage is counted under; worked out again only when a day has ended.
+let day = { name: '', endsAt: 0 };
+function today(): string {
+  const now = Date.now();
+  if (now >= day.endsAt) day = { name: new Date(now).toISOString().slice(0, 10), endsAt: now - (now % 86_400_000) + 86_400_000 };
+  return day.name;
+}
 
 function sendBody(reply: FastifyReply, status: number, json: string): FastifyReply {
   return reply.code(status).type('application/json; charset=utf-8').send(json);
