@@ -144,6 +144,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     const route = request.routeOptions.url ?? 'unmatched';
     const tenant = request.principal?.tenant.id ?? '';
     metrics.requests.inc({ route, status: reply.statusCode, tenant });
+    // Without the access log, failures are still logged: the error handler writes a line for each.
+    if (!config.ACCESS_LOG) return;
     request.log.info(
       {
         method: request.method,

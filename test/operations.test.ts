@@ -103,6 +103,22 @@ describe('logs', () => {
     }
   });
 
+  it('with ACCESS_LOG=false, writes no line for a served request but still one for a failed one', async () => {
+    const gw = await startGateway({ sim: s, redis: 'memory', env: { ACCESS_LOG: 'false' } });
+    try {
+      expect((await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} }, headers: { 'x-request-id': 'quiet-1' } })).status).toBe(201);
+      expect((await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: 'x' }, headers: { 'x-request-id': 'quiet-2' } })).status).toBe(422);
+      const parsed = gw.logs.map((l) => JSON.parse(l));
+      expect(parsed.filter((l) => l.reqId === 'quiet-1')).toEqual([]);
+      const failed = parsed.filter((l) => l.reqId === 'quiet-2');
+      expect(failed).toHaveLength(1);
+      expect(failed[0]).toMatchObject({ tenant: 'team-a', status: 422 });
+      expect(parsed.some((l) => l.msg === 'request completed')).toBe(false);
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('redacts authorization, cookies, tokens and keys whatever code logs them', () => {
     const out: string[] = [];
     const log = pino(loggerOptions('info'), new Writable({ write: (c, _e, cb) => (out.push(String(c)), cb()) }));
