@@ -35,17 +35,24 @@ return {cur + grant, grant, ttl}`;
 type Result = { current: number; ttl: number };
 type Callback = (err: Error | null, res?: Result) => void;
 
+/** A request waiting for a permit, with the limit it is checked against (a tenants reload can change it). */
+interface Waiter {
+  cb: Callback;
+  max: number;
+  windowMs: number;
+}
+
 interface Bucket {
   /** Redis's count after our last grant; the permits we hold are the last `left` of them. */
   top: number;
   left: number;
-  /** Local clock time the window ends (Redis's PTTL at the grant, added to our clock). */
+  /** When the window ends, on the monotonic clock: the time the grant was asked for plus Redis's PTTL. */
   endsAt: number;
-  /** The limit the permits were granted under; a tenants reload that changes it makes them stale. */
+  /** The limit the permits were granted under; permits granted under another limit are not handed out. */
   max: number;
   /** The window had no room left at the last grant: refuse locally until endsAt. */
   spent: boolean;
-  waiting: Callback[];
+  waiting: Waiter[];
   fetching: boolean;
 }
 
@@ -65,40 +72,51 @@ export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number)
   if (!client.fgwRateLease) client.defineCommand('fgwRateLease', { numberOfKeys: 1, lua: LEASE });
   const buckets = new Map<string, Bucket>();
 
+  /** Serves the waiters the bucket can answer now; the others stay queued for the next trip. */
   function settle(b: Bucket, now: number): void {
-    // Serve whoever waits from the permits held; refuse them outright if the window is spent.
-    while (b.waiting.length && (b.left > 0 || b.spent)) {
-      const cb = b.waiting.shift()!;
-      if (b.left > 0) {
+    const ttl = Math.max(0, Math.round(b.endsAt - now));
+    const rest: Waiter[] = [];
+    for (const w of b.waiting) {
+      if (w.max !== b.max) rest.push(w);
+      else if (b.left > 0) {
         b.left--;
-        cb(null, { current: b.top - b.left, ttl: b.endsAt - now });
-      } else {
-        cb(null, { current: b.max + 1, ttl: b.endsAt - now });
-      }
+        w.cb(null, { current: b.top - b.left, ttl });
+      } else if (b.spent) w.cb(null, { current: w.max + 1, ttl });
+      else rest.push(w);
     }
+    b.waiting = rest;
   }
 
-  function fetch(key: string, b: Bucket, windowMs: number, max: number): void {
+  function fetch(key: string, b: Bucket): void {
+    const { max, windowMs } = b.waiting[0]!;
+    if (max !== b.max) {
+      // Permits held under another limit are dropped (they stay counted in Redis: fewer admitted, never more).
+      b.left = 0;
+      b.spent = false;
+      b.max = max;
+    }
+    let need = 0;
+    for (const w of b.waiting) if (w.max === max) need++;
     b.fetching = true;
-    const need = b.waiting.length;
+    const asked = performance.now();
     client.fgwRateLease(prefix + key, windowMs, max, need, Math.max(1, leaseMax), (err, r) => {
       b.fetching = false;
       if (err || !r) {
-        const waiting = b.waiting.splice(0);
-        for (const cb of waiting) cb(err ?? new Error('rate limit lease failed'));
+        const waiting = b.waiting;
+        b.waiting = [];
+        for (const w of waiting) w.cb(err ?? new Error('rate limit lease failed'));
         return;
       }
-      const now = Date.now();
       const [count, grant, ttl] = r;
       b.top = count;
       b.left = grant;
-      b.endsAt = now + ttl;
-      b.max = max;
+      // From when we asked, not when the answer came: the local window must not outlive Redis's.
+      b.endsAt = asked + ttl;
       // Fewer permits than requests waiting means the window's room ran out.
       b.spent = grant < need || count >= max;
-      settle(b, now);
-      // Requests that arrived while the trip was in flight and found nothing left need another one.
-      if (b.waiting.length) fetch(key, b, windowMs, max);
+      settle(b, performance.now());
+      // Requests that arrived during the trip, or under another limit, need another one.
+      if (b.waiting.length) fetch(key, b);
     });
   }
 
@@ -113,21 +131,21 @@ export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number)
 
   return class LeasedRedisStore {
     incr(key: string, cb: Callback, timeWindow: number, max: number): void {
-      const now = Date.now();
+      const now = performance.now();
       let b = buckets.get(key);
       if (!b) {
         if (buckets.size >= MAX_BUCKETS) sweep(now);
         b = { top: 0, left: 0, endsAt: 0, max, spent: false, waiting: [], fetching: false };
         buckets.set(key, b);
-      } else if (b.endsAt <= now || b.max !== max) {
-        // The window ended in Redis (or the limit changed): what we hold belongs to the old one.
+      } else if (b.endsAt <= now && !b.fetching) {
+        // The window ended in Redis: what we hold belongs to the old one.
         b.left = 0;
         b.spent = false;
       }
-      b.waiting.push(cb);
+      b.waiting.push({ cb, max, windowMs: timeWindow });
       if (b.fetching) return;
-      if (b.left > 0 || b.spent) settle(b, now);
-      else fetch(key, b, timeWindow, max);
+      settle(b, now);
+      if (b.waiting.length) fetch(key, b);
     }
 
     child(): LeasedRedisStore {
