@@ -1,6 +1,7 @@
 // Issue 3: ownership, the terminal cache, lists, replicas and restarts on a real Redis, and a real Redis outage.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { COMMAND_TIMEOUT_MS } from '../src/store/redis-store.js';
 import { RedisServer } from './helpers/redis.js';
 import { KEY_A, KEY_B, type Gateway, type SimHandle, call, createPrediction, startGateway, startSimulator, upstreamCalls, waitFor } from './helpers/stack.js';
 
@@ -171,6 +172,30 @@ describe('Redis outage', () => {
       expect(after.status).toBe(200);
       expect(after.body.id).toBe(id);
       expect(g.logs.join('\n')).toMatch(/redis unavailable/);
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('answers 503 within seconds, not never, when Redis holds the connection open but stops answering', async () => {
+    const g = await startGateway({ sim: s, redis: redis.url });
+    try {
+      expect((await call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status).toBe(200);
+      redis.pause();
+      try {
+        const started = Date.now();
+        const [list, other] = await Promise.all([
+          call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A }),
+          call(g.url, 'GET', `/replicate/v1/predictions/${randomUUID()}`, { key: KEY_A }),
+        ]);
+        expect([list.status, other.status]).toEqual([503, 503]);
+        expect(list.body.detail).toMatch(/state store is unavailable/);
+        expect(Number(list.headers.get('retry-after'))).toBeGreaterThan(0);
+        expect(Date.now() - started).toBeLessThan(COMMAND_TIMEOUT_MS + 3000);
+      } finally {
+        redis.resume();
+      }
+      await waitFor(async () => (await call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status === 200, 10_000, 'answers after Redis resumes');
     } finally {
       await g.close();
     }

@@ -58,12 +58,18 @@ function unavailable(err: unknown): never {
   });
 }
 
+/** Longest a single Redis command may take; every script the gateway runs is a few keys and microseconds. */
+export const COMMAND_TIMEOUT_MS = 2000;
+
 export function createRedisClient(url: string, keyPrefix: string, onEvent?: (event: string, detail?: string) => void): Redis {
   const client = new Redis(url, {
     keyPrefix,
     // Fail fast while disconnected (503 + Retry-After) instead of queueing requests behind an outage.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
+    // A Redis that holds the connection open but stops answering (paused, swapping, a network black hole) would
+    // otherwise hold every request forever: each command fails after this long instead, and the request gets 503.
+    commandTimeout: COMMAND_TIMEOUT_MS,
     enableAutoPipelining: true,
     connectTimeout: 5000,
     // Reconnect forever with backoff capped at 5 s: recovery after an outage needs no restart.

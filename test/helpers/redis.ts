@@ -62,6 +62,15 @@ export class RedisServer {
     throw new Error(`redis-server did not start on port ${this.port} (is redis-server installed?)`);
   }
 
+  /** SIGSTOP: the server keeps its connections open but answers nothing, like a hung or black-holed Redis. */
+  pause(): void {
+    this.#proc?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.#proc?.kill('SIGCONT');
+  }
+
   async stop(): Promise<void> {
     const p = this.#proc;
     if (!p || p.exitCode !== null) return;
