@@ -114,6 +114,9 @@ describe('logs', () => {
       expect(failed).toHaveLength(1);
       expect(failed[0]).toMatchObject({ tenant: 'team-a', status: 422 });
       expect(parsed.some((l) => l.msg === 'request completed')).toBe(false);
+      // A request for no route at all is a failure too.
+      expect((await call(gw.url, 'GET', '/nowhere', { headers: { 'x-request-id': 'quiet-3' } })).status).toBe(404);
+      expect(gw.logs.map((l) => JSON.parse(l)).find((l) => l.reqId === 'quiet-3')).toMatchObject({ status: 404, code: 'NOT_FOUND' });
     } finally {
       await gw.close();
     }

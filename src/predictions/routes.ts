@@ -33,10 +33,13 @@ async function untilStored<T>(write: () => Promise<T>): Promise<T> {
 }
 
 // The UTC day usage is counted under; worked out again only when a day has ended.
-let day = { name: '', endsAt: 0 };
+let day = { name: '', startsAt: 0, endsAt: 0 };
 function today(): string {
   const now = Date.now();
-  if (now >= day.endsAt) day = { name: new Date(now).toISOString().slice(0, 10), endsAt: now - (now % 86_400_000) + 86_400_000 };
+  if (now >= day.endsAt || now < day.startsAt) {
+    const startsAt = now - (now % 86_400_000);
+    day = { name: new Date(now).toISOString().slice(0, 10), startsAt, endsAt: startsAt + 86_400_000 };
+  }
   return day.name;
 }
 
