@@ -127,9 +127,11 @@ async function json(url: string, init: RequestInit): Promise<any> {
   return res.json();
 }
 
+let ownRedis: RedisServer | undefined;
+
 async function main(): Promise<void> {
-  const redis = process.env.REDIS_URL ? undefined : await RedisServer.start();
-  const redisUrl = process.env.REDIS_URL ?? redis!.url;
+  ownRedis = process.env.REDIS_URL ? undefined : await RedisServer.start();
+  const redisUrl = process.env.REDIS_URL ?? ownRedis!.url;
   const [helloPort, simPort, gwPort, slowSimPort, slowGwPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const dir = mkdtempSync(join(tmpdir(), 'fgw-bench-'));
   const tenantsFile = join(dir, 'tenants.json');
@@ -229,11 +231,12 @@ async function main(): Promise<void> {
   const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0);
   if (failed.length) lines.push('', `errors in: ${failed.map((r) => r.name).join(', ')}`);
   process.stdout.write(`${lines.join('\n')}\n`);
-  await redis?.destroy();
 }
 
 try {
   await main();
 } finally {
   for (const c of children) c.kill('SIGTERM');
+  // Also when a phase failed: a redis-server left running would load the machine for every later run.
+  await ownRedis?.destroy();
 }

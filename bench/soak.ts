@@ -78,8 +78,9 @@ async function soak(store: 'redis' | 'memory', simBase: string, redisUrl: string
 }
 
 const children: ChildProcess[] = [];
+let redis: RedisServer | undefined;
 try {
-  const redis = await RedisServer.start();
+  redis = await RedisServer.start();
   const simPort = await freePort();
   const sim = spawn(process.execPath, ['--import', 'tsx', 'src/simulator/main.ts'], {
     env: { ...process.env, SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '500' },
@@ -92,8 +93,9 @@ try {
     await sleep(50);
   }
   const results = [await soak('redis', simBase, redis.url), await soak('memory', simBase, redis.url)];
-  await redis.destroy();
   process.exitCode = results.every(Boolean) ? 0 : 1;
 } finally {
   for (const c of children) c.kill('SIGTERM');
+  // Also after a failure: a redis-server left running would load the machine for every later run.
+  await redis?.destroy();
 }
