@@ -4,10 +4,10 @@
 // command on the gateway plus a script run on a Redis that shares the machine). A lease keeps the limit exact in
 // the direction that matters: every permit is counted in Redis *before* any replica hands it out, so all replicas
 // together never admit more than `max` per window. What a lease can cost is the other direction: permits a
-// replica took but did not use before the window ended are lost. A lease is at most 1/16 of what was left in the
-// window (and at most RATE_LIMIT_LEASE_MAX), and it is exactly what the waiting requests need once the window is
-// nearly spent, so near the limit this behaves as the per-request store did. RATE_LIMIT_LEASE_MAX=1 restores one
-// round trip per request.
+// replica took but did not use before the window ended are lost. A lease is the smaller of RATE_LIMIT_LEASE_MAX
+// and 1/16 of what is left in the window, or as many permits as requests are waiting when that is more (those are
+// used at once), and never more than is left; near the limit this behaves as the per-request store did.
+// RATE_LIMIT_LEASE_MAX=1 restores one round trip per request.
 //
 // A spent window is also remembered locally until Redis expires it: a client hammering past its limit is refused
 // without a Redis trip. That is exact, since a fixed window's count never goes down before it expires.
