@@ -1,12 +1,16 @@
 // The environment, parsed once at boot by one zod schema: gives both validation and the Config type.
 import { z } from 'zod';
 
-const bool = z
-  .enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false' })
-  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+// zod's own: true/false, 1/0, yes/no, on/off, in any case.
+const bool = z.stringbool({ error: 'must be true or false' });
 
+// The range messages are set on each check: a schema-level `error` would replace them with "must be a number".
 const int = (min: number, max: number) =>
-  z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(min).max(max);
+  z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be a whole number')
+    .min(min, `must be at least ${min}`)
+    .max(max, `must be at most ${max}`);
 
 const httpUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })

@@ -33,6 +33,10 @@ describe('loadConfig', () => {
     [{ REDIS_URL: 'http://localhost' }, /REDIS_URL must be a redis/],
     [{ DEFAULT_RATE_LIMIT_WINDOW: 'soon' }, /DEFAULT_RATE_LIMIT_WINDOW must be a duration/],
     [{ TOKEN_SIGNING_SECRET: 'short' }, /TOKEN_SIGNING_SECRET must be at least 32/],
+    [{ PORT: '70000' }, /PORT must be at most 65535/],
+    [{ RATE_LIMIT_LEASE_MAX: '0' }, /RATE_LIMIT_LEASE_MAX must be at least 1/],
+    [{ POLL_CACHE_MS: '1.5' }, /POLL_CACHE_MS must be a whole number/],
+    [{ ACCESS_LOG: 'sometimes' }, /ACCESS_LOG must be true or false/],
   ])('names the variable for %o', (env, message) => {
     expect(() => loadConfig({ ...base, ...env })).toThrow(message);
     try {
@@ -40,6 +44,12 @@ describe('loadConfig', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
     }
+  });
+
+  it('reads true/false settings in the usual spellings', () => {
+    expect(loadConfig({ ...base, ACCESS_LOG: 'FALSE' }).ACCESS_LOG).toBe(false);
+    expect(loadConfig({ ...base, TRUST_PROXY: 'yes' }).TRUST_PROXY).toBe(true);
+    expect(loadConfig({ ...base, TRUST_PROXY: 'off' }).TRUST_PROXY).toBe(false);
   });
 
   it('parses durations in words', () => {
