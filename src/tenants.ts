@@ -17,7 +17,8 @@ const WindowSchema = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return ms;
 });
 
-const LimitSchema = z.object({
+// Strict objects: a misspelt setting ("ratelimit") must be an error, not a tenant silently on the defaults.
+const LimitSchema = z.strictObject({
   max: z.number().int().positive(),
   timeWindow: WindowSchema.default(60_000),
 });
@@ -29,7 +30,7 @@ const KeySchema = z.string().refine(
 );
 
 // Model patterns: "owner/name" or "owner/*".
-const ModelPatternSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]*\/(\*|[a-z0-9][a-z0-9._-]*)$/i, 'must be "owner/name" or "owner/*"');
+export const ModelPatternSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]*\/(\*|[a-z0-9][a-z0-9._-]*)$/i, 'must be "owner/name" or "owner/*"');
 
 // Browsers send origins in lower case, so `https://App.example.com` in the file must still match.
 const OriginSchema = z
@@ -37,7 +38,7 @@ const OriginSchema = z
   .refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"')
   .transform((o) => o.toLowerCase());
 
-export const TenantSchema = z.object({
+export const TenantSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),
   keys: z.array(KeySchema).min(1, 'needs at least one key'),
   rateLimit: LimitSchema.extend({ perIp: LimitSchema.optional() }).optional(),
@@ -79,7 +80,7 @@ export function buildSnapshot(doc: unknown): Snapshot {
   const parsed = TenantsFileSchema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new TenantsError(`tenants.${issue.path.join('.')}: ${issue.message}`);
+    throw new TenantsError(`${issue.path.join('.') || 'the file'}: ${issue.message}`);
   }
   const byHash = new Map<string, Tenant>();
   const byId = new Map<string, Tenant>();
@@ -120,6 +121,7 @@ export function readTenantsFile(path: string): Snapshot {
   } catch (err) {
     throw new TenantsError(`TENANTS_FILE ${path} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  if (text.trim() === '') throw new TenantsError(`TENANTS_FILE ${path} is empty`);
   let doc: unknown;
   const yaml = /\.ya?ml$/i.test(path);
   try {

@@ -94,10 +94,13 @@ describe('tenants file', () => {
 
   it.each([
     ['duplicate ids', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'] }, { id: 'a', keys: ['k-0123456789abcdeg'] }] }, /duplicate tenant id "a"/],
-    ['duplicate keys', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'] }, { id: 'b', keys: ['k-0123456789abcdef'] }] }, /tenants\.1\.keys\.0: duplicate key/],
-    ['a short key', { tenants: [{ id: 'a', keys: ['short'] }] }, /tenants\.0\.keys\.0: .*16 characters/],
+    ['duplicate keys', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'] }, { id: 'b', keys: ['k-0123456789abcdef'] }] }, /^tenants\.1\.keys\.0: duplicate key/],
+    ['a short key', { tenants: [{ id: 'a', keys: ['short'] }] }, /^tenants\.0\.keys\.0: .*16 characters/],
     ['a bad model pattern', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'], models: ['*'] }] }, /models\.0/],
     ['no tenants', { tenants: [] }, /at least one tenant/],
+    ['a misspelt setting', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'], ratelimit: { max: 5 } }] }, /^tenants\.0: .*"ratelimit"/],
+    ['a misspelt limit field', { tenants: [{ id: 'a', keys: ['k-0123456789abcdef'], rateLimit: { max: 5, window: '1 s' } }] }, /^tenants\.0\.rateLimit: .*"window"/],
+    ['a file that is not an object', [1, 2], /^the file: /],
   ])('rejects %s, naming the place and never the key', (_name, doc, message) => {
     const f = file(`bad-${Math.random()}.json`, JSON.stringify(doc));
     expect(() => readTenantsFile(f)).toThrow(TenantsError);
@@ -112,6 +115,7 @@ describe('tenants file', () => {
   it('names a missing or unparsable file', () => {
     expect(() => readTenantsFile(join(dir, 'missing.json'))).toThrow(/TENANTS_FILE .* cannot be read: ENOENT/);
     expect(() => readTenantsFile(file('broken.json', '{'))).toThrow(/is not valid JSON/);
+    expect(() => readTenantsFile(file('empty.json', '  \n'))).toThrow(/TENANTS_FILE .*empty\.json is empty/);
   });
 });
 

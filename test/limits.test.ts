@@ -370,6 +370,7 @@ describe('short-lived tokens', () => {
     expectProblem(await mint(key('tok'), { ttl_seconds: 3601 }), 422, /ttl_seconds/);
     expectProblem(await mint(key('tok'), { ttl_seconds: 5 }), 422, /ttl_seconds/);
     expectProblem(await mint(key('tok'), { models: ['not a model'] }), 422, /models/);
+    expectProblem(await mint(key('tok'), { ttl: 3600 }), 422, /"ttl"/);
   });
 
   it('works as a Bearer key; its predictions belong to its tenant', async () => {
@@ -492,6 +493,8 @@ describe('usage', () => {
     expect(admin.body.tenants['usage-a'].totals).toEqual(mine.body.totals);
     expect(admin.body.tenants['usage-b'].totals).toMatchObject({ creates: 1 });
     expect(admin.body.to).toBe(today);
+    expectProblem(await call(gw.url, 'GET', '/gateway/v1/usage?from=2026-02-30', { key: k }), 422, /query from must be a date as YYYY-MM-DD/);
+    expectProblem(await call(gw.url, 'GET', '/gateway/v1/usage?from=2026-03-02&to=2026-03-01', { key: k }), 422, /from must be on or before to/);
 
     expectProblem(await call(gw.url, 'GET', '/gateway/v1/admin/usage', { key: k }), 403, /tenant key cannot use the admin API/);
     expect((await call(gw.url, 'GET', '/gateway/v1/admin/usage')).status).toBe(401);
