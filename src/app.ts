@@ -5,7 +5,7 @@ import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
-import { GatewayError } from './errors.js';
+import { GatewayError, storeUnavailable } from './errors.js';
 import { gatewayRoutes } from './gateway/routes.js';
 import { TokenSigner } from './gateway/tokens.js';
 import { createLogger } from './logger.js';
@@ -52,6 +52,18 @@ function toGatewayError(err: FastifyError): GatewayError {
 }
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const metrics = new Metrics();
+
+  /** Every failure ends here: logged once, counted, answered as problem JSON. */
+  function fail(err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+    const e = toGatewayError(err);
+    // Counted here, once per failed request, whichever part of the request path met the outage.
+    if (e.code === 'STORE_UNAVAILABLE') metrics.storeErrors.inc();
+    if (e.statusCode >= 500) request.log.error({ err, code: e.code }, e.message);
+    else request.log.info({ code: e.code, status: e.statusCode }, e.message);
+    return problemReply(reply, e, request.id);
+  }
+
   const app = Fastify({
     loggerInstance: deps.logger ?? createLogger(config.LOG_LEVEL, deps.pretty),
     bodyLimit: config.BODY_LIMIT_BYTES,
@@ -65,10 +77,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     keepAliveTimeout: 72_000,
+    // A URL the router cannot read (bad %-encoding, an over-long id) fails before any hook runs: answer it the same way.
+    frameworkErrors: (err, request, reply) => fail(err as FastifyError, request, reply.header('x-request-id', request.id)),
   }) as unknown as FastifyInstance;
 
   const owned: { close(): Promise<void> }[] = [];
-  const metrics = new Metrics();
   const tenants = deps.tenants ?? new TenantRegistry(config.TENANTS_FILE);
   let lastRedisEvent = '';
   let closing = false;
@@ -116,19 +129,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     }
   });
 
-  app.setErrorHandler((err: FastifyError, request, reply) => {
-    const e = toGatewayError(err);
-    // Counted here, once per failed request, whichever part of the request path met the outage.
-    if (e.code === 'STORE_UNAVAILABLE') metrics.storeErrors.inc();
-    if (e.statusCode >= 500) request.log.error({ err, code: e.code }, e.message);
-    else request.log.info({ code: e.code, status: e.statusCode }, e.message);
-    return problemReply(reply, e, request.id);
-  });
-  app.setNotFoundHandler((request, reply) => {
-    const e = new GatewayError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`);
-    // Logged like every other failure, so it leaves a trace with ACCESS_LOG=false too.
-    request.log.info({ code: e.code, status: e.statusCode }, e.message);
-    return problemReply(reply, e, request.id);
+  app.setErrorHandler(fail);
+  app.setNotFoundHandler((request) => {
+    throw new GatewayError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`);
   });
 
   app.addHook('onRequest', async (request, reply) => {
@@ -189,7 +192,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.get('/healthz', { config: { auth: 'none', pressureHandler: () => undefined } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { config: { auth: 'none' } }, async (request, reply) => {
     if (!store.isReady()) {
-      return problemReply(reply, new GatewayError('STORE_UNAVAILABLE', `the ${store.kind} store is not connected`, { headers: { 'retry-after': '2' } }), request.id);
+      return problemReply(reply, storeUnavailable(undefined, `the ${store.kind} store is not connected`), request.id);
     }
     return { status: 'ready', store: store.kind, upstream_breaker: upstream.breakerOpen ? 'open' : 'closed' };
   });

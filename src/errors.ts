@@ -59,6 +59,11 @@ export class GatewayError extends Error {
   }
 }
 
+/** The one answer to a state store that cannot be reached: 503, and when to retry. */
+export function storeUnavailable(cause?: unknown, detail = 'the state store is unavailable; retry shortly'): GatewayError {
+  return new GatewayError('STORE_UNAVAILABLE', detail, { cause, headers: { 'retry-after': '2' } });
+}
+
 /** Turns an undici transport failure into a gateway error: timeouts are 504, everything else 502. */
 export function fromTransportError(err: unknown): GatewayError {
   if (err instanceof GatewayError) return err;

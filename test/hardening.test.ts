@@ -97,6 +97,18 @@ describe('browser origins', () => {
   });
 });
 
+describe('URLs the router cannot read', () => {
+  it('get problem JSON with a request id, like every other bad request', async () => {
+    for (const path of ['/replicate/v1/predictions/%zz', `/replicate/v1/predictions/${'a'.repeat(150)}`]) {
+      const r = await call(gw.url, 'GET', path, { key: KEY_A });
+      expect([400, 414]).toContain(r.status);
+      expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+      expect(r.body).toMatchObject({ status: r.status, type: expect.stringMatching(/^urn:fuhu-gateway:problem:/) });
+      expect(r.body.request_id).toBe(r.headers.get('x-request-id'));
+    }
+  });
+});
+
 describe('Prefer: wait', () => {
   it('rounds and clamps a fractional wait, and refuses one that is not a number before anything goes upstream', async () => {
     s.sim.clearRequests();

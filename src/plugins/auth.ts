@@ -44,12 +44,7 @@ export default fp<AuthOptions>(
 
     /** This failure's place in the IP's window: whether it is past the limit, and when the window ends. */
     async function countFailure(request: FastifyRequest): Promise<{ exceeded: boolean; retryAfter: number }> {
-      let r;
-      try {
-        r = await failureLimiter(request);
-      } catch (err) {
-        throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { cause: err, headers: { 'retry-after': '2' } });
-      }
+      const r = await failureLimiter(request);
       return r.isAllowed ? { exceeded: false, retryAfter: 0 } : { exceeded: r.isExceeded, retryAfter: Math.max(1, r.ttlInSeconds) };
     }
 

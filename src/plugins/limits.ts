@@ -34,16 +34,8 @@ export default fp(
     };
 
     async function check(name: keyof typeof limiters, request: FastifyRequest, reply: FastifyReply, headers: boolean) {
-      let r;
-      try {
-        r = await limiters[name](request);
-      } catch (err) {
-        if (err instanceof GatewayError) throw err;
-        throw new GatewayError('STORE_UNAVAILABLE', 'rate limits cannot be checked: the state store is unavailable', {
-          cause: err,
-          headers: { 'retry-after': '2' },
-        });
-      }
+      // A store failure arrives as the store's own 503 (see rate-limit-store.ts).
+      const r = await limiters[name](request);
       if (r.isAllowed) return;
       // The reset and retry-after come from the bucket's real remaining TTL, not the whole window.
       const reset = String(Math.max(1, r.ttlInSeconds));

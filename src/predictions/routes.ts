@@ -3,7 +3,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError } from '../errors.js';
+import { GatewayError, storeUnavailable } from '../errors.js';
 import { modelAllowed } from '../gateway/models.js';
 import { TERMINAL_STATUSES } from '../store/store.js';
 import type { Principal } from '../types.js';
@@ -156,7 +156,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     const timeoutMs = Math.max(config.UPSTREAM_TIMEOUT_MS, prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : 0);
     // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
     if (!store.isReady()) {
-      throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', { headers: { 'retry-after': '2' } });
+      throw storeUnavailable();
     }
 
     const idemHeader = request.headers['idempotency-key'];

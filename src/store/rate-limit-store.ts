@@ -12,6 +12,7 @@
 // A spent window is also remembered locally until Redis expires it: a client hammering past its limit is refused
 // without a Redis trip. That is exact, since a fixed window's count never goes down before it expires.
 import type { Redis } from 'ioredis';
+import { storeUnavailable } from '../errors.js';
 
 // KEYS: counter. ARGV: window ms, max, permits wanted now, lease cap.
 // Returns {count after the grant, permits granted, remaining ttl ms}. The window starts with its first grant.
@@ -99,12 +100,14 @@ export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number)
     for (const w of b.waiting) if (w.max === max) need++;
     b.fetching = true;
     const asked = performance.now();
-    client.fgwRateLease(prefix + key, windowMs, max, need, Math.max(1, leaseMax), (err, r) => {
+    client.fgwRateLease(prefix + key, windowMs, max, need, leaseMax, (err, r) => {
       b.fetching = false;
       if (err || !r) {
         const waiting = b.waiting;
         b.waiting = [];
-        for (const w of waiting) w.cb(err ?? new Error('rate limit lease failed'));
+        // The same 503 as any other store failure; @fastify/rate-limit passes it on unchanged.
+        const failure = storeUnavailable(err);
+        for (const w of waiting) w.cb(failure);
         return;
       }
       const [count, grant, ttl] = r;

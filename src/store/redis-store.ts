@@ -1,7 +1,7 @@
 // Redis store (ioredis): everything replicas must agree on. Multi-step updates are single Lua scripts, so two
 // replicas can never interleave between a check and an update.
 import { Redis } from 'ioredis';
-import { GatewayError } from '../errors.js';
+import { storeUnavailable } from '../errors.js';
 import type { IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
 
@@ -52,10 +52,7 @@ interface ScriptedRedis extends Redis {
 
 /** Every Redis failure becomes one 503 the client can act on; the cause stays for the log. */
 function unavailable(err: unknown): never {
-  throw new GatewayError('STORE_UNAVAILABLE', 'the state store is unavailable; retry shortly', {
-    cause: err,
-    headers: { 'retry-after': '2' },
-  });
+  throw storeUnavailable(err);
 }
 
 /** Longest a single Redis command may take; every script the gateway runs is a few keys and microseconds. */
