@@ -10,7 +10,7 @@ import { gatewayRoutes } from './gateway/routes.js';
 import { TokenSigner } from './gateway/tokens.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
-import auth from './plugins/auth.js';
+import auth, { credentialOf, sameSecret } from './plugins/auth.js';
 import limits from './plugins/limits.js';
 import { predictionRoutes } from './predictions/routes.js';
 import { createStore } from './store/index.js';
@@ -189,17 +189,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   });
 
   // Liveness stays 200 under load shedding: an overloaded process is alive, and restarting it would only shed more.
-  app.get('/healthz', { config: { auth: 'none', pressureHandler: () => undefined } }, async () => ({ status: 'ok' }));
-  app.get('/readyz', { config: { auth: 'none' } }, async (request, reply) => {
+  app.get('/healthz', { config: { pressureHandler: () => undefined } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', async (request, reply) => {
     if (!store.isReady()) {
       return problemReply(reply, storeUnavailable(undefined, `the ${store.kind} store is not connected`), request.id);
     }
     return { status: 'ready', store: store.kind, upstream_breaker: upstream.breakerOpen ? 'open' : 'closed' };
   });
-  app.get('/metrics', { config: { auth: 'none' } }, async (request, reply) => {
-    if (config.METRICS_TOKEN) {
-      const h = request.headers.authorization ?? '';
-      if (h !== `Bearer ${config.METRICS_TOKEN}`) throw new GatewayError('UNAUTHENTICATED', 'send "Authorization: Bearer <METRICS_TOKEN>"');
+  app.get('/metrics', async (request, reply) => {
+    if (config.METRICS_TOKEN && !sameSecret(credentialOf(request) ?? '', config.METRICS_TOKEN)) {
+      throw new GatewayError('UNAUTHENTICATED', 'send "Authorization: Bearer <METRICS_TOKEN>"');
     }
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();

@@ -34,6 +34,16 @@ export function loggerOptions(level: string, pretty = false): LoggerOptions {
  * CPU of a cached GET. pino flushes what is pending when the process exits.
  */
 export function createLogger(level: string, pretty = false): Logger {
-  if (pretty) return pino(loggerOptions(level, true));
+  if (pretty && prettyInstalled()) return pino(loggerOptions(level, true));
   return pino(loggerOptions(level), pino.destination({ sync: false }));
+}
+
+/** pino-pretty is a dev dependency: the production image (`npm ci --omit=dev`) on a TTY (`docker run -it`) logs JSON. */
+function prettyInstalled(): boolean {
+  try {
+    import.meta.resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -41,8 +41,8 @@ declare module 'fastify' {
     createdPrediction: string | undefined;
   }
   interface FastifyContextConfig {
-    /** 'tenant' (default on API routes): key or token; 'admin': ADMIN_API_KEY; 'none'. */
-    auth?: 'tenant' | 'admin' | 'none';
+    /** On API routes: 'tenant' (default), a key or token; 'admin', ADMIN_API_KEY. Routes outside the API need none. */
+    auth?: 'tenant' | 'admin';
     /** Creates are counted by the create limit and token budgets. */
     create?: boolean;
     /** Tokens may not mint tokens. */

@@ -16,7 +16,7 @@ export function credentialOf(request: FastifyRequest): string | undefined {
   return m?.[1];
 }
 
-function sameSecret(a: string, b: string): boolean {
+export function sameSecret(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   return x.length === y.length && timingSafeEqual(x, y);
@@ -64,7 +64,6 @@ export default fp<AuthOptions>(
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
       const mode = request.routeOptions.config.auth ?? 'tenant';
-      if (mode === 'none') return;
       const credential = credentialOf(request);
       if (mode === 'admin') {
         if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
