@@ -36,7 +36,6 @@ export interface UpstreamResponse {
   retryAfter?: string;
   body: string;
   latencyMs: number;
-  attempts: number;
   /** Whether this answer says the upstream itself is unwell (counts towards opening the breaker). */
   unhealthy: boolean;
 }
@@ -122,7 +121,7 @@ export class UpstreamClient {
         // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
         // (for as long as the probe's deadline); fail fast instead, as while open.
         if (this.#breaker.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
-        const res = await this.#breaker.execute(() => this.#once(req, deadline, attempt));
+        const res = await this.#breaker.execute(() => this.#once(req, deadline));
         if (!req.retry || attempt >= maxAttempts || !RETRY_STATUS.has(res.status)) return res;
         pauseMs = this.#backoff(attempt, retryAfterMs(res.retryAfter));
         if (!this.#canRetry(deadline, pauseMs)) return res;
@@ -157,7 +156,7 @@ export class UpstreamClient {
     return Math.floor(Math.random() * Math.min(2000, 100 * 2 ** (attempt - 1)));
   }
 
-  async #once(req: UpstreamRequest, deadline: number, attempt: number): Promise<UpstreamResponse> {
+  async #once(req: UpstreamRequest, deadline: number): Promise<UpstreamResponse> {
     const left = deadline - Date.now();
     if (left <= 0) throw new GatewayError('UPSTREAM_TIMEOUT', 'the upstream did not answer within the deadline');
     const headers: Record<string, string> = {
@@ -191,7 +190,6 @@ export class UpstreamClient {
         // A create answered 500 or 503 speaks of that model (New-API: "no available channel for model X"); one
         // team's unavailable model must not pause the upstream for every team. Gateway-level 5xx still count.
         unhealthy: res.statusCode >= 500 && (req.retry || !MODEL_SPECIFIC_STATUS.has(res.statusCode)),
-        attempts: attempt,
       };
     } catch (err) {
       // An abort by our own deadline surfaces as AbortError; it is a timeout all the same.
@@ -202,10 +200,5 @@ export class UpstreamClient {
 
   async close(): Promise<void> {
     await this.#pool.close();
-  }
-
-  /** Drops open sockets at once (used after the shutdown grace period). */
-  async destroy(): Promise<void> {
-    await this.#pool.destroy();
   }
 }

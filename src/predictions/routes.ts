@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, storeUnavailable } from '../errors.js';
 import { modelAllowed } from '../gateway/models.js';
-import { TERMINAL_STATUSES } from '../store/store.js';
+import { type IdempotencyRecord, TERMINAL_STATUSES } from '../store/store.js';
 import type { Principal } from '../types.js';
 import { normalizePrefer, type UpstreamResponse } from '../upstream.js';
 import { Facts } from './facts.js';
@@ -81,12 +81,16 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     metrics.upstreamDuration.observe({ route, outcome: res.status < 400 ? 'ok' : `http_${res.status}` }, res.latencyMs / 1000);
   }
 
-  /** Caches a terminal prediction as received (before rewriting) and counts its usage once. */
+  /**
+   * Caches a terminal prediction as received (before rewriting), counts its usage once, and remembers it in this
+   * process, so its next GET needs no store trip.
+   */
   async function keepIfTerminal(p: Prediction, raw: string, tenant: string): Promise<void> {
     if (!isTerminal(p)) return;
     const metricsObj = p.metrics as { predict_time?: unknown } | undefined;
     const predictTime = typeof metricsObj?.predict_time === 'number' ? metricsObj.predict_time : 0;
     await store.recordTerminal({ id: p.id as string, tenant, json: raw, status: p.status as string, predictTime, day: today() });
+    facts.setTerminal(p.id as string, raw);
   }
 
   function checkAllowed(principal: Principal, model: string | undefined, version: string | undefined) {
@@ -125,8 +129,16 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   }
 
   /** Replays a finished idempotent create, or waits for a concurrent one (another request or replica) to finish. */
-  async function awaitIdempotent(request: FastifyRequest, reply: FastifyReply, key: string, fingerprint: string, deadline: number) {
-    for (let rec = await store.idemGet(key); ; rec = await store.idemGet(key)) {
+  async function awaitIdempotent(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    key: string,
+    fingerprint: string,
+    deadline: number,
+    first: IdempotencyRecord,
+  ) {
+    // The first record is the one the claim attempt found: no second read for it.
+    for (let rec: IdempotencyRecord | null = first; ; rec = await store.idemGet(key)) {
       if (!rec) return false; // released: the first attempt failed before the upstream created anything
       if (rec.fingerprint !== fingerprint) {
         throw new GatewayError('IDEMPOTENCY_MISMATCH', 'this Idempotency-Key was already used with a different request body');
@@ -175,7 +187,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
       for (;;) {
         const existing = await untilStored(() => store.idemBegin(idemKey!, fingerprint, timeoutMs + 30_000, holder));
         if (!existing) break;
-        if (await awaitIdempotent(request, reply, idemKey, fingerprint, deadline)) return reply;
+        if (await awaitIdempotent(request, reply, idemKey, fingerprint, deadline, existing)) return reply;
       }
     }
 
@@ -300,7 +312,6 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
         // Only the request that fetched it stores it; those that shared the answer need not write it again.
         if (!shared) {
           await keepIfTerminal(p, res.body, tenant);
-          facts.setTerminal(id, res.body);
         }
       }
       r = { base: b, body: JSON.stringify(rewriteUrls(p, b)) };
@@ -322,7 +333,6 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
     if (res.status < 200 || res.status >= 300) throw upstream.errorFor(res);
     const p = readPrediction(res);
     await keepIfTerminal(p, res.body, tenant);
-    if (isTerminal(p)) facts.setTerminal(id, res.body);
     return sendJson(reply, res.status, rewriteUrls(p, base(request)));
   });
 
