@@ -115,6 +115,8 @@ export class UpstreamClient {
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     const deadline = Date.now() + (req.timeoutMs ?? this.#opts.timeoutMs);
     const maxAttempts = req.retry ? this.#opts.retries + 1 : 1;
+    // Latency covers every attempt and the pauses between them: what the caller waited for the upstream.
+    const started = performance.now();
     for (let attempt = 1; ; attempt++) {
       let pauseMs: number;
       try {
@@ -122,6 +124,7 @@ export class UpstreamClient {
         // (for as long as the probe's deadline); fail fast instead, as while open.
         if (this.#breaker.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
         const res = await this.#breaker.execute(() => this.#once(req, deadline));
+        res.latencyMs = performance.now() - started;
         if (!req.retry || attempt >= maxAttempts || !RETRY_STATUS.has(res.status)) return res;
         pauseMs = this.#backoff(attempt, retryAfterMs(res.retryAfter));
         if (!this.#canRetry(deadline, pauseMs)) return res;
@@ -168,7 +171,6 @@ export class UpstreamClient {
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
-    const started = performance.now();
     const signal = AbortSignal.timeout(left);
     try {
       const res = await this.#pool.request({
@@ -186,7 +188,7 @@ export class UpstreamClient {
         status: res.statusCode,
         retryAfter: Array.isArray(ra) ? ra[0] : ra,
         body,
-        latencyMs: performance.now() - started,
+        latencyMs: 0, // set by request(), over all attempts
         // A create answered 500 or 503 speaks of that model (New-API: "no available channel for model X"); one
         // team's unavailable model must not pause the upstream for every team. Gateway-level 5xx still count.
         unhealthy: res.statusCode >= 500 && (req.retry || !MODEL_SPECIFIC_STATUS.has(res.statusCode)),
