@@ -8,13 +8,14 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
+import { intFromEnv } from '../src/config.js';
 import { RedisServer, freePort } from '../test/helpers/redis.js';
 
-const DURATION = Number(process.env.BENCH_SECONDS ?? 7);
+const DURATION = intFromEnv(process.env, 'BENCH_SECONDS', 7, 1, 60);
 // What the slower upstream waits before each answer: a same-region round trip plus a little service time. Real
 // FuhuAPI calls cross the internet and take longer, which only makes the gateway's share smaller.
-const LATENCY_MS = Number(process.env.BENCH_UPSTREAM_LATENCY_MS ?? 20);
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const LATENCY_MS = intFromEnv(process.env, 'BENCH_UPSTREAM_LATENCY_MS', 20, 0, 10_000);
+const CONNECTIONS = intFromEnv(process.env, 'BENCH_CONNECTIONS', 32, 1, 10_000);
 const UPSTREAM_KEY = 'bench-upstream-key-000000000000';
 const TENANT_KEY = 'bench-tenant-key-0000000000000';
 const children: ChildProcess[] = [];

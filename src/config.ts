@@ -105,3 +105,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   return Object.freeze(parsed.data);
 }
+
+/**
+ * A whole-number setting of the tools around the gateway (simulator, demo, bench, soak): the same checks and
+ * messages as the gateway's own config. Unset or blank gives the fallback.
+ */
+export function intFromEnv(env: Record<string, string | undefined>, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  const r = int(min, max).safeParse(raw);
+  if (!r.success) throw new ConfigError(`invalid configuration: ${name} ${r.error.issues[0]!.message}`);
+  return r.data;
+}

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
-import { loadConfig } from './config.js';
+import { intFromEnv, loadConfig } from './config.js';
 import { createSimulator } from './simulator/simulator.js';
 
 const env = process.env;
@@ -13,8 +13,9 @@ const DEMO_KEY = env.DEMO_KEY ?? 'fgw_demo_key_not_for_production';
 const ADMIN_KEY = env.ADMIN_API_KEY ?? 'fgw_demo_admin_key_not_for_production';
 const upstreamKey = randomBytes(16).toString('hex');
 
-const sim = createSimulator({ apiKey: upstreamKey, stepMs: Number(env.SIMULATOR_STEP_MS ?? 1500) });
-const upstreamUrl = await sim.listen(Number(env.SIMULATOR_PORT ?? 0), '127.0.0.1');
+const stepMs = intFromEnv(env, 'SIMULATOR_STEP_MS', 1500);
+const sim = createSimulator({ apiKey: upstreamKey, stepMs });
+const upstreamUrl = await sim.listen(intFromEnv(env, 'SIMULATOR_PORT', 0, 0, 65535), '127.0.0.1');
 
 const dir = mkdtempSync(join(tmpdir(), 'fuhu-demo-'));
 const tenantsFile = join(dir, 'tenants.json');
@@ -59,7 +60,7 @@ const gw = `http://127.0.0.1:${port}`;
 
 process.stdout.write(`
 fuhu-gateway demo: gateway ${gw} → simulated FuhuAPI ${upstreamUrl}
-(state in memory; predictions finish after about ${Math.round((Number(env.SIMULATOR_STEP_MS ?? 1500) * 2) / 1000)} s; Ctrl-C stops)
+(state in memory; predictions finish after about ${Math.round((stepMs * 2) / 1000)} s; Ctrl-C stops)
 
 Create a prediction and wait for it:
   curl -s -X POST ${gw}/replicate/v1/models/black-forest-labs/flux-schnell/predictions \\
