@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../src/config.js';
+import { ConfigError, intFromEnv, loadConfig } from '../src/config.js';
 import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/tenants.js';
 import { writeTenants } from './helpers/stack.js';
 
@@ -50,6 +50,13 @@ describe('loadConfig', () => {
     expect(loadConfig({ ...base, ACCESS_LOG: 'FALSE' }).ACCESS_LOG).toBe(false);
     expect(loadConfig({ ...base, TRUST_PROXY: 'yes' }).TRUST_PROXY).toBe(true);
     expect(loadConfig({ ...base, TRUST_PROXY: 'off' }).TRUST_PROXY).toBe(false);
+  });
+
+  it('checks the tools\' numeric settings by the same rules (simulator, demo, bench, soak)', () => {
+    expect(intFromEnv({}, 'SIMULATOR_PORT', 8090, 0, 65535)).toBe(8090);
+    expect(intFromEnv({ SIMULATOR_PORT: ' 9000 ' }, 'SIMULATOR_PORT', 8090, 0, 65535)).toBe(9000);
+    expect(() => intFromEnv({ SIMULATOR_PORT: '70000' }, 'SIMULATOR_PORT', 8090, 0, 65535)).toThrow(/SIMULATOR_PORT must be at most 65535/);
+    expect(() => intFromEnv({ SOAK_SECONDS: 'abc' }, 'SOAK_SECONDS', 60, 1)).toThrow(/SOAK_SECONDS must be a number/);
   });
 
   it('parses durations in words', () => {
