@@ -1,0 +1,167 @@
+// Fault injection: a FIFO queue of faults and the gate every API request passes (faults, then auth) before its route.
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
+import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onSendHookHandler } from 'fastify';
+import { SIM_PREFIX, UNAUTHENTICATED, newApiError, pathOf } from './protocol.js';
+import type { TimerSet } from './timers.js';
+
+export type Fault =
+  | { kind: 'status'; status: number; body?: unknown; headers?: Record<string, string> }
+  | { kind: 'hang' }
+  | { kind: 'slowBody'; delayMs: number }
+  | { kind: 'reset' }
+  | { kind: 'delay'; delayMs: number };
+
+export interface FaultOptions {
+  /** How many matching requests the fault applies to. Default 1. */
+  times?: number;
+  /** Which requests the fault applies to (path without the query); default all API requests. */
+  match?: (method: string, path: string) => boolean;
+}
+
+interface PendingFault {
+  fault: Fault;
+  remaining: number;
+  match: FaultOptions['match'];
+}
+
+const DEFAULT_FAULT_MESSAGES: Record<number, string> = {
+  429: 'upstream load saturated',
+  500: 'internal server error',
+  502: 'bad gateway',
+  503: 'no available channel',
+  504: 'upstream timeout',
+  524: 'upstream timeout',
+};
+
+/** Faults in injection order; a request takes the first whose matcher accepts it. */
+export class FaultQueue {
+  private readonly pending: PendingFault[] = [];
+
+  get size(): number {
+    return this.pending.length;
+  }
+
+  push(fault: Fault, opts?: FaultOptions): void {
+    this.pending.push({ fault, remaining: opts?.times ?? 1, match: opts?.match });
+  }
+
+  clear(): void {
+    this.pending.length = 0;
+  }
+
+  /** Takes one use of the first fault matching the request, or returns undefined. */
+  take(method: string, path: string): Fault | undefined {
+    const pending = this.pending;
+    for (let i = 0; i < pending.length; i++) {
+      const f = pending[i];
+      if (f.match !== undefined && !f.match(method, path)) continue;
+      if (--f.remaining <= 0) pending.splice(i, 1);
+      return f.fault;
+    }
+    return undefined;
+  }
+}
+
+/** Faults that let the route answer and then change how its answer goes out. */
+type AnswerFault = Extract<Fault, { kind: 'slowBody' }>;
+
+export interface FaultGateOptions {
+  timers: TimerSet;
+  authorized: (header: string | string[] | undefined) => boolean;
+}
+
+/**
+ * The preHandler and onSend hooks of the API. Faults apply after the body is read, so the record has
+ * it, but before auth and the route handler. Callback-style hooks, and no work beyond one length check when no
+ * fault is queued, keep the no-fault path free of promise and closure allocations.
+ */
+export class FaultGate {
+  readonly queue = new FaultQueue();
+  private readonly hungSockets = new Set<Socket>();
+  private readonly answerFaults = new WeakMap<IncomingMessage, AnswerFault>();
+
+  constructor(private readonly opts: FaultGateOptions) {}
+
+  preHandler(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    if (!request.url.startsWith(SIM_PREFIX)) {
+      done();
+      return;
+    }
+    if (this.queue.size === 0) {
+      if (this.authorize(request, reply)) done();
+      return;
+    }
+    const fault = this.queue.take(request.method, pathOf(request.url));
+    if (fault === undefined) {
+      if (this.authorize(request, reply)) done();
+      return;
+    }
+    this.apply(fault, request, reply, done);
+  }
+
+  /** slowBody: the route's serialized answer, delayed. */
+  readonly onSend: onSendHookHandler = (request, reply, payload, done) => {
+    const fault = this.answerFaults.get(request.raw);
+    if (fault === undefined) {
+      done(null, payload);
+      return;
+    }
+    if (typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
+      done(null, payload);
+      return;
+    }
+    // slowBody: status and headers go out at once, the (normal) body only after the delay.
+    const res = reply.raw;
+    reply.header('content-length', Buffer.byteLength(payload));
+    const stream = new PassThrough();
+    res.once('pipe', () => res.flushHeaders());
+    this.opts.timers.after(fault.delayMs, () => stream.end(payload));
+    done(null, stream);
+  };
+
+  /** Ends hung requests (their sockets would otherwise keep close() waiting) and drops queued faults. */
+  close(): void {
+    this.queue.clear();
+    for (const s of this.hungSockets) s.destroy();
+    this.hungSockets.clear();
+  }
+
+  private authorize(request: FastifyRequest, reply: FastifyReply): boolean {
+    if (this.opts.authorized(request.headers.authorization)) return true;
+    reply.code(401).send(UNAUTHENTICATED);
+    return false;
+  }
+
+  private apply(fault: Fault, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    switch (fault.kind) {
+      case 'status': {
+        reply.code(fault.status);
+        if (fault.headers) reply.headers(fault.headers);
+        reply.send(fault.body ?? newApiError(DEFAULT_FAULT_MESSAGES[fault.status] ?? 'upstream load saturated', null));
+        return;
+      }
+      case 'hang': {
+        const socket = request.raw.socket;
+        this.hungSockets.add(socket);
+        socket.once('close', () => this.hungSockets.delete(socket));
+        reply.hijack();
+        return;
+      }
+      case 'reset':
+        reply.hijack();
+        request.raw.socket.destroy();
+        return;
+      case 'delay':
+        this.opts.timers.after(fault.delayMs, () => {
+          if (this.authorize(request, reply)) done();
+        });
+        return;
+      case 'slowBody':
+        this.answerFaults.set(request.raw, fault);
+        if (this.authorize(request, reply)) done();
+        return;
+    }
+  }
+}

@@ -1,0 +1,138 @@
+// The HTTP surface: body parsing, errors, and the prediction routes (create, get, cancel, list, stream).
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { isTerminalStatus, type Prediction, type PredictionStore } from './predictions.js';
+import { NOT_FOUND, ROUTES, isPlainObject, newApiError, parsePreferWait, problem } from './protocol.js';
+
+export interface RouteDeps {
+  store: PredictionStore;
+  /** True once close() began: waiting creates are then dropped rather than answered. */
+  isClosed: () => boolean;
+}
+
+function modelError(model: string, reply: FastifyReply): FastifyReply | undefined {
+  if (model === 'sim/quota-exceeded') {
+    return reply.code(403).send(newApiError('user quota is not enough', 'insufficient_user_quota'));
+  }
+  if (model === 'sim/no-channel') {
+    return reply.code(503).send(newApiError(`no available channel for model ${model}`, null));
+  }
+  return undefined;
+}
+
+function invalidInput(input: unknown): string {
+  return '- input: Invalid type. Expected: object, given: ' + (input === undefined ? 'null' : Array.isArray(input) ? 'array' : typeof input);
+}
+
+export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
+  const { store, isClosed } = deps;
+
+  async function create(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    model: string,
+    version: string,
+    body: Record<string, unknown>,
+  ): Promise<FastifyReply> {
+    const errorReply = modelError(model, reply);
+    if (errorReply !== undefined) return errorReply;
+    const input = body.input;
+    if (!isPlainObject(input)) return reply.code(422).send(problem(422, 'Invalid input', invalidInput(input)));
+    const p = store.create(model, version, body, input);
+    const res = reply.raw;
+    const wait = parsePreferWait(request.headers.prefer);
+    if (wait !== undefined && !isTerminalStatus(p.status)) {
+      await store.waitForTerminal(p, wait, res, isClosed);
+      // a closing simulator drops held creates like a dying upstream would
+      if (isClosed()) {
+        reply.hijack();
+        res.destroy();
+        return reply;
+      }
+    }
+    return reply.code(201).send(p);
+  }
+
+  // The official client cancels with `Content-Type: application/json` and an empty body.
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = body as string;
+    if (text.length === 0 || text.trim().length === 0) {
+      done(null, undefined);
+      return;
+    }
+    try {
+      done(null, JSON.parse(text));
+    } catch {
+      const err = new Error('Request body is not valid JSON') as FastifyError;
+      err.statusCode = 400;
+      done(err, undefined);
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError, _request, reply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 ? err.statusCode : 500;
+    const title = status === 400 ? 'Bad request' : status === 413 ? 'Payload too large' : status === 415 ? 'Unsupported media type' : status < 500 ? 'Invalid request' : 'Internal server error';
+    return reply.code(status).send(problem(status, title, err.message));
+  });
+
+  app.setNotFoundHandler((_request, reply) => reply.code(404).send(NOT_FOUND));
+
+  app.post<{ Params: { owner: string; name: string } }>(ROUTES.createByModel, async (request, reply) => {
+    const body = request.body;
+    if (!isPlainObject(body)) {
+      return reply.code(422).send(problem(422, 'Invalid input', '- input: Invalid type. Expected: object, given: null'));
+    }
+    if ('version' in body) {
+      return reply.code(422).send(problem(422, 'Input validation failed', '- (root): Additional property version is not allowed'));
+    }
+    const { owner, name } = request.params;
+    return create(request, reply, `${owner}/${name}`, 'hidden', body);
+  });
+
+  app.post(ROUTES.createByVersion, async (request, reply) => {
+    const body = request.body;
+    if (!isPlainObject(body)) {
+      return reply.code(422).send(problem(422, 'Invalid input', '- input: Invalid type. Expected: object, given: null'));
+    }
+    const version = body.version;
+    if (typeof version !== 'string' || version.length === 0) {
+      return reply.code(422).send(problem(422, 'Invalid version', '- version: version is required and must be a string'));
+    }
+    const colon = version.lastIndexOf(':');
+    let model = 'unknown/unknown';
+    let hash = version;
+    if (colon !== -1) {
+      model = version.slice(0, colon);
+      hash = version.slice(colon + 1);
+    }
+    return create(request, reply, model, hash, body);
+  });
+
+  app.get<{ Params: { id: string } }>(ROUTES.get, async (request, reply) => {
+    const p = store.get(request.params.id);
+    if (p === undefined) return reply.code(404).send(NOT_FOUND);
+    return reply.send(p);
+  });
+
+  app.post<{ Params: { id: string } }>(ROUTES.cancel, async (request, reply) => {
+    const p = store.get(request.params.id);
+    if (p === undefined) return reply.code(404).send(NOT_FOUND);
+    store.cancel(p);
+    return reply.send(p);
+  });
+
+  app.get(ROUTES.list, async (_request, reply) => {
+    const results: Prediction[] = [];
+    for (const p of store.map.values()) results.push(p);
+    results.reverse();
+    return reply.send({ next: null, previous: null, results });
+  });
+
+  // Stand-in for urls.stream (which stays on stream.replicate.com); unauthenticated like the real one.
+  app.get<{ Params: { id: string } }>(ROUTES.stream, async (request, reply) => {
+    if (!store.has(request.params.id)) return reply.code(404).send(NOT_FOUND);
+    return reply
+      .header('content-type', 'text/event-stream')
+      .header('cache-control', 'no-store')
+      .send('event: output\ndata: hello\n\nevent: done\ndata: {}\n\n');
+  });
+}
