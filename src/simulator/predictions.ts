@@ -309,6 +309,8 @@ export class PredictionStore {
       const done = () => {
         timers.cancel(t);
         waiting.delete(done);
+        // an empty set left behind would keep one entry per waited-on id for the simulator's lifetime
+        if (waiting.size === 0 && this.waiters.get(id) === waiting) this.waiters.delete(id);
         res.off('close', done);
         resolve();
       };
