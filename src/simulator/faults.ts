@@ -13,11 +13,17 @@ export type Fault =
   | { kind: 'reset' }
   | { kind: 'delay'; delayMs: number };
 
+/** What a matcher may look at besides method and path: the parsed JSON body is there, a GET's is undefined. */
+export interface FaultRequest {
+  headers: Record<string, string | string[] | undefined>;
+  body: unknown;
+}
+
 export interface FaultOptions {
-  /** How many matching requests the fault applies to. Default 1. */
+  /** How many matching requests the fault applies to: a positive integer, or Infinity for "until clearFaults()". Default 1. */
   times?: number;
   /** Which requests the fault applies to (path without the query); default all API requests. */
-  match?: (method: string, path: string) => boolean;
+  match?: (method: string, path: string, req: FaultRequest) => boolean;
 }
 
 interface PendingFault {
@@ -35,6 +41,12 @@ const DEFAULT_FAULT_MESSAGES: Record<number, string> = {
   524: 'upstream timeout',
 };
 
+function checkFault(fault: Fault, times: number): void {
+  if (!(times === Infinity || (Number.isInteger(times) && times > 0))) {
+    throw new RangeError(`simulator: fault times must be a positive integer or Infinity, got ${times}`);
+  }
+}
+
 /** Faults in injection order; a request takes the first whose matcher accepts it. */
 export class FaultQueue {
   private readonly pending: PendingFault[] = [];
@@ -44,19 +56,21 @@ export class FaultQueue {
   }
 
   push(fault: Fault, opts?: FaultOptions): void {
-    this.pending.push({ fault, remaining: opts?.times ?? 1, match: opts?.match });
+    const times = opts?.times ?? 1;
+    checkFault(fault, times);
+    this.pending.push({ fault, remaining: times, match: opts?.match });
   }
 
   clear(): void {
     this.pending.length = 0;
   }
 
-  /** Takes one use of the first fault matching the request, or returns undefined. */
-  take(method: string, path: string): Fault | undefined {
+  /** Takes one use of the first fault matching the request (Infinity never runs out), or returns undefined. */
+  take(method: string, path: string, req: FaultRequest): Fault | undefined {
     const pending = this.pending;
     for (let i = 0; i < pending.length; i++) {
       const f = pending[i];
-      if (f.match !== undefined && !f.match(method, path)) continue;
+      if (f.match !== undefined && !f.match(method, path, req)) continue;
       if (--f.remaining <= 0) pending.splice(i, 1);
       return f.fault;
     }
@@ -73,7 +87,7 @@ export interface FaultGateOptions {
 }
 
 /**
- * The preHandler and onSend hooks of the API. Faults apply after the body is read, so the record has
+ * The preHandler and onSend hooks of the API. Faults apply after the body is read, so the record and matchers have
  * it, but before auth and the route handler. Callback-style hooks, and no work beyond one length check when no
  * fault is queued, keep the no-fault path free of promise and closure allocations.
  */
@@ -93,7 +107,7 @@ export class FaultGate {
       if (this.authorize(request, reply)) done();
       return;
     }
-    const fault = this.queue.take(request.method, pathOf(request.url));
+    const fault = this.queue.take(request.method, pathOf(request.url), { headers: request.headers, body: request.body });
     if (fault === undefined) {
       if (this.authorize(request, reply)) done();
       return;

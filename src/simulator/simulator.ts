@@ -18,7 +18,7 @@ import { TimerSet } from './timers.js';
 export { SIM_PREFIX } from './protocol.js';
 export { isTerminalStatus } from './predictions.js';
 export type { Prediction, PredictionStatus } from './predictions.js';
-export type { Fault, FaultOptions } from './faults.js';
+export type { Fault, FaultOptions, FaultRequest } from './faults.js';
 export type { RecordedRequest } from './recorder.js';
 
 export interface SimulatorOptions {
