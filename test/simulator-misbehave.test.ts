@@ -1,5 +1,5 @@
-// The simulator's misbehaving-upstream modes, over real HTTP: a hang that picks its requests by body or header, and
-// faults that last until cleared.
+// The simulator's misbehaving-upstream modes, over real HTTP: another id, an echoed key, a hang that picks its
+// requests by body or header, and faults that last until cleared.
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createSimulator } from '../src/simulator/simulator.js';
@@ -61,6 +61,110 @@ function stored(id: string): Prediction {
   if (p === undefined) throw new Error(`no prediction ${id}`);
   return structuredClone(p);
 }
+
+describe('replaceId', () => {
+  it('answers a get of any id with the other prediction, refreshed', async () => {
+    const mine = await create({ duration_ms: 60_000 });
+    const other = await create({ duration_ms: 30 });
+    await delay(45); // `other` is due to succeed; nothing has read it since
+    sim.injectFault({ kind: 'replaceId', id: other.id });
+    const r = await call('GET', `/predictions/${mine.id}`);
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({ id: other.id, status: 'succeeded' });
+    // one use only
+    expect((await call('GET', `/predictions/${mine.id}`)).json).toMatchObject({ id: mine.id });
+  });
+
+  it('answers a cancel with the other prediction and cancels neither', async () => {
+    const mine = await create({ duration_ms: 60_000 });
+    const other = await create({ duration_ms: 60_000 });
+    sim.injectFault({ kind: 'replaceId', id: other.id });
+    const r = await call('POST', `/predictions/${mine.id}/cancel`);
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({ id: other.id });
+    expect(r.json.status).not.toBe('canceled');
+    expect(sim.predictions.get(mine.id)?.status).not.toBe('canceled');
+    expect(sim.predictions.get(other.id)?.status).not.toBe('canceled');
+  });
+
+  it('answers a create with the existing prediction, unchanged, and creates nothing', async () => {
+    const other = await create({ prompt: 'someone else', duration_ms: 0 });
+    const before = sim.predictions.size;
+    sim.injectFault({ kind: 'replaceId', id: other.id });
+    const r = await call('POST', MODEL_PATH, { input: { prompt: 'mine' } });
+    expect(r.status).toBe(201);
+    expect(r.json).toEqual(stored(other.id));
+    expect(r.json.input).toEqual({ prompt: 'someone else', duration_ms: 0 });
+    expect(sim.predictions.size).toBe(before);
+    // by version too
+    sim.injectFault({ kind: 'replaceId', id: other.id });
+    const byVersion = await call('POST', '/predictions', { version: 'acme/model:abc', input: {} });
+    expect([byVersion.status, byVersion.json.id]).toEqual([201, other.id]);
+    expect(sim.predictions.size).toBe(before);
+  });
+
+  it('404s for an unknown id and still wants the key', async () => {
+    const mine = await create({});
+    sim.injectFault({ kind: 'replaceId', id: 'nosuchpredictionid' }, { times: 2 });
+    expect((await call('GET', `/predictions/${mine.id}`)).status).toBe(404);
+    expect((await call('POST', MODEL_PATH, { input: {} })).status).toBe(404);
+    sim.injectFault({ kind: 'replaceId', id: mine.id });
+    expect((await call('GET', `/predictions/${mine.id}`, undefined, { key: 'wrong' })).status).toBe(401);
+  });
+});
+
+describe('embed', () => {
+  it('plants the text in logs, error and urls.stream of the answer only', async () => {
+    const p = await create({ duration_ms: 0 });
+    const before = stored(p.id);
+    sim.injectFault({ kind: 'embed', text: 'sk-upstream-secret' });
+    const r = await call('GET', `/predictions/${p.id}`);
+    expect(r.status).toBe(200);
+    expect(r.json.id).toBe(p.id);
+    expect(r.json.logs).toBe(`${before.logs}upstream key: sk-upstream-secret\n`);
+    expect(r.json.error).toContain('sk-upstream-secret');
+    expect(r.json.urls.stream).toBe('https://stream.example/sk-upstream-secret');
+    // untouched fields and the stored prediction
+    expect(r.json.output).toEqual(before.output);
+    expect(r.json.urls.web).toBe(before.urls.web);
+    expect(stored(p.id)).toEqual(before);
+    expect(Number(r.headers.get('content-length'))).toBe(Buffer.byteLength(r.text));
+  });
+
+  it('works on creates, lists and cancels, with chosen fields', async () => {
+    sim.injectFault({ kind: 'embed', text: 'KEY', fields: ['output', 'urls.web'] });
+    const created = await call('POST', MODEL_PATH, { input: { duration_ms: 0 } });
+    expect(created.status).toBe(201);
+    const outputUrl = `https://replicate.delivery/xezq/${created.json.id}/out-0.webp`;
+    expect(created.json.output).toEqual([outputUrl, 'KEY']);
+    expect(created.json.urls.web).toBe('https://web.example/KEY');
+    expect(created.json.logs).not.toContain('KEY');
+    expect(stored(created.json.id).output).toEqual([outputUrl]);
+
+    sim.injectFault({ kind: 'embed', text: 'KEY', fields: ['output'] });
+    const p = (await call('POST', MODEL_PATH, { input: { duration_ms: 60_000 } })).json as Prediction;
+    expect(p.output).toEqual(['KEY']); // a null output becomes a list of the text
+    expect(stored(p.id).output).toBeNull();
+
+    sim.injectFault({ kind: 'embed', text: 'LISTED' });
+    const list = await call('GET', '/predictions');
+    expect(list.json.results.length).toBeGreaterThan(1);
+    for (const item of list.json.results) expect(item.urls.stream).toBe('https://stream.example/LISTED');
+
+    sim.injectFault({ kind: 'embed', text: 'CANCELED' });
+    const canceled = await call('POST', `/predictions/${p.id}/cancel`);
+    expect(canceled.json).toMatchObject({ id: p.id, status: 'canceled' });
+    expect(canceled.json.logs).toContain('upstream key: CANCELED');
+    expect(stored(p.id).logs).not.toContain('CANCELED');
+  });
+
+  it('leaves error answers alone', async () => {
+    sim.injectFault({ kind: 'embed', text: 'KEY' });
+    const r = await call('GET', '/predictions/nope');
+    expect(r.status).toBe(404);
+    expect(r.json).toEqual({ title: 'Not found', detail: 'The requested resource could not be found.', status: 404 });
+  });
+});
 
 describe('match on the request', () => {
   it("hangs only one tenant's creates, picked by body, until cleared", async () => {

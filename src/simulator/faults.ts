@@ -3,15 +3,31 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onSendHookHandler } from 'fastify';
-import { SIM_PREFIX, UNAUTHENTICATED, newApiError, pathOf } from './protocol.js';
+import { DEFAULT_EMBED_FIELDS, type EmbedField, embedInAnswer } from './answers.js';
+import type { PredictionStore } from './predictions.js';
+import { NOT_FOUND, ROUTES, SIM_PREFIX, UNAUTHENTICATED, newApiError, pathOf } from './protocol.js';
 import type { TimerSet } from './timers.js';
+
+export type { EmbedField } from './answers.js';
 
 export type Fault =
   | { kind: 'status'; status: number; body?: unknown; headers?: Record<string, string> }
   | { kind: 'hang' }
   | { kind: 'slowBody'; delayMs: number }
   | { kind: 'reset' }
-  | { kind: 'delay'; delayMs: number };
+  | { kind: 'delay'; delayMs: number }
+  /**
+   * Answered as if the request concerned prediction `id`: a get or cancel of any id answers 200 with `id`
+   * (refreshed), a create answers 201 with the existing `id` (a deduplicating reseller) and creates nothing, any
+   * other API request answers 200 with it too; 404 when `id` is unknown. Nothing is canceled: only the answer is
+   * wrong. Authenticated as usual.
+   */
+  | { kind: 'replaceId'; id: string }
+  /**
+   * The normal answer (authenticated as usual), with `text` planted in `fields` of the prediction(s) it carries,
+   * default logs, error and urls.stream. The stored prediction is unchanged; error bodies are left alone.
+   */
+  | { kind: 'embed'; text: string; fields?: EmbedField[] };
 
 /** What a matcher may look at besides method and path: the parsed JSON body is there, a GET's is undefined. */
 export interface FaultRequest {
@@ -79,11 +95,17 @@ export class FaultQueue {
 }
 
 /** Faults that let the route answer and then change how its answer goes out. */
-type AnswerFault = Extract<Fault, { kind: 'slowBody' }>;
+type AnswerFault = Extract<Fault, { kind: 'slowBody' | 'embed' }>;
 
 export interface FaultGateOptions {
+  store: PredictionStore;
   timers: TimerSet;
   authorized: (header: string | string[] | undefined) => boolean;
+}
+
+function isCreate(request: FastifyRequest): boolean {
+  const route = request.routeOptions.url;
+  return request.method === 'POST' && (route === ROUTES.createByModel || route === ROUTES.createByVersion);
 }
 
 /**
@@ -115,11 +137,15 @@ export class FaultGate {
     this.apply(fault, request, reply, done);
   }
 
-  /** slowBody: the route's serialized answer, delayed. */
+  /** slowBody and embed: the route's serialized answer, delayed or rewritten. */
   readonly onSend: onSendHookHandler = (request, reply, payload, done) => {
     const fault = this.answerFaults.get(request.raw);
     if (fault === undefined) {
       done(null, payload);
+      return;
+    }
+    if (fault.kind === 'embed') {
+      done(null, typeof payload === 'string' ? embedInAnswer(payload, fault.text, fault.fields ?? DEFAULT_EMBED_FIELDS) : payload);
       return;
     }
     if (typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
@@ -173,9 +199,17 @@ export class FaultGate {
         });
         return;
       case 'slowBody':
+      case 'embed':
         this.answerFaults.set(request.raw, fault);
         if (this.authorize(request, reply)) done();
         return;
+      case 'replaceId': {
+        if (!this.authorize(request, reply)) return;
+        const p = this.opts.store.get(fault.id);
+        if (p === undefined) reply.code(404).send(NOT_FOUND);
+        else reply.code(isCreate(request) ? 201 : 200).send(p);
+        return;
+      }
     }
   }
 }

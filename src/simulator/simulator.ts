@@ -2,6 +2,7 @@
 // This file wires the parts together and is the public face; the parts are:
 //   predictions.ts  the prediction model and the PredictionMap
 //   faults.ts       the fault queue and the gate (faults, then auth) before every API route
+//   answers.ts      misbehaving answers: embedded text
 //   routes.ts       the HTTP routes
 //   recorder.ts     the recorded requests
 //   protocol.ts     paths, error bodies, header parsing
@@ -18,7 +19,7 @@ import { TimerSet } from './timers.js';
 export { SIM_PREFIX } from './protocol.js';
 export { isTerminalStatus } from './predictions.js';
 export type { Prediction, PredictionStatus } from './predictions.js';
-export type { Fault, FaultOptions, FaultRequest } from './faults.js';
+export type { EmbedField, Fault, FaultOptions, FaultRequest } from './faults.js';
 export type { RecordedRequest } from './recorder.js';
 
 export interface SimulatorOptions {
@@ -69,7 +70,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     streamUrl: (id) =>
       opts.selfStreamUrls && baseUrl ? `${baseUrl.slice(0, -SIM_PREFIX.length)}/stream/${id}` : `https://stream.replicate.com/v1/files/${id}`,
   });
-  const gate = new FaultGate({ timers, authorized: bearerChecker(opts.apiKey) });
+  const gate = new FaultGate({ store, timers, authorized: bearerChecker(opts.apiKey) });
 
   const app = Fastify({
     logger: opts.logger ?? false,
