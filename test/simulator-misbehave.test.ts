@@ -1,7 +1,8 @@
-// The simulator's misbehaving-upstream modes, over real HTTP: another id, an echoed key, a hang that picks its
-// requests by body or header, and faults that last until cleared.
+// The simulator's misbehaving-upstream modes, over real HTTP: another id, an echoed key, a huge body, a hang that
+// picks its requests by body or header, and faults that last until cleared.
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { HUGE_BODY_CHUNK_BYTES, HugePredictionBody } from '../src/simulator/answers.js';
 import { createSimulator } from '../src/simulator/simulator.js';
 import type { Prediction, Simulator } from '../src/simulator/simulator.js';
 
@@ -163,6 +164,90 @@ describe('embed', () => {
     const r = await call('GET', '/predictions/nope');
     expect(r.status).toBe(404);
     expect(r.json).toEqual({ title: 'Not found', detail: 'The requested resource could not be found.', status: 404 });
+  });
+});
+
+describe('hugeBody', () => {
+  const MB = 1024 * 1024;
+
+  it('sends a 20 MB prediction that arrives complete and parses', async () => {
+    const p = await create({ duration_ms: 0 });
+    sim.injectFault({ kind: 'hugeBody', bytes: 20 * MB });
+    const r = await call('GET', `/predictions/${p.id}`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toContain('application/json');
+    const length = Number(r.headers.get('content-length'));
+    expect(length).toBeGreaterThanOrEqual(20 * MB);
+    expect(length).toBeLessThan(20 * MB + 1024);
+    expect(Buffer.byteLength(r.text)).toBe(length);
+    const { logs, ...rest } = r.json as Prediction;
+    const { logs: storedLogs, ...storedRest } = stored(p.id);
+    expect(rest).toEqual(storedRest);
+    expect(logs.startsWith(storedLogs)).toBe(true);
+    expect(logs.length).toBeGreaterThan(20 * MB - 1024);
+  });
+
+  it('answers a create with 201 and an unstored prediction, or the given status', async () => {
+    const before = sim.predictions.size;
+    sim.injectFault({ kind: 'hugeBody', bytes: 100_000 });
+    const created = await call('POST', MODEL_PATH, { input: { prompt: 'big' } });
+    expect(created.status).toBe(201);
+    expect(created.json).toMatchObject({ model: 'black-forest-labs/flux-schnell', status: 'starting', input: { prompt: 'big' } });
+    expect(created.text.length).toBeGreaterThanOrEqual(100_000);
+    expect(sim.predictions.size).toBe(before);
+
+    sim.injectFault({ kind: 'hugeBody', bytes: 10, status: 502 });
+    const small = await call('GET', '/predictions/whatever');
+    expect(small.status).toBe(502);
+    expect(small.json).toMatchObject({ status: 'starting' }); // bytes is a minimum: the object itself is larger
+  });
+
+  it('streams 100 MB in 64 KiB chunks without building the body', async () => {
+    const body = new HugePredictionBody(stored((await create({ duration_ms: 0 })).id), 100 * MB);
+    let total = 0;
+    let largest = 0;
+    // 'data' sees each pushed chunk (an async iterator would join buffered ones)
+    body.on('data', (chunk: Buffer) => {
+      total += chunk.length;
+      largest = Math.max(largest, chunk.length);
+    });
+    await new Promise((resolve) => body.once('end', resolve));
+    expect(total).toBe(body.length);
+    expect(largest).toBeLessThanOrEqual(HUGE_BODY_CHUNK_BYTES);
+
+    sim.injectFault({ kind: 'hugeBody', bytes: 100 * MB });
+    const res = await fetch(`${base}/predictions/x`, { headers: { authorization: `Bearer ${KEY}` } });
+    let received = 0;
+    for await (const chunk of res.body!) received += chunk.length;
+    expect(received).toBe(Number(res.headers.get('content-length')));
+    expect(received).toBeGreaterThanOrEqual(100 * MB);
+  });
+
+  it('stays healthy when the client aborts after 1 MB', async () => {
+    sim.injectFault({ kind: 'hugeBody', bytes: 100 * MB }, { times: 3 });
+    for (let i = 0; i < 3; i++) {
+      const ac = new AbortController();
+      const res = await fetch(`${base}/predictions/x`, { headers: { authorization: `Bearer ${KEY}` }, signal: ac.signal });
+      const reader = res.body!.getReader();
+      let received = 0;
+      while (received < MB) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        received += value.length;
+      }
+      ac.abort();
+      await reader.cancel().catch(() => undefined);
+      expect(received).toBeGreaterThanOrEqual(MB);
+    }
+    const t0 = Date.now();
+    const next = await create({});
+    expect(next.id).toMatch(/^[a-z2-7]{26}$/);
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('rejects a size that is not a finite number', () => {
+    expect(() => sim.injectFault({ kind: 'hugeBody', bytes: Number.NaN })).toThrow(RangeError);
+    expect(() => sim.injectFault({ kind: 'hugeBody', bytes: Infinity })).toThrow(RangeError);
   });
 });
 

@@ -1,6 +1,8 @@
-// Answers of a misbehaving upstream: a normal answer with text planted in it (embed). It works on a copy: the
-// stored predictions never change.
+// Answers of a misbehaving upstream: a normal answer with text planted in it (embed), and a huge prediction body
+// streamed in chunks (hugeBody). Both work on copies: the stored predictions never change.
+import { Readable } from 'node:stream';
 import { isPlainObject } from './protocol.js';
+import type { Prediction } from './predictions.js';
 
 export type EmbedField = 'logs' | 'error' | 'output' | 'urls.stream' | 'urls.web';
 
@@ -56,4 +58,54 @@ export function embedInAnswer(payload: string, text: string, fields: readonly Em
     return payload;
   }
   return JSON.stringify(body);
+}
+
+export const HUGE_BODY_CHUNK_BYTES = 64 * 1024;
+// Plain ASCII without quotes or backslashes, so any prefix of it is valid inside a JSON string.
+const PAD_CHUNK = Buffer.alloc(HUGE_BODY_CHUNK_BYTES, 'simulated upstream log line; ');
+
+/**
+ * A prediction as JSON of at least `bytes` bytes, its logs padded, produced chunk by chunk as the socket drains:
+ * one shared 64 KiB pad buffer is pushed again and again, so 100 MB costs the simulator no more than a few chunks.
+ * The exact length is known up front for content-length. A client leaving mid-body destroys the stream (Fastify
+ * does that when the response closes); there are no timers to leak.
+ */
+export class HugePredictionBody extends Readable {
+  readonly length: number;
+  private readonly head: Buffer;
+  private readonly tail = Buffer.from('"}');
+  private padLeft: number;
+  private stage: 'head' | 'pad' | 'done' = 'head';
+
+  constructor(p: Prediction, bytes: number) {
+    super();
+    const { logs, ...rest } = p;
+    const open = JSON.stringify(rest);
+    // `{...rest,"logs":"<logs>` then padding, then `"}`: the logs string is left open for the padding.
+    const logsOpen = `"logs":${JSON.stringify(logs ?? '').slice(0, -1)}`;
+    this.head = Buffer.from(open === '{}' ? `{${logsOpen}` : `${open.slice(0, -1)},${logsOpen}`);
+    this.padLeft = Math.max(0, bytes - this.head.length - this.tail.length);
+    this.length = this.head.length + this.padLeft + this.tail.length;
+  }
+
+  override _read(): void {
+    for (;;) {
+      let chunk: Buffer;
+      if (this.stage === 'head') {
+        chunk = this.head;
+        this.stage = 'pad';
+      } else if (this.padLeft > 0) {
+        const n = Math.min(this.padLeft, PAD_CHUNK.length);
+        chunk = n === PAD_CHUNK.length ? PAD_CHUNK : PAD_CHUNK.subarray(0, n);
+        this.padLeft -= n;
+      } else if (this.stage === 'pad') {
+        chunk = this.tail;
+        this.stage = 'done';
+      } else {
+        this.push(null);
+        return;
+      }
+      if (!this.push(chunk)) return;
+    }
+  }
 }

@@ -3,9 +3,9 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onSendHookHandler } from 'fastify';
-import { DEFAULT_EMBED_FIELDS, type EmbedField, embedInAnswer } from './answers.js';
+import { DEFAULT_EMBED_FIELDS, type EmbedField, HugePredictionBody, embedInAnswer } from './answers.js';
 import type { PredictionStore } from './predictions.js';
-import { NOT_FOUND, ROUTES, SIM_PREFIX, UNAUTHENTICATED, newApiError, pathOf } from './protocol.js';
+import { NOT_FOUND, ROUTES, SIM_PREFIX, UNAUTHENTICATED, isPlainObject, newApiError, pathOf } from './protocol.js';
 import type { TimerSet } from './timers.js';
 
 export type { EmbedField } from './answers.js';
@@ -27,7 +27,13 @@ export type Fault =
    * The normal answer (authenticated as usual), with `text` planted in `fields` of the prediction(s) it carries,
    * default logs, error and urls.stream. The stored prediction is unchanged; error bodies are left alone.
    */
-  | { kind: 'embed'; text: string; fields?: EmbedField[] };
+  | { kind: 'embed'; text: string; fields?: EmbedField[] }
+  /**
+   * A valid JSON prediction (the one the path names, else a fresh unstored one) of at least `bytes` bytes, its logs
+   * padded, streamed in 64 KiB chunks with an exact content-length. Status default 201 for creates, else 200.
+   * Skips auth, like `status`.
+   */
+  | { kind: 'hugeBody'; bytes: number; status?: number };
 
 /** What a matcher may look at besides method and path: the parsed JSON body is there, a GET's is undefined. */
 export interface FaultRequest {
@@ -60,6 +66,9 @@ const DEFAULT_FAULT_MESSAGES: Record<number, string> = {
 function checkFault(fault: Fault, times: number): void {
   if (!(times === Infinity || (Number.isInteger(times) && times > 0))) {
     throw new RangeError(`simulator: fault times must be a positive integer or Infinity, got ${times}`);
+  }
+  if (fault.kind === 'hugeBody' && !(Number.isFinite(fault.bytes) && fault.bytes >= 0)) {
+    throw new RangeError(`simulator: hugeBody bytes must be a finite number >= 0, got ${fault.bytes}`);
   }
 }
 
@@ -210,6 +219,24 @@ export class FaultGate {
         else reply.code(isCreate(request) ? 201 : 200).send(p);
         return;
       }
+      case 'hugeBody': {
+        const body = new HugePredictionBody(this.hugeBodyPrediction(request), fault.bytes);
+        reply
+          .code(fault.status ?? (isCreate(request) ? 201 : 200))
+          .header('content-type', 'application/json; charset=utf-8')
+          .header('content-length', body.length)
+          .send(body);
+        return;
+      }
     }
+  }
+
+  private hugeBodyPrediction(request: FastifyRequest) {
+    const params = request.params as { id?: string; owner?: string; name?: string } | undefined;
+    const known = typeof params?.id === 'string' ? this.opts.store.get(params.id) : undefined;
+    if (known !== undefined) return known;
+    const body = isPlainObject(request.body) ? request.body : {};
+    const model = typeof params?.owner === 'string' && typeof params.name === 'string' ? `${params.owner}/${params.name}` : 'sim/huge-body';
+    return this.opts.store.draft(model, 'hidden', body, isPlainObject(body.input) ? body.input : {});
   }
 }

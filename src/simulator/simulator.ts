@@ -2,7 +2,7 @@
 // This file wires the parts together and is the public face; the parts are:
 //   predictions.ts  the prediction model and the PredictionMap
 //   faults.ts       the fault queue and the gate (faults, then auth) before every API route
-//   answers.ts      misbehaving answers: embedded text
+//   answers.ts      misbehaving answers: embedded text, huge streamed bodies
 //   routes.ts       the HTTP routes
 //   recorder.ts     the recorded requests
 //   protocol.ts     paths, error bodies, header parsing
