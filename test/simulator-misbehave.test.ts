@@ -1,5 +1,5 @@
 // The simulator's misbehaving-upstream modes, over real HTTP: another id, an echoed key, a huge body, a hang that
-// picks its requests by body or header, and faults that last until cleared.
+// picks its requests by body or header, faults that last until cleared, and creates held back by their input.
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HUGE_BODY_CHUNK_BYTES, HugePredictionBody } from '../src/simulator/answers.js';
@@ -297,5 +297,76 @@ describe('times', () => {
       expect(() => sim.injectFault({ kind: 'hang' }, { times })).toThrow(RangeError);
     }
     expect(() => sim.injectFault({ kind: 'hang' }, { times: 2 })).not.toThrow();
+  });
+});
+
+describe('hold_ms', () => {
+  it('holds that one create back, with the prediction already stored', async () => {
+    const t0 = Date.now();
+    let answered = false;
+    const held = create({ prompt: 'slow', hold_ms: 400, duration_ms: 60_000 }).finally(() => {
+      answered = true;
+    });
+    await delay(50);
+    const id = [...sim.predictions.keys()].at(-1)!;
+    expect(sim.predictions.get(id)?.input).toMatchObject({ prompt: 'slow' });
+    // other requests are not held
+    await create({ prompt: 'fast' });
+    expect(answered).toBe(false);
+    const p = await held;
+    expect(p.id).toBe(id);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(395);
+  });
+
+  it('answers the state as of when it leaves, after the longer of hold_ms and Prefer: wait', async () => {
+    const p = await create({ hold_ms: 120, duration_ms: 60 });
+    expect(p.status).toBe('succeeded');
+    for (const input of [{ hold_ms: 200, duration_ms: 60 }, { hold_ms: 50, duration_ms: 200 }]) {
+      const t0 = Date.now();
+      const waited = await create(input, { headers: { prefer: 'wait=5' } });
+      expect(waited.status).toBe('succeeded');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(195);
+    }
+  });
+
+  it('ignores values that are not positive numbers', async () => {
+    for (const hold_ms of ['2000', -5, null, true]) {
+      const t0 = Date.now();
+      await create({ hold_ms });
+      expect(Date.now() - t0).toBeLessThan(1000);
+    }
+  });
+
+  it('survives a client leaving while held', async () => {
+    await expect(create({ hold_ms: 300 }, { signal: AbortSignal.timeout(50) })).rejects.toThrow();
+    expect((await call('GET', '/predictions/x')).status).toBe(404);
+    await delay(300); // the hold ends with nobody to answer
+    expect((await call('GET', '/predictions/x')).status).toBe(404);
+  });
+});
+
+describe('close', () => {
+  it('ends held creates, hangs, delays and huge bodies promptly and drops endless faults', async () => {
+    const other = createSimulator({ apiKey: KEY, stepMs: 60_000 });
+    const url = await other.listen(0, '127.0.0.1');
+    other.injectFault({ kind: 'hugeBody', bytes: 100 * 1024 * 1024 }, { match: (_m, path) => path.endsWith('/huge') });
+    other.injectFault({ kind: 'hang' }, { match: (m) => m === 'GET', times: Infinity });
+    other.injectFault({ kind: 'delay', delayMs: 60_000 }, { match: (_m, path) => path.endsWith('/cancel'), times: Infinity });
+    const held = create({ hold_ms: 60_000 }, { url }).catch((e: unknown) => e);
+    const hung = call('GET', '/predictions/x', undefined, { url }).catch((e: unknown) => e);
+    const delayed = call('POST', '/predictions/x/cancel', undefined, { url }).catch((e: unknown) => e);
+    const huge = await fetch(`${url}/predictions/huge`, { headers: { authorization: `Bearer ${KEY}` } });
+    const reader = huge.body!.getReader();
+    expect((await reader.read()).done).toBe(false);
+    await delay(50);
+    const t0 = Date.now();
+    await other.close();
+    expect(Date.now() - t0).toBeLessThan(500);
+    expect(await held).toBeInstanceOf(Error);
+    expect(await hung).toBeInstanceOf(Error);
+    expect(await delayed).toBeInstanceOf(Error);
+    await expect((async () => {
+      for (;;) if ((await reader.read()).done) return 'complete';
+    })()).rejects.toThrow();
   });
 });

@@ -2,11 +2,19 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isTerminalStatus, type Prediction, type PredictionStore } from './predictions.js';
 import { NOT_FOUND, ROUTES, isPlainObject, newApiError, parsePreferWait, problem } from './protocol.js';
+import type { TimerSet } from './timers.js';
 
 export interface RouteDeps {
   store: PredictionStore;
-  /** True once close() began: waiting creates are then dropped rather than answered. */
+  timers: TimerSet;
+  /** True once close() began: held creates are then dropped rather than answered. */
   isClosed: () => boolean;
+}
+
+/** `hold_ms` of a create's input: how long its answer is held back, like a slow upstream for that one request. */
+function holdMsOf(input: Record<string, unknown>): number {
+  const h = input.hold_ms;
+  return typeof h === 'number' && Number.isFinite(h) && h > 0 ? h : 0;
 }
 
 function modelError(model: string, reply: FastifyReply): FastifyReply | undefined {
@@ -24,7 +32,7 @@ function invalidInput(input: unknown): string {
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
-  const { store, isClosed } = deps;
+  const { store, timers, isClosed } = deps;
 
   async function create(
     request: FastifyRequest,
@@ -37,15 +45,32 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (errorReply !== undefined) return errorReply;
     const input = body.input;
     if (!isPlainObject(input)) return reply.code(422).send(problem(422, 'Invalid input', invalidInput(input)));
+    const holdMs = holdMsOf(input);
+    const holdUntil = holdMs > 0 ? Date.now() + holdMs : 0;
     const p = store.create(model, version, body, input);
     const res = reply.raw;
     const wait = parsePreferWait(request.headers.prefer);
+    let held = false;
     if (wait !== undefined && !isTerminalStatus(p.status)) {
       await store.waitForTerminal(p, wait, res, isClosed);
+      held = true;
+    }
+    // hold_ms runs from arrival, alongside any Prefer: wait: the answer leaves when both are over.
+    if (holdUntil > 0 && !isClosed() && !res.destroyed) {
+      await timers.pause(holdUntil - Date.now(), res);
+      store.refresh(p);
+      held = true;
+    }
+    if (held) {
       // a closing simulator drops held creates like a dying upstream would
       if (isClosed()) {
         reply.hijack();
         res.destroy();
+        return reply;
+      }
+      // the client left while held: nobody to answer
+      if (res.destroyed) {
+        reply.hijack();
         return reply;
       }
     }

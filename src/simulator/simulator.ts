@@ -92,7 +92,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     gate.preHandler(request, reply, done);
   });
   app.addHook('onSend', gate.onSend);
-  registerRoutes(app, { store, isClosed });
+  registerRoutes(app, { store, timers, isClosed });
 
   return {
     app,
@@ -110,7 +110,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     async close() {
       if (closed) return;
       closed = true;
-      // Waiting creates and delayed faults lose their timers; force-closed connections then end them.
+      // Held creates and delayed faults lose their timers; force-closed connections then end them (see routes.ts).
       timers.clear();
       gate.close();
       await app.close();
