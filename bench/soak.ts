@@ -42,7 +42,7 @@ async function soak(store: 'redis' | 'memory', simBase: string, redisUrl: string
   const app = await buildApp(config, { logger: pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false })) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const gw = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
-  for (let i = 0; !app.gw.store.isReady(); i++) {
+  for (let i = 0; !app.store.isReady(); i++) {
     if (i > 250) throw new Error(`the ${store} store did not become ready in 5 s`);
     await sleep(20);
   }

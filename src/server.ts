@@ -2,7 +2,7 @@
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
-import { TenantsError } from './tenants.js';
+import { TenantsError } from './access/tenants.js';
 
 async function main(): Promise<void> {
   let app;
@@ -10,7 +10,7 @@ async function main(): Promise<void> {
     const config = loadConfig(process.env);
     app = await buildApp(config, { pretty: process.stdout.isTTY === true, watchTenants: true });
     process.on('SIGHUP', () => {
-      const r = app!.gw.tenants.reload();
+      const r = app!.tenants.reload();
       if (r.ok) app!.log.info({ tenants: r.tenants }, 'tenants file reloaded (SIGHUP)');
       else app!.log.error({ reason: r.error }, 'tenants file rejected (SIGHUP); keeping the previous tenants');
     });

@@ -1,17 +1,10 @@
-// What the app shares with its plugins and routes, and the request fields that auth adds.
+// What the app decorates itself with, and the request fields that its plugins add.
 import type { Config } from './config.js';
 import type { Metrics } from './metrics.js';
+import type { State } from './store/index.js';
 import type { Store } from './store/store.js';
-import type { Tenant, TenantRegistry } from './tenants.js';
-import type { UpstreamClient } from './upstream.js';
-
-export interface Gateway {
-  config: Config;
-  store: Store;
-  tenants: TenantRegistry;
-  upstream: UpstreamClient;
-  metrics: Metrics;
-}
+import type { Tenant, TenantRegistry } from './access/tenants.js';
+import type { UpstreamClient } from './upstream/client.js';
 
 /** A short-lived token's narrowing, when the caller presented a token rather than a key. */
 export interface TokenGrant {
@@ -28,7 +21,13 @@ export interface Principal {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    gw: Gateway;
+    config: Config;
+    metrics: Metrics;
+    store: Store;
+    /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
+    rateLimitStore: State['rateLimitStore'];
+    tenants: TenantRegistry;
+    upstream: UpstreamClient;
   }
   interface FastifyRequest {
     principal: Principal | null;

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, intFromEnv, loadConfig } from '../src/config.js';
-import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/tenants.js';
+import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/access/tenants.js';
 import { writeTenants } from './helpers/stack.js';
 
 const run = promisify(execFile);
@@ -128,7 +128,7 @@ describe('tenants file', () => {
 
 describe('keygen', () => {
   it('prints a key and its sha256 form that the tenants file accepts', async () => {
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/keygen.ts', 'team-z']);
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli/keygen.ts', 'team-z']);
     const key = /key:\s+(\S+)/.exec(stdout)![1]!;
     const hashed = /hashed:\s+(\S+)/.exec(stdout)![1]!;
     expect(hashed).toBe(`sha256:${hashKey(key)}`);

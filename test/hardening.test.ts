@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { TenantRegistry, readTenantsFile } from '../src/tenants.js';
+import { TenantRegistry, readTenantsFile } from '../src/access/tenants.js';
 import { KEY_A, MODEL_PATH, type Gateway, type SimHandle, call, createPrediction, startGateway, startSimulator, upstreamCalls, waitFor } from './helpers/stack.js';
 
 const SECRET = 'hardening-test-signing-secret-0123456789';

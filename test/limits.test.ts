@@ -5,7 +5,7 @@ import { SignJWT } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type GatewayProcess, startGatewayProcess, stopAllGatewayProcesses } from './helpers/processes.js';
 import { type CallResult, type Gateway, MODEL_PATH, type SimHandle, call, createPrediction, startGateway, startSimulator, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
-import type { TenantInput } from '../src/tenants.js';
+import type { TenantInput } from '../src/access/tenants.js';
 
 const SECRET = 'limits-test-signing-secret-0123456789abcdef';
 const ADMIN = 'limits-test-admin-key-0123456789';

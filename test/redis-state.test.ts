@@ -151,7 +151,7 @@ describe('Redis outage', () => {
     try {
       const id = await createPrediction(g.url, KEY_A);
       await redis.stop();
-      await waitFor(() => !g.app.gw.store.isReady(), 5000, 'the gateway to notice');
+      await waitFor(() => !g.app.store.isReady(), 5000, 'the gateway to notice');
       s.sim.clearRequests();
       const get = await call(g.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A });
       expect(get.status).toBe(503);
@@ -164,7 +164,7 @@ describe('Redis outage', () => {
       expect((await call(g.url, 'GET', '/healthz')).status).toBe(200);
       expect((await call(g.url, 'GET', '/readyz')).status).toBe(503);
       // Both refused requests are counted, whichever part of the path met the outage.
-      expect((await g.app.gw.metrics.storeErrors.get()).values[0]?.value).toBe(2);
+      expect((await g.app.metrics.storeErrors.get()).values[0]?.value).toBe(2);
 
       await redis.start();
       await waitFor(async () => (await call(g.url, 'GET', '/readyz')).status === 200, 10_000, 'readyz to recover');

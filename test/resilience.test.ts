@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { UpstreamClient } from '../src/upstream.js';
+import { UpstreamClient } from '../src/upstream/client.js';
 import { startGatewayProcess, stopAllGatewayProcesses } from './helpers/processes.js';
 import { RedisServer, freePort } from './helpers/redis.js';
 import {
@@ -564,7 +564,7 @@ describe('faults through the simulator: no crash, no loss, no duplicates', () =>
       try {
         await waitFor(() => ids.length >= 10, 10_000, 'traffic before the outage');
         await redis.stop();
-        await waitFor(() => !g.app.gw.store.isReady(), 5000, 'the gateway to notice the outage');
+        await waitFor(() => !g.app.store.isReady(), 5000, 'the gateway to notice the outage');
         const from = seen.length;
         await waitFor(() => seen.slice(from).filter((r) => r.status === 503).length >= 10, 5000, 'requests during the outage');
         await redis.start();

@@ -35,13 +35,13 @@ describe.each(factories)('%s store', (_kind, make) => {
   });
 
   it('records the owner at create and finds nothing for unknown ids', async () => {
-    await store.recordCreate('team-a', 'p1', NOW, pred('p1'), DAY);
+    await store.recordCreate({ tenant: 'team-a', id: 'p1', score: NOW, json: pred('p1'), day: DAY });
     expect(await store.lookup('p1')).toEqual({ owner: 'team-a', terminal: null });
     expect(await store.lookup('nope')).toEqual({ owner: null, terminal: null });
   });
 
   it('caches a terminal prediction and counts its usage exactly once', async () => {
-    await store.recordCreate('team-u', 'u1', NOW, pred('u1'), DAY);
+    await store.recordCreate({ tenant: 'team-u', id: 'u1', score: NOW, json: pred('u1'), day: DAY });
     const done = pred('u1', 'succeeded', { metrics: { predict_time: 1.5 } });
     await store.recordTerminal({ id: 'u1', tenant: 'team-u', json: done, status: 'succeeded', predictTime: 1.5, day: DAY });
     await store.recordTerminal({ id: 'u1', tenant: 'team-u', json: done, status: 'succeeded', predictTime: 1.5, day: DAY });
@@ -50,8 +50,8 @@ describe.each(factories)('%s store', (_kind, make) => {
   });
 
   it('lists a tenant\'s predictions newest first, with cursors both ways, preferring cached terminal records', async () => {
-    for (let i = 1; i <= 7; i++) await store.recordCreate('team-l', `l${i}`, NOW + i, pred(`l${i}`), DAY);
-    await store.recordCreate('team-other', 'o1', NOW + 99, pred('o1'), DAY);
+    for (let i = 1; i <= 7; i++) await store.recordCreate({ tenant: 'team-l', id: `l${i}`, score: NOW + i, json: pred(`l${i}`), day: DAY });
+    await store.recordCreate({ tenant: 'team-other', id: 'o1', score: NOW + 99, json: pred('o1'), day: DAY });
     await store.recordTerminal({ id: 'l6', tenant: 'team-l', json: pred('l6', 'failed'), status: 'failed', predictTime: 0, day: DAY });
     const p1 = await store.listPage('team-l', { limit: 3 });
     expect(p1.entries.map((e) => e.id)).toEqual(['l7', 'l6', 'l5']);
@@ -107,17 +107,32 @@ describe.each(factories)('%s store', (_kind, make) => {
     expect(await store.idemBegin('lease', 'fp', 100, randomUUID())).toBeNull();
   });
 
-  it('adds arbitrary usage fields', async () => {
-    await store.usageAdd('team-x', DAY, 'creates', 2);
-    await store.usageAdd('team-x', DAY, 'predict_time', 0.25);
-    expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 2, predict_time: 0.25 } });
+  it('records a create that is already terminal, and its idempotency record, in the same step, counting it once', async () => {
+    const done = pred('t1', 'succeeded', { metrics: { predict_time: 0.25 } });
+    const idem = { key: 'k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
+    const rec = { tenant: 'team-x', id: 't1', score: NOW, json: done, day: DAY, terminal: { status: 'succeeded', predictTime: 0.25 }, idem };
+    expect(await store.recordCreate(rec)).toBe(true);
+    // A retry of the same write (its answer was lost) changes nothing.
+    expect(await store.recordCreate(rec)).toBe(true);
+    expect(await store.lookup('t1')).toEqual({ owner: 'team-x', terminal: done });
+    expect(await store.idemGet('k-create')).toEqual(idem.record);
+    expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 0.25 } });
+    expect((await store.listPage('team-x', { limit: 10 })).entries.map((e) => e.id)).toEqual(['t1']);
+  });
+
+  it('never moves an owned id to another tenant, and writes nothing for the second one', async () => {
+    expect(await store.recordCreate({ tenant: 'team-a', id: 'dup', score: NOW, json: pred('dup'), day: DAY })).toBe(true);
+    expect(await store.recordCreate({ tenant: 'team-b', id: 'dup', score: NOW + 1, json: pred('dup', 'succeeded'), day: DAY })).toBe(false);
+    expect(await store.lookup('dup')).toEqual({ owner: 'team-a', terminal: null });
+    expect((await store.listPage('team-b', { limit: 10 })).entries).toEqual([]);
+    expect(await store.usageGet('team-b', [DAY])).toEqual({});
   });
 });
 
 describe('memory store bounds', () => {
   it('evicts the oldest entries past its size', async () => {
     const store = new MemoryStore({ ...opts, maxEntries: 100 });
-    for (let i = 0; i < 250; i++) await store.recordCreate('t', `id${i}`, NOW + i, pred(`id${i}`), DAY);
+    for (let i = 0; i < 250; i++) await store.recordCreate({ tenant: 't', id: `id${i}`, score: NOW + i, json: pred(`id${i}`), day: DAY });
     expect((await store.lookup('id0')).owner).toBeNull();
     expect((await store.lookup('id249')).owner).toBe('t');
     const page = await store.listPage('t', { limit: 1000 });

@@ -1,6 +1,5 @@
 // Request shapes checked before anything leaves the gateway. Unknown body fields pass through unchanged.
 import { z } from 'zod';
-import { GatewayError } from '../errors.js';
 
 const slug = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'may hold only letters, digits, ".", "_" and "-"');
 
@@ -34,15 +33,3 @@ export const CreateByVersionSchema = z.looseObject({
 });
 
 export const ListQuerySchema = z.object({ cursor: z.string().max(200).optional() });
-
-/** Parses with zod; the first issue names the field in a 422 (a missing body is a 400). */
-export function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
-  if (where === 'body' && (value === undefined || value === null || typeof value !== 'object' || Array.isArray(value))) {
-    throw new GatewayError('BAD_REQUEST', 'the request body must be a JSON object');
-  }
-  const r = schema.safeParse(value);
-  if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  const field = issue.path.length ? issue.path.join('.') : where;
-  throw new GatewayError('VALIDATION', `${where === 'body' ? '' : `${where} `}${field} ${issue.message}`.trim());
-}

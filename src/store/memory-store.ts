@@ -1,58 +1,7 @@
 // In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL and entry count.
-import type { IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import { BoundedMap } from '../lib/bounded-map.js';
+import type { CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
-
-interface Entry<V> {
-  value: V;
-  expiresAt: number;
-}
-
-/** A Map with per-entry expiry that evicts the least recently used entries once it holds `max` entries. */
-class BoundedMap<V> {
-  #map = new Map<string, Entry<V>>();
-  constructor(readonly max: number) {}
-
-  get(key: string): V | undefined {
-    const e = this.#map.get(key);
-    if (!e) return undefined;
-    if (e.expiresAt <= Date.now()) {
-      this.#map.delete(key);
-      return undefined;
-    }
-    // Re-insert so that a prediction still being polled is not the first to go.
-    this.#map.delete(key);
-    this.#map.set(key, e);
-    return e.value;
-  }
-
-  /** Whether the key is live, without refreshing its recency. */
-  has(key: string): boolean {
-    const e = this.#map.get(key);
-    return e !== undefined && e.expiresAt > Date.now();
-  }
-
-  expiresIn(key: string): number {
-    const e = this.#map.get(key);
-    return e ? Math.max(0, e.expiresAt - Date.now()) : 0;
-  }
-
-  set(key: string, value: V, ttlMs: number): void {
-    this.#map.delete(key);
-    this.#map.set(key, { value, expiresAt: Date.now() + ttlMs });
-    while (this.#map.size > this.max) {
-      const oldest = this.#map.keys().next().value as string;
-      this.#map.delete(oldest);
-    }
-  }
-
-  delete(key: string): void {
-    this.#map.delete(key);
-  }
-
-  get size(): number {
-    return this.#map.size;
-  }
-}
 
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
@@ -71,13 +20,13 @@ export class MemoryStore implements Store {
   constructor(opts: StoreOptions & { maxEntries: number }) {
     this.#opts = opts;
     this.#maxEntries = opts.maxEntries;
-    this.#owners = new BoundedMap(opts.maxEntries);
-    this.#records = new BoundedMap(opts.maxEntries);
-    this.#terminal = new BoundedMap(opts.maxEntries);
-    this.#seen = new BoundedMap(opts.maxEntries);
-    this.#idem = new BoundedMap(opts.maxEntries);
-    this.#counters = new BoundedMap(opts.maxEntries);
-    this.#usage = new BoundedMap(opts.maxEntries);
+    this.#owners = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#records = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#terminal = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#seen = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#idem = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#counters = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#usage = new BoundedMap({ maxEntries: opts.maxEntries });
   }
 
   isReady(): boolean {
@@ -88,21 +37,33 @@ export class MemoryStore implements Store {
     return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ?? null };
   }
 
-  async recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void> {
+  async recordCreate(r: CreateRecord): Promise<boolean> {
+    const owner = this.#owners.get(r.id);
+    if (owner !== undefined && owner !== r.tenant) return false;
     const ttl = this.#opts.predictionTtlSeconds * 1000;
-    this.#owners.set(id, tenant, ttl);
-    this.#records.set(id, json, ttl);
-    let list = this.#index.get(tenant);
-    if (!list) this.#index.set(tenant, (list = []));
-    // Creates arrive almost in order, so the insertion point is nearly always the front.
-    let i = 0;
-    while (i < list.length && list[i]!.score > score) i++;
-    list.splice(i, 0, { id, score });
-    if (list.length > this.#maxEntries) list.length = this.#maxEntries;
-    this.#addUsage(tenant, day, 'creates', 1);
+    this.#owners.set(r.id, r.tenant, ttl);
+    this.#records.set(r.id, r.json, ttl);
+    let list = this.#index.get(r.tenant);
+    if (!list) this.#index.set(r.tenant, (list = []));
+    // An id this tenant already owns is a retried write: recorded and counted once.
+    if (owner === undefined) {
+      // Creates arrive almost in order, so the insertion point is nearly always the front.
+      let i = 0;
+      while (i < list.length && list[i]!.score > r.score) i++;
+      list.splice(i, 0, { id: r.id, score: r.score });
+      if (list.length > this.#maxEntries) list.length = this.#maxEntries;
+      this.#addUsage(r.tenant, r.day, 'creates', 1);
+    }
+    if (r.terminal) this.#terminalSeen({ id: r.id, tenant: r.tenant, json: r.json, day: r.day, ...r.terminal });
+    if (r.idem) this.#idem.set(r.idem.key, r.idem.record, r.idem.ttlSeconds * 1000);
+    return true;
   }
 
   async recordTerminal(rec: TerminalRecord): Promise<void> {
+    this.#terminalSeen(rec);
+  }
+
+  #terminalSeen(rec: TerminalRecord): void {
     this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
     if (this.#seen.get(rec.id)) return;
     this.#seen.set(rec.id, true, this.#opts.predictionTtlSeconds * 1000);
@@ -158,10 +119,6 @@ export class MemoryStore implements Store {
     // Keep the original expiry: this is a fixed window.
     this.#counters.set(key, current + 1, this.#counters.expiresIn(key));
     return current + 1;
-  }
-
-  async usageAdd(tenant: string, day: string, field: string, by: number): Promise<void> {
-    this.#addUsage(tenant, day, field, by);
   }
 
   async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {

@@ -13,6 +13,7 @@
 // without a Redis trip. That is exact, since a fixed window's count never goes down before it expires.
 import type { Redis } from 'ioredis';
 import { storeUnavailable } from '../errors.js';
+import { BoundedMap } from '../lib/bounded-map.js';
 
 // KEYS: counter. ARGV: window ms, max, permits wanted now, lease cap.
 // Returns {count after the grant, permits granted, remaining ttl ms}. The window starts with its first grant.
@@ -71,7 +72,9 @@ const MAX_BUCKETS = 50_000;
 export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number) {
   const client = redis as LeaseRedis;
   if (!client.fgwRateLease) client.defineCommand('fgwRateLease', { numberOfKeys: 1, lua: LEASE });
-  const buckets = new Map<string, Bucket>();
+  // Least recently used buckets go first past the cap. One evicted mid-trip still serves its waiters (the callback
+  // holds it); the next request starts a new bucket, which can only admit fewer, never more (Redis counts).
+  const buckets = new BoundedMap<Bucket>({ maxEntries: MAX_BUCKETS });
 
   /** Serves the waiters the bucket can answer now; the others stay queued for the next trip. */
   function settle(b: Bucket, now: number): void {
@@ -123,21 +126,11 @@ export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number)
     });
   }
 
-  function sweep(now: number): void {
-    for (const [k, b] of buckets) if (b.endsAt <= now && !b.fetching && !b.waiting.length) buckets.delete(k);
-    // Still full of live windows (a flood of distinct client addresses): drop the oldest.
-    for (const [k, b] of buckets) {
-      if (buckets.size <= MAX_BUCKETS * 0.9) break;
-      if (!b.fetching && !b.waiting.length) buckets.delete(k);
-    }
-  }
-
   return class LeasedRedisStore {
     incr(key: string, cb: Callback, timeWindow: number, max: number): void {
       const now = performance.now();
       let b = buckets.get(key);
       if (!b) {
-        if (buckets.size >= MAX_BUCKETS) sweep(now);
         b = { top: 0, left: 0, endsAt: 0, max, spent: false, waiting: [], fetching: false };
         buckets.set(key, b);
       } else if (b.endsAt <= now && !b.fetching) {

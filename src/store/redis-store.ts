@@ -2,28 +2,45 @@
 // replicas can never interleave between a check and an update.
 import { Redis } from 'ioredis';
 import { storeUnavailable } from '../errors.js';
-import type { IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import type { CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
 
-// KEYS: term, seen, usage. ARGV: json, cacheTtl, predictionTtl, status, predictTime, usageTtl.
-const RECORD_TERMINAL = `
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-  if tonumber(ARGV[5]) > 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'predict_time', ARGV[5]) end
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
+// Caching a terminal prediction, and counting its usage the first time an id is seen terminal (once across
+// replicas): a Lua function both scripts below share.
+const TERMINAL_FN = `
+local function terminal(term, seen, usage, json, cacheTtl, predictionTtl, status, predictTime, usageTtl)
+  redis.call('SET', term, json, 'EX', cacheTtl)
+  if redis.call('SET', seen, '1', 'NX', 'EX', predictionTtl) then
+    redis.call('HINCRBY', usage, status, 1)
+    if tonumber(predictTime) > 0 then redis.call('HINCRBYFLOAT', usage, 'predict_time', predictTime) end
+    redis.call('EXPIRE', usage, usageTtl)
+  end
 end
+`;
+
+// KEYS: term, seen, usage. ARGV: json, cacheTtl, predictionTtl, status, predictTime, usageTtl.
+const RECORD_TERMINAL = `${TERMINAL_FN}
+terminal(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1`;
 
-// KEYS: own, rec, idx, usage. ARGV: tenant, json, score, id, predictionTtl, usageTtl, nowScore.
-const RECORD_CREATE = `
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[5])
+// KEYS: own, rec, idx, usage, term, seen, idem.
+// ARGV: tenant, json, score, id, predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal),
+// predictTime, cacheTtl, idem record ('' for none), idem ttl.
+// One script for the whole create path: the owner is set only if absent (0 and nothing written when another tenant
+// has it), so a retry after a lost answer is harmless and a reused id never changes hands.
+const RECORD_CREATE = `${TERMINAL_FN}
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[5]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+if redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'creates', 1)
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
-redis.call('HINCRBY', KEYS[4], 'creates', 1)
-redis.call('EXPIRE', KEYS[4], ARGV[6])
+if ARGV[8] ~= '' then terminal(KEYS[5], KEYS[6], KEYS[4], ARGV[2], ARGV[10], ARGV[5], ARGV[8], ARGV[9], ARGV[6]) end
+if ARGV[11] ~= '' then redis.call('SET', KEYS[7], ARGV[11], 'EX', ARGV[12]) end
 return 1`;
 
 // KEYS: idem. ARGV: pending record, lease ms, holder. Returns nil when claimed (now, or earlier by the same holder),
@@ -81,43 +98,50 @@ export function createRedisClient(url: string, keyPrefix: string, onEvent?: (eve
 
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
-  readonly client: ScriptedRedis;
+  readonly #client: ScriptedRedis;
   readonly #opts: StoreOptions;
   readonly #owned: boolean;
 
   /** `owned`: this store created the client and so closes it. */
   constructor(client: Redis, opts: StoreOptions, owned = true) {
-    this.client = client as ScriptedRedis;
+    this.#client = client as ScriptedRedis;
     this.#opts = opts;
     this.#owned = owned;
     const define = (name: string, numberOfKeys: number, lua: string) => {
       if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
     };
     define('fgwRecordTerminal', 3, RECORD_TERMINAL);
-    define('fgwRecordCreate', 4, RECORD_CREATE);
+    define('fgwRecordCreate', 7, RECORD_CREATE);
     define('fgwIdemBegin', 1, IDEM_BEGIN);
     define('fgwIncr', 1, INCR_COUNTER);
   }
 
   isReady(): boolean {
-    return this.client.status === 'ready';
+    return this.#client.status === 'ready';
   }
 
   async lookup(id: string) {
-    const [owner, terminal] = await this.client.mget(`own:${id}`, `term:${id}`).catch(unavailable);
+    const [owner, terminal] = await this.#client.mget(`own:${id}`, `term:${id}`).catch(unavailable);
     return { owner: owner ?? null, terminal: terminal ?? null };
   }
 
-  async recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void> {
+  async recordCreate(r: CreateRecord): Promise<boolean> {
     const ttl = this.#opts.predictionTtlSeconds;
     const oldest = (Date.now() - ttl * 1000) * 1000;
-    await this.client
-      .fgwRecordCreate(`own:${id}`, `rec:${id}`, `idx:${tenant}`, `usage:${tenant}:${day}`, tenant, json, score, id, ttl, USAGE_TTL_SECONDS, oldest)
+    const idemKey = r.idem ? `idem:${r.idem.key}` : `idem:-`;
+    const written = await this.#client
+      .fgwRecordCreate(
+        `own:${r.id}`, `rec:${r.id}`, `idx:${r.tenant}`, `usage:${r.tenant}:${r.day}`, `term:${r.id}`, `seen:${r.id}`, idemKey,
+        r.tenant, r.json, r.score, r.id, ttl, USAGE_TTL_SECONDS, oldest,
+        r.terminal?.status ?? '', r.terminal?.predictTime ?? 0, this.#opts.cacheTtlSeconds,
+        r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
+      )
       .catch(unavailable);
+    return Number(written) === 1;
   }
 
   async recordTerminal(rec: TerminalRecord): Promise<void> {
-    await this.client
+    await this.#client
       .fgwRecordTerminal(
         `term:${rec.id}`, `seen:${rec.id}`, `usage:${rec.tenant}:${rec.day}`,
         rec.json, this.#opts.cacheTtlSeconds, this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS,
@@ -130,10 +154,10 @@ export class RedisStore implements Store {
     const n = q.limit + 1;
     let flat: string[];
     if (q.after !== undefined) {
-      flat = await this.client.zrangebyscore(key, `(${q.after}`, '+inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+      flat = await this.#client.zrangebyscore(key, `(${q.after}`, '+inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
     } else {
       const max = q.before !== undefined ? `(${q.before}` : '+inf';
-      flat = await this.client.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+      flat = await this.#client.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
     }
     let pairs: { id: string; score: number }[] = [];
     for (let i = 0; i < flat.length; i += 2) pairs.push({ id: flat[i]!, score: Number(flat[i + 1]) });
@@ -141,7 +165,7 @@ export class RedisStore implements Store {
     pairs = pairs.slice(0, q.limit);
     if (q.after !== undefined) pairs.reverse();
     if (pairs.length === 0) return { entries: [], hasMore: false };
-    const values = await this.client
+    const values = await this.#client
       .mget(...pairs.flatMap((p) => [`term:${p.id}`, `rec:${p.id}`]))
       .catch(unavailable);
     const entries: IndexEntry[] = [];
@@ -152,40 +176,35 @@ export class RedisStore implements Store {
       else expired.push(p.id);
     });
     // An index entry whose record expired is dead weight: drop it so later pages stay full.
-    if (expired.length) this.client.zrem(key, ...expired).catch(() => {});
+    if (expired.length) this.#client.zrem(key, ...expired).catch(() => {});
     return { entries, hasMore };
   }
 
   async idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null> {
     const pending: IdempotencyRecord = { state: 'pending', fingerprint, holder };
-    const existing = await this.client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs, holder).catch(unavailable);
+    const existing = await this.#client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs, holder).catch(unavailable);
     return existing ? (JSON.parse(existing) as IdempotencyRecord) : null;
   }
 
   async idemGet(key: string): Promise<IdempotencyRecord | null> {
-    const v = await this.client.get(`idem:${key}`).catch(unavailable);
+    const v = await this.#client.get(`idem:${key}`).catch(unavailable);
     return v ? (JSON.parse(v) as IdempotencyRecord) : null;
   }
 
   async idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void> {
-    await this.client.set(`idem:${key}`, JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
+    await this.#client.set(`idem:${key}`, JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
   }
 
   async idemRelease(key: string): Promise<void> {
-    await this.client.del(`idem:${key}`).catch(unavailable);
+    await this.#client.del(`idem:${key}`).catch(unavailable);
   }
 
   async incrCounter(key: string, ttlMs: number): Promise<number> {
-    return Number(await this.client.fgwIncr(`cnt:${key}`, ttlMs).catch(unavailable));
-  }
-
-  async usageAdd(tenant: string, day: string, field: string, by: number): Promise<void> {
-    const key = `usage:${tenant}:${day}`;
-    await this.client.multi().hincrbyfloat(key, field, by).expire(key, USAGE_TTL_SECONDS).exec().catch(unavailable);
+    return Number(await this.#client.fgwIncr(`cnt:${key}`, ttlMs).catch(unavailable));
   }
 
   async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {
-    const pipe = this.client.pipeline();
+    const pipe = this.#client.pipeline();
     for (const day of days) pipe.hgetall(`usage:${tenant}:${day}`);
     const results = (await pipe.exec().catch(unavailable)) ?? [];
     const out: Record<string, UsageDay> = {};
@@ -201,6 +220,6 @@ export class RedisStore implements Store {
 
   async close(): Promise<void> {
     if (!this.#owned) return;
-    await this.client.quit().catch(() => this.client.disconnect());
+    await this.#client.quit().catch(() => this.#client.disconnect());
   }
 }

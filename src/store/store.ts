@@ -33,6 +33,17 @@ export interface TerminalRecord {
   day: string;
 }
 
+export interface CreateRecord {
+  tenant: string;
+  id: string;
+  /** Index order: creation time in microseconds. */
+  score: number;
+  json: string;
+  day: string;
+  terminal?: { status: string; predictTime: number };
+  idem?: { key: string; record: IdempotencyRecord; ttlSeconds: number };
+}
+
 export type UsageDay = Record<string, number>;
 
 export interface Store {
@@ -41,8 +52,13 @@ export interface Store {
   isReady(): boolean;
   /** Owner and cached terminal prediction in one round trip: the hot path of GET and cancel. */
   lookup(id: string): Promise<{ owner: string | null; terminal: string | null }>;
-  /** At create: the owner, the tenant's index entry and the create-time record, all with the prediction TTL. */
-  recordCreate(tenant: string, id: string, score: number, json: string, day: string): Promise<void>;
+  /**
+   * At create, in one atomic step: the owner (only if the id has none yet), the tenant's index entry, the
+   * create-time record and the create count, all with the prediction TTL; with `terminal`, what recordTerminal
+   * does too; with `idem`, the finished idempotency record. False when another tenant owns the id already: then
+   * nothing is written (an upstream that answers a create with an existing id must not move it to a new owner).
+   */
+  recordCreate(rec: CreateRecord): Promise<boolean>;
   /**
    * Caches a terminal prediction. The first time an id is seen terminal, its usage (status count and predict time)
    * is added to the tenant's day, exactly once across replicas.
@@ -60,7 +76,6 @@ export interface Store {
   idemRelease(key: string): Promise<void>;
   /** Atomic counter with an expiry set on first use; returns the new count. */
   incrCounter(key: string, ttlMs: number): Promise<number>;
-  usageAdd(tenant: string, day: string, field: string, by: number): Promise<void>;
   usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>>;
   close(): Promise<void>;
 }
@@ -72,5 +87,3 @@ export interface StoreOptions {
 
 /** Usage hashes outlive a year of monthly chargeback runs. */
 export const USAGE_TTL_SECONDS = 400 * 86400;
-
-export const TERMINAL_STATUSES: ReadonlySet<string> = new Set(['succeeded', 'failed', 'canceled', 'aborted']);

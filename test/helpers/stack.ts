@@ -12,7 +12,7 @@ import { type AppDeps, buildApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
 import { loggerOptions } from '../../src/logger.js';
 import { type Simulator, createSimulator } from '../../src/simulator/simulator.js';
-import type { TenantInput } from '../../src/tenants.js';
+import type { TenantInput } from '../../src/access/tenants.js';
 
 export const KEY_A = 'team-a-key-0123456789abcdef';
 export const KEY_B = 'team-b-key-0123456789abcdef';
@@ -87,7 +87,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const logger = pino(loggerOptions(config.LOG_LEVEL), sink);
   const app = await buildApp(config, { logger, ...opts.deps });
   await app.listen({ port: 0, host: '127.0.0.1' });
-  if (redisUrl && opts.waitReady !== false) await waitFor(() => app.gw.store.isReady(), 5000, 'the gateway to connect to Redis');
+  if (redisUrl && opts.waitReady !== false) await waitFor(() => app.store.isReady(), 5000, 'the gateway to connect to Redis');
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;
   return { app, config, url: `http://127.0.0.1:${port}`, logs, close: () => app.close() };

@@ -1,5 +1,5 @@
 // `npm run keygen -- <tenant-id>`: a new random tenant key and the sha256 form to put in the tenants file.
-import { generateKey } from './tenants.js';
+import { generateKey } from '../access/tenants.js';
 
 const id = process.argv[2];
 if (!id || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(id)) {

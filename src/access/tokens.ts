@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
 import { GatewayError } from '../errors.js';
+import type { Store } from '../store/store.js';
 import type { TokenGrant } from '../types.js';
 
 const ISSUER = 'fuhu-gateway';
@@ -53,5 +54,17 @@ export class TokenSigner {
       if (err instanceof joseErrors.JWTExpired) throw new GatewayError('UNAUTHENTICATED', 'the token has expired; request a new one');
       throw new GatewayError('UNAUTHENTICATED', 'the token is invalid (bad signature or claims)');
     }
+  }
+}
+
+/** Counts one create against a token's `max_creates` (atomic in the store, so replicas share it); 429 past it. */
+export async function spendTokenCreate(store: Store, token: TokenGrant | undefined): Promise<void> {
+  if (token?.maxCreates === undefined) return;
+  const ttlMs = Math.max(1000, token.exp * 1000 - Date.now() + 60_000);
+  const used = await store.incrCounter(`tok:${token.jti}`, ttlMs);
+  if (used > token.maxCreates) {
+    throw new GatewayError('RATE_LIMITED', `this token's create budget of ${token.maxCreates} is used up; request a new token`, {
+      headers: { 'retry-after': String(Math.max(1, Math.ceil(token.exp - Date.now() / 1000))) },
+    });
   }
 }

@@ -4,7 +4,7 @@ import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { parseDuration } from './config.js';
+import { parseDuration } from '../config.js';
 
 const SHA256_PREFIX = 'sha256:';
 

@@ -4,9 +4,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import closeWithGrace from 'close-with-grace';
-import { buildApp } from './app.js';
-import { intFromEnv, loadConfig } from './config.js';
-import { createSimulator } from './simulator/simulator.js';
+import { buildApp } from '../app.js';
+import { intFromEnv, loadConfig } from '../config.js';
+import { createSimulator } from '../simulator/simulator.js';
 
 const env = process.env;
 const DEMO_KEY = env.DEMO_KEY ?? 'fgw_demo_key_not_for_production';

@@ -12,7 +12,7 @@ type Limiter = (req: FastifyRequest) => Promise<
 
 export default fp(
   async (app) => {
-    const { config, metrics } = app.gw;
+    const { config, metrics } = app;
 
     const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
     const make = (

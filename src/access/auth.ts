@@ -1,26 +1,13 @@
 // Who is calling: a tenant key or token (Bearer or Token scheme) → request.principal; 401 before anything else.
-import { timingSafeEqual } from 'node:crypto';
 import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Logger } from 'pino';
 import { GatewayError } from '../errors.js';
-import { TokenSigner, looksLikeJwt } from '../gateway/tokens.js';
+import { credentialOf, sameSecret } from './credentials.js';
+import { type TokenSigner, looksLikeJwt } from './tokens.js';
 
 const AUTH_FAILURE_WINDOW_MS = 60_000;
-
-export function credentialOf(request: FastifyRequest): string | undefined {
-  const h = request.headers.authorization;
-  if (!h) return undefined;
-  const m = /^(?:Bearer|Token)\s+(\S+)\s*$/i.exec(h);
-  return m?.[1];
-}
-
-export function sameSecret(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
 
 type FailureLimiter = (req: FastifyRequest) => Promise<{ isAllowed: true } | { isAllowed: false; ttlInSeconds: number; isExceeded: boolean }>;
 
@@ -30,7 +17,7 @@ export interface AuthOptions {
 
 export default fp<AuthOptions>(
   async (app, opts) => {
-    const { config, tenants, metrics } = app.gw;
+    const { config, tenants, metrics } = app;
     const signer = opts.signer;
 
     // Failures are counted by the same atomic store as the rate limits, so the 429's retry-after is what is really

@@ -1,0 +1,34 @@
+// POST /gateway/v1/tokens: a tenant's server mints a short-lived, narrowed token for a browser.
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { GatewayError } from '../errors.js';
+import { parse } from '../http/validate.js';
+import { patternWithin } from './allowlist.js';
+import { ModelPatternSchema } from './tenants.js';
+import { TOKEN_DEFAULT_TTL_SECONDS, TOKEN_MAX_TTL_SECONDS, type TokenSigner } from './tokens.js';
+
+// Strict: a misspelt field ("ttl") must not quietly give a token with the defaults.
+const TokenRequestSchema = z.strictObject({
+  ttl_seconds: z.number({ error: 'must be a number' }).int('must be a whole number').min(30).max(TOKEN_MAX_TTL_SECONDS).optional(),
+  models: z.array(ModelPatternSchema).min(1).optional(),
+  max_creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+});
+
+export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSigner }): Promise<void> {
+  app.post('/tokens', { config: { keyOnly: true } }, async (request, reply) => {
+    if (!opts.signer) throw new GatewayError('NOT_IMPLEMENTED', 'tokens are disabled: the operator has not set TOKEN_SIGNING_SECRET');
+    // An empty body means the defaults.
+    const body = parse(TokenRequestSchema, request.body ?? {}, 'body');
+    const tenant = request.principal!.tenant;
+    for (const m of body.models ?? []) {
+      if (!patternWithin(m, tenant.models)) throw new GatewayError('FORBIDDEN', `model ${m} is not allowed for tenant ${tenant.id}`);
+    }
+    const { token, expiresAt } = await opts.signer.sign(tenant.id, {
+      ttlSeconds: body.ttl_seconds ?? TOKEN_DEFAULT_TTL_SECONDS,
+      models: body.models,
+      maxCreates: body.max_creates,
+    });
+    reply.header('cache-control', 'no-store');
+    return reply.code(201).send({ token, expires_at: expiresAt.toISOString(), tenant: tenant.id, models: body.models ?? null, max_creates: body.max_creates ?? null });
+  });
+}

@@ -1,0 +1,42 @@
+// The one failure path: every error (ours, Fastify's, the router's) is logged once, counted, and answered as
+// problem JSON {type, title, status, detail} with the request id. Messages of 5xx are never a stack trace.
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError } from '../errors.js';
+
+export function problemReply(reply: FastifyReply, err: GatewayError, requestId: string): FastifyReply {
+  for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
+  return reply.code(err.statusCode).type('application/problem+json').send(err.toProblem(requestId));
+}
+
+/** Fastify's own errors (bad JSON, body too large, wrong content type) keep their 4xx status and safe message. */
+export function toGatewayError(err: FastifyError): GatewayError {
+  if (err instanceof GatewayError) return err;
+  const status = err.statusCode ?? 500;
+  if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new GatewayError('PAYLOAD_TOO_LARGE', 'the request body is larger than BODY_LIMIT_BYTES allows');
+  if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new GatewayError('UNSUPPORTED_MEDIA_TYPE', 'send the body as Content-Type: application/json');
+  if (status >= 400 && status < 500) return new GatewayError('BAD_REQUEST', err.message, { status });
+  return new GatewayError('INTERNAL', 'the gateway failed to handle this request', { cause: err });
+}
+
+/** The handler itself, shared with Fastify's `frameworkErrors` (which runs before any plugin). */
+export function makeFailureHandler(onStoreError: () => void) {
+  return function fail(err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+    const e = toGatewayError(err);
+    // Counted here, once per failed request, whichever part of the request path met the outage.
+    if (e.code === 'STORE_UNAVAILABLE') onStoreError();
+    if (e.statusCode >= 500) request.log.error({ err, code: e.code }, e.message);
+    else request.log.info({ code: e.code, status: e.statusCode }, e.message);
+    return problemReply(reply, e, request.id);
+  };
+}
+
+export default fp<{ fail: ReturnType<typeof makeFailureHandler> }>(
+  async (app, opts) => {
+    app.setErrorHandler(opts.fail);
+    app.setNotFoundHandler((request) => {
+      throw new GatewayError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`);
+    });
+  },
+  { name: 'problems' },
+);

@@ -1,0 +1,99 @@
+// Creating a prediction: idempotency, the token budget, one upstream call that is never retried, and one store
+// write that records the owner, the index, usage, the terminal cache and the idempotency record together.
+import { spendTokenCreate } from '../access/tokens.js';
+import { GatewayError, storeUnavailable } from '../errors.js';
+import { today } from '../usage/day.js';
+import type { Answer, Caller, PredictionDeps } from './deps.js';
+import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
+import { PredictionBody } from './prediction.js';
+import { normalizePrefer } from './prefer.js';
+import { untilStored } from './store-retry.js';
+
+export interface CreateInput {
+  /** Upstream path: /models/{owner}/{name}/predictions or /predictions. */
+  path: string;
+  /** The body exactly as it goes upstream (and as the idempotency fingerprint sees it). */
+  body: string;
+  prefer?: string;
+  cancelAfter?: string;
+  idempotencyKey?: unknown;
+}
+
+/** The predict time an upstream prediction reports, for usage. */
+export function predictTimeOf(body: PredictionBody): number {
+  const m = body.prediction.metrics as { predict_time?: unknown } | undefined;
+  return typeof m?.predict_time === 'number' && Number.isFinite(m.predict_time) ? m.predict_time : 0;
+}
+
+export async function createPrediction(deps: PredictionDeps, caller: Caller, input: CreateInput): Promise<Answer> {
+  const { config, store, upstream, metrics, facts } = deps;
+  const tenant = caller.principal.tenant.id;
+  const prefer = normalizePrefer(input.prefer);
+  // Sync mode extends the deadline to wait + 10 s; it never shortens the configured one.
+  const timeoutMs = Math.max(config.UPSTREAM_TIMEOUT_MS, prefer.waitSeconds ? (prefer.waitSeconds + 10) * 1000 : 0);
+  // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
+  if (!store.isReady()) throw storeUnavailable();
+
+  const key = idempotencyKey(tenant, input.idempotencyKey);
+  const idem = key ? new IdempotentCreate(store, key, fingerprintOf(input.path, input.body)) : undefined;
+  if (idem) {
+    const replay = await idem.claim(timeoutMs + 30_000, Date.now() + timeoutMs);
+    if (replay) {
+      metrics.idempotentReplays.inc();
+      return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
+    }
+  }
+
+  let res;
+  try {
+    await spendTokenCreate(store, caller.principal.token);
+    res = await upstream.request({
+      method: 'POST',
+      path: input.path,
+      body: input.body,
+      requestId: caller.requestId,
+      prefer: prefer.header,
+      cancelAfter: input.cancelAfter,
+      retry: false,
+      timeoutMs,
+      observe: caller.observe,
+    });
+  } catch (err) {
+    // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
+    // retry cannot start it a second time. Any other failure created nothing.
+    if (idem && !(err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT')) await idem.release();
+    throw err;
+  }
+  const body = PredictionBody.fromUpstream(res.body);
+  const id = body.id;
+  const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body) } : undefined;
+  // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
+  // into a second job. Keep trying to record it; only if the store stays down is the job canceled.
+  let recorded: boolean;
+  try {
+    recorded = await untilStored(() =>
+      store.recordCreate({
+        tenant,
+        id,
+        score: Date.now() * 1000 + Math.floor(Math.random() * 1000),
+        json: res.body,
+        day: today(),
+        terminal,
+        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
+      }),
+    );
+  } catch (err) {
+    caller.log.error({ prediction: id, err }, 'created upstream but could not record it; canceling the upstream prediction');
+    await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: caller.requestId, retry: true }).catch(() => {});
+    throw err;
+  }
+  if (!recorded) {
+    // A deduplicating or confused upstream answered with a prediction another tenant owns: never hand it over.
+    if (idem) await idem.release();
+    caller.log.error({ prediction: id }, 'the upstream answered a create with an id another tenant owns; refused');
+    throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
+  }
+  facts.owners.set(id, tenant);
+  if (terminal) facts.setTerminal(id, body);
+  return { status: res.status, body, created: id };
+}

@@ -1,0 +1,39 @@
+// What the prediction use cases work with: the shared clients, this process's memory, and who is calling.
+import type { FastifyBaseLogger } from 'fastify';
+import type { Config } from '../config.js';
+import type { Metrics } from '../metrics.js';
+import type { Store } from '../store/store.js';
+import type { Principal } from '../types.js';
+import type { UpstreamClient } from '../upstream/client.js';
+import type { Facts } from './facts.js';
+import type { Poller } from './poller.js';
+import type { PredictionBody } from './prediction.js';
+
+export interface PredictionDeps {
+  config: Config;
+  store: Store;
+  upstream: UpstreamClient;
+  metrics: Metrics;
+  facts: Facts;
+  poller: Poller;
+}
+
+export interface Caller {
+  principal: Principal;
+  requestId: string;
+  log: FastifyBaseLogger;
+  /** Told the upstream time and outcome of each upstream call made for this request. */
+  observe: (latencyMs: number, outcome: string) => void;
+}
+
+/** A use case's answer; the route renders it for the request's base URL. */
+export interface Answer {
+  status: number;
+  body: PredictionBody;
+  /** GET and cancel: whether the terminal cache answered, or a shared upstream call. */
+  cache?: 'HIT' | 'MISS' | 'COALESCED';
+  /** A create answered from its Idempotency-Key record. */
+  replayed?: boolean;
+  /** The id a create started, for the access log. */
+  created?: string;
+}

@@ -1,0 +1,87 @@
+// Reading a prediction (GET) and canceling it: ownership first, then the terminal cache, then the upstream.
+import { GatewayError } from '../errors.js';
+import { today } from '../usage/day.js';
+import { predictTimeOf } from './create.js';
+import type { Answer, Caller, PredictionDeps } from './deps.js';
+import { PredictionBody, sameId } from './prediction.js';
+
+const notFound = (id: string) => new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
+
+/**
+ * What is already known of an id the caller may read: its terminal body, or (for a poll) a fresh answer. The owner
+ * comes from this process's memory when it has seen the id (an owner never changes), else from the store together
+ * with the cached terminal prediction in one trip. Someone else's prediction looks exactly like a missing one.
+ */
+async function known(deps: PredictionDeps, tenant: string, id: string, poll: boolean): Promise<{ terminal?: PredictionBody; fresh?: PredictionBody }> {
+  const { facts, store, poller } = deps;
+  const owner = facts.owners.get(id);
+  if (owner !== undefined) {
+    if (owner !== tenant) throw notFound(id);
+    const local = facts.terminal(id);
+    if (local) return { terminal: local };
+    const fresh = poll ? poller.peek(id) : undefined;
+    if (fresh) return { fresh };
+  }
+  const found = await store.lookup(id);
+  if (found.owner !== tenant) throw notFound(id);
+  facts.owners.set(id, tenant);
+  if (!found.terminal) return {};
+  const terminal = new PredictionBody(found.terminal);
+  facts.setTerminal(id, terminal);
+  return { terminal };
+}
+
+/** Caches a terminal prediction and counts its usage (once across replicas), and remembers it in this process. */
+async function keepTerminal(deps: PredictionDeps, tenant: string, body: PredictionBody): Promise<void> {
+  if (!body.terminal) return;
+  await deps.store.recordTerminal({
+    id: body.id,
+    tenant,
+    json: body.raw,
+    status: body.prediction.status as string,
+    predictTime: predictTimeOf(body),
+    day: today(),
+  });
+  deps.facts.setTerminal(body.id, body);
+}
+
+function hit(deps: PredictionDeps, body: PredictionBody): Answer {
+  deps.metrics.cache.inc({ result: 'hit' });
+  return { status: 200, body, cache: 'HIT' };
+}
+
+export async function getPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
+  const tenant = caller.principal.tenant.id;
+  const { terminal, fresh } = await known(deps, tenant, id, true);
+  if (terminal) return hit(deps, terminal);
+  deps.metrics.cache.inc({ result: 'miss' });
+  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, caller.requestId, caller.observe);
+  if (shared) deps.metrics.coalesced.inc();
+  if (body.terminal) {
+    deps.poller.forget(id);
+    // Only the request that fetched it stores it; those that shared the answer need not write it again.
+    if (!shared) await keepTerminal(deps, tenant, body);
+  }
+  return { status: 200, body, cache: shared ? 'COALESCED' : 'MISS' };
+}
+
+export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
+  const tenant = caller.principal.tenant.id;
+  const { terminal } = await known(deps, tenant, id, false);
+  if (terminal) return hit(deps, terminal);
+  let res;
+  try {
+    res = await deps.upstream.request({
+      method: 'POST',
+      path: `/predictions/${encodeURIComponent(id)}/cancel`,
+      requestId: caller.requestId,
+      retry: true,
+      observe: caller.observe,
+    });
+  } finally {
+    deps.poller.forget(id);
+  }
+  const body = sameId(PredictionBody.fromUpstream(res.body), id);
+  await keepTerminal(deps, tenant, body);
+  return { status: res.status, body, cache: 'MISS' };
+}

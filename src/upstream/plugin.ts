@@ -1,0 +1,15 @@
+// `app.upstream`: the FuhuAPI client, built from the config unless injected, closed by whoever built it.
+import fp from 'fastify-plugin';
+import { UpstreamClient } from './client.js';
+
+export default fp<{ upstream?: UpstreamClient }>(
+  async (app, opts) => {
+    const { config } = app;
+    const upstream =
+      opts.upstream ??
+      new UpstreamClient({ baseUrl: config.UPSTREAM_BASE_URL, apiKey: config.UPSTREAM_API_KEY, timeoutMs: config.UPSTREAM_TIMEOUT_MS, retries: config.UPSTREAM_RETRIES });
+    app.decorate('upstream', upstream);
+    if (!opts.upstream) app.addHook('onClose', async () => upstream.close());
+  },
+  { name: 'upstream', dependencies: ['config'] },
+);
