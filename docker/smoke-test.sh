@@ -219,6 +219,9 @@ done
 [ -n "$ready" ] || die "gateway not ready within 90s"
 [ "$(json store <<<"$ready")" = redis ] || die "gateway is ready but not on the Redis store: $ready"
 say "ready: $ready"
+# Settings from docker/demo.env, as on a fresh clone: not from a .env, and not from the override file.
+"$DOCKER" logs "$GW_CID" 2>&1 | grep -q 'demo mode: no UPSTREAM_API_KEY is set' ||
+  die "the gateway did not start in demo mode (docker/gateway-start.sh)"
 
 say "POST /replicate/v1/models/$MODEL/predictions"
 created=$(curl -sS --max-time 20 -w '\n%{http_code}' -X POST "$GW/replicate/v1/models/$MODEL/predictions" \
