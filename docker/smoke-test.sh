@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Docker smoke test: builds the image, runs docker-compose.yml with the demo profile (gateway + Redis +
-# simulator) and sends one prediction through the gateway, then checks Redis holds its terminal record.
+# Docker smoke test: builds the image, checks that the production gateway refuses to start without
+# UPSTREAM_API_KEY, runs docker-compose.yml with the demo profile (gateway + Redis + simulator) and sends
+# predictions through the gateway, then checks Redis holds their terminal record.
 #
 #   bash docker/smoke-test.sh
 #
 # - The engine comes from ../shared/tools/docker-offline.sh (beside the repo): a private dockerd whose
 #   containers get only the host network, so docker/compose.smoke.yml puts every service on the host
 #   network on free 127.0.0.1 ports. No traffic goes anywhere but loopback.
-# - Runs on a copy of the work tree (tracked + untracked, not ignored files) with .env = docker/demo.env,
-#   exactly as a user would run the demo, so a developer's own .env never leaks in.
+# - Runs on a copy of the work tree (tracked + untracked, not ignored files) with no .env, exactly as on a
+#   fresh clone: the demo must need none, and a developer's own .env never leaks in.
 # - Unique compose project; `down -v` always runs. Every wait is bounded; the whole run stays under
 #   SMOKE_BUDGET_S (default 570 s), cold machine included.
-# - If the Docker engine cannot be started at all, prints one "SMOKE TEST SKIPPED" line and exits 0.
-#   Any failure after that (build, compose, request path) exits 1.
+# - If the Docker engine cannot be started at all, prints one "SMOKE TEST SKIPPED" line and exits 0. But a
+#   skip fails (exit 1) with SMOKE_REQUIRED=1, which is the default under CI=true when docker-offline.sh is
+#   there: CI must not pass without building the image. Any failure after the engine is up exits 1.
 # - A dockerd that this script started is stopped at the end (SMOKE_KEEP_DOCKERD=1 keeps it); one that
 #   was already running is left alone. The image fuhu-gateway:smoke stays as the build cache.
 set -euo pipefail
@@ -42,11 +44,20 @@ left() {
 TOOL=$ROOT/../shared/tools/docker-offline.sh
 ENGINE_LOG=$(mktemp -t smoke-engine.XXXXXX)
 started_dockerd=0
+REQUIRED=${SMOKE_REQUIRED:-}
+if [ -z "$REQUIRED" ]; then
+  if [ "${CI:-}" = true ] && [ -f "$TOOL" ]; then REQUIRED=1; else REQUIRED=0; fi
+fi
 skip() {
-  echo "SMOKE TEST SKIPPED: docker engine unavailable on this machine ($*)"
+  if [ "$REQUIRED" = 1 ]; then
+    echo "SMOKE TEST FAILED: docker engine unavailable ($*), and a skip does not count (SMOKE_REQUIRED=1${CI:+, CI=$CI})"
+  else
+    echo "SMOKE TEST SKIPPED: docker engine unavailable on this machine ($*)"
+  fi
   # A start that failed half way may have left its dockerd running.
   if [ "$started_dockerd" = 1 ] && [ -f "$TOOL" ]; then timeout 60 bash "$TOOL" stop >/dev/null 2>&1 || true; fi
   rm -f "$ENGINE_LOG"
+  [ "$REQUIRED" = 1 ] && exit 1
   exit 0
 }
 if [ -f "$TOOL" ]; then
@@ -93,7 +104,8 @@ if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
   tar -C "$ROOT" --exclude=./node_modules --exclude=./dist --exclude=./.git --exclude=./.env -cf - . | tar -C "$STAGE" -xf -
 fi
-cp "$STAGE/docker/demo.env" "$STAGE/.env"
+# As on a fresh clone: no .env (the copy takes no ignored file, so only a non-git tree could bring one).
+rm -f "$STAGE/.env"
 # docker-compose v1 (docker-py) refuses `ports:` together with network_mode: host ("incompatible with
 # port_bindings") and an override file cannot remove a list entry, so the copy drops the publish mapping,
 # which host networking makes meaningless anyway. Nothing else of docker-compose.yml changes.
@@ -150,6 +162,11 @@ trap 'exit 143' TERM
 # 3. Build and start.
 # ---------------------------------------------------------------------------------------------------------
 (cd "$STAGE" && timeout 30 "${COMPOSE_BIN[@]}" -f docker-compose.yml config -q) || die "docker-compose.yml does not validate"
+# The gateway service passes every setting of .env.example through, bar the two the image fixes.
+for var in $(sed -n 's/^\([A-Z][A-Z0-9_]*\)=.*/\1/p' "$STAGE/.env.example"); do
+  case $var in PORT | HOST) continue ;; esac
+  grep -qE "^      $var:" "$STAGE/docker-compose.yml" || die "docker-compose.yml: the gateway's environment lacks $var (in .env.example)"
+done
 compose 30 config -q || die "docker-compose.yml + docker/compose.smoke.yml do not validate"
 ! compose 30 config | grep -qE '^ +ports:' || die "a service still publishes ports, which host networking rejects"
 
@@ -163,6 +180,15 @@ fi
 say "image built: $("$DOCKER" image inspect -f '{{.Size}}' fuhu-gateway:smoke | awk '{printf "%.0f MB", $1/1e6}'), user $("$DOCKER" image inspect -f '{{.Config.User}}' fuhu-gateway:smoke)"
 
 compose_up=1
+# Production (no key, no simulator): the gateway must stop at once and name the missing setting. Without
+# DEMO_UPSTREAM_BASE_URL, gateway-start.sh looks for the host "simulator", which the host network lacks.
+say "production gateway without UPSTREAM_API_KEY"
+prod_rc=0
+prod_out=$(compose "$(left 60)" run --rm --no-deps -T -e DEMO_UPSTREAM_BASE_URL= gateway 2>&1) || prod_rc=$?
+[ "$prod_rc" = 1 ] && [[ $prod_out == *'invalid configuration: UPSTREAM_API_KEY is required'* ]] ||
+  die "without UPSTREAM_API_KEY the gateway should exit 1 naming it; it exited $prod_rc: $(tail -n 5 <<<"$prod_out")"
+say "refused: $(grep -o 'fuhu-gateway: invalid configuration: UPSTREAM_API_KEY[^"]*' <<<"$prod_out" | head -n 1)"
+
 say "compose up (demo profile)"
 compose "$(left 120)" up -d --no-build >"$STAGE/up.log" 2>&1 || {
   sed 's/^/    /' "$STAGE/up.log"
@@ -193,6 +219,9 @@ done
 [ -n "$ready" ] || die "gateway not ready within 90s"
 [ "$(json store <<<"$ready")" = redis ] || die "gateway is ready but not on the Redis store: $ready"
 say "ready: $ready"
+# Settings from docker/demo.env, as on a fresh clone: not from a .env, and not from the override file.
+"$DOCKER" logs "$GW_CID" 2>&1 | grep -q 'demo mode: no UPSTREAM_API_KEY is set' ||
+  die "the gateway did not start in demo mode (docker/gateway-start.sh)"
 
 say "POST /replicate/v1/models/$MODEL/predictions"
 created=$(curl -sS --max-time 20 -w '\n%{http_code}' -X POST "$GW/replicate/v1/models/$MODEL/predictions" \
@@ -221,6 +250,16 @@ done
 urls_get=$(json urls.get <<<"$got")
 [ "$urls_get" = "$GW/replicate/v1/predictions/$ID" ] || die "urls.get is '$urls_get', expected the gateway's own URL"
 say "succeeded; urls.get = $urls_get"
+
+# The README's curl: one create with Prefer: wait answers with the finished prediction.
+waited=$(curl -sS --max-time 70 -w '\n%{http_code}' -X POST "$GW/replicate/v1/models/$MODEL/predictions" \
+  -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -H 'Prefer: wait' \
+  -d '{"input":{"prompt":"a lighthouse at dawn"}}') || die "create with Prefer: wait failed"
+code=${waited##*$'\n'}
+body=${waited%$'\n'*}
+[ "$code" = 201 ] || [ "$code" = 200 ] || die "create with Prefer: wait answered HTTP $code: $body"
+[ "$(json status <<<"$body")" = succeeded ] || die "create with Prefer: wait answered status '$(json status <<<"$body")': $body"
+say "Prefer: wait create answered $(json id <<<"$body") succeeded (HTTP $code)"
 
 say "checking Redis key fgw:term:$ID"
 deadline=$((SECONDS + $(left 20)))
