@@ -13,9 +13,9 @@ import { tokenRoutes } from './access/token-routes.js';
 import { TokenSigner } from './access/tokens.js';
 import type { Config } from './config.js';
 import { GatewayError } from './errors.js';
-import { healthRoutes } from './http/health.js';
+import { healthRoutes, metricsRoute } from './http/health.js';
 import jsonBody from './http/json-body.js';
-import problems, { makeFailureHandler } from './http/problems.js';
+import problems, { makeClientErrorHandler, makeFailureHandler } from './http/problems.js';
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -59,6 +59,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     keepAliveTimeout: 72_000,
+    // A client has REQUEST_TIMEOUT_MS to send its whole request (a body that never comes is cut off); Node checks
+    // open requests every connectionsCheckingInterval (30 s by default, too coarse for short timeouts).
+    requestTimeout: config.REQUEST_TIMEOUT_MS,
+    connectionTimeout: config.CONNECTION_TIMEOUT_MS,
+    http: { connectionsCheckingInterval: Math.min(30_000, Math.max(250, Math.floor(config.REQUEST_TIMEOUT_MS / 4))) },
+    clientErrorHandler: makeClientErrorHandler(() => app.log),
     // A URL the router cannot read (bad %-encoding, an over-long id) fails before any hook runs: answer it the same way.
     frameworkErrors: (err, request, reply) => fail(err as FastifyError, request, reply.header('x-request-id', request.id)),
   }) as unknown as FastifyInstance;
@@ -102,6 +108,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(rateLimit, { global: false, ...(app.rateLimitStore ? { store: app.rateLimitStore } : {}) });
     await api.register(auth, { signer });
     await api.register(limits);
+    await api.register(metricsRoute);
     await api.register(predictionRoutes, { prefix: '/replicate/v1' });
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });

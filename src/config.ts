@@ -60,6 +60,17 @@ export const ConfigSchema = z.object({
   REDIS_KEY_PREFIX: z.string().min(1).default('fgw:'),
   UPSTREAM_TIMEOUT_MS: int(100, 600_000).default(30_000),
   UPSTREAM_RETRIES: int(0, 10).default(2),
+  // Sockets to the upstream per process, and how many of them one tenant may hold at once (default: half).
+  UPSTREAM_CONNECTIONS: int(1, 4096).default(128),
+  UPSTREAM_TENANT_MAX_CONCURRENCY: int(1, 4096).optional(),
+  // An upstream answer larger than this is cut off (502). Default: 16 MiB, and always above BODY_LIMIT_BYTES,
+  // since a prediction echoes its input.
+  UPSTREAM_MAX_BODY_BYTES: int(64 * 1024, 1024 * 1024 * 1024).optional(),
+  // How long a client may take to send its whole request (slow bodies are cut off), and an idle socket may live.
+  REQUEST_TIMEOUT_MS: int(1000, 600_000).default(30_000),
+  CONNECTION_TIMEOUT_MS: int(0, 3_600_000).default(120_000),
+  // Deeper JSON is refused with 422 before anything parses it recursively (stack overflows, slow fingerprints).
+  JSON_MAX_DEPTH: int(2, 1000).default(64),
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   LOG_LEVEL: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   // The access line is about a fifth of a cached GET's CPU; behind a proxy that logs requests, it can go.
@@ -68,6 +79,7 @@ export const ConfigSchema = z.object({
   PREDICTION_TTL_SECONDS: int(60, 10 * 365 * 86400).default(30 * 86400),
   CACHE_TTL_SECONDS: int(1, 365 * 86400).default(86400),
   MEMORY_STORE_MAX_ENTRIES: int(100, 100_000_000).default(100_000),
+  MEMORY_STORE_MAX_BYTES: int(1024 * 1024, 1024 ** 4).default(256 * 1024 * 1024),
   DEFAULT_RATE_LIMIT_MAX: int(1, 10_000_000).default(600),
   DEFAULT_RATE_LIMIT_WINDOW: duration.default(60_000),
   // Most rate-limit permits one Redis trip may take for a process (see src/store/rate-limit-store.ts); 1: a trip per request.
@@ -78,12 +90,13 @@ export const ConfigSchema = z.object({
   POLL_CACHE_MS: int(0, 60_000).default(500),
   IDEMPOTENCY_TTL_SECONDS: int(60, 7 * 86400).default(86400),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(10_000),
-  METRICS_TOKEN: z.string().min(1).regex(/^\S+$/, 'must not contain spaces').optional(),
+  METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').regex(/^\S+$/, 'must not contain spaces').optional(),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: int(0, 60_000).default(1000),
   OVERLOAD_MAX_HEAP_BYTES: int(0, 1024 ** 4).default(0),
 });
 
-export type Config = Readonly<z.output<typeof ConfigSchema>>;
+type Parsed = z.output<typeof ConfigSchema>;
+export type Config = Readonly<Parsed & { UPSTREAM_TENANT_MAX_CONCURRENCY: number; UPSTREAM_MAX_BODY_BYTES: number }>;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -103,7 +116,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     // Never echo the value: it may be a secret.
     throw new ConfigError(`invalid configuration: ${name} ${issue.message}`);
   }
-  return Object.freeze(parsed.data);
+  const c = parsed.data;
+  if (c.UPSTREAM_MAX_BODY_BYTES !== undefined && c.UPSTREAM_MAX_BODY_BYTES <= c.BODY_LIMIT_BYTES) {
+    throw new ConfigError('invalid configuration: UPSTREAM_MAX_BODY_BYTES must be larger than BODY_LIMIT_BYTES (a prediction echoes its input)');
+  }
+  if (c.UPSTREAM_TENANT_MAX_CONCURRENCY !== undefined && c.UPSTREAM_TENANT_MAX_CONCURRENCY > c.UPSTREAM_CONNECTIONS) {
+    throw new ConfigError('invalid configuration: UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS');
+  }
+  return Object.freeze({
+    ...c,
+    UPSTREAM_TENANT_MAX_CONCURRENCY: c.UPSTREAM_TENANT_MAX_CONCURRENCY ?? Math.max(1, Math.floor(c.UPSTREAM_CONNECTIONS / 2)),
+    UPSTREAM_MAX_BODY_BYTES: c.UPSTREAM_MAX_BODY_BYTES ?? Math.max(16 * 1024 * 1024, c.BODY_LIMIT_BYTES + 1024 * 1024),
+  });
 }
 
 /**

@@ -40,8 +40,11 @@ declare module 'fastify' {
     createdPrediction: string | undefined;
   }
   interface FastifyContextConfig {
-    /** On API routes: 'tenant' (default), a key or token; 'admin', ADMIN_API_KEY. Routes outside the API need none. */
-    auth?: 'tenant' | 'admin';
+    /**
+     * On API routes: 'tenant' (default), a key or token; 'admin', ADMIN_API_KEY; 'metrics', METRICS_TOKEN when set.
+     * Routes outside the API need none.
+     */
+    auth?: 'tenant' | 'admin' | 'metrics';
     /** Creates are counted by the create limit and token budgets. */
     create?: boolean;
     /** Tokens may not mint tokens. */

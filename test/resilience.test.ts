@@ -386,11 +386,14 @@ describe('circuit breaker', () => {
     }
     expectProblem(await create(g.url), 503, /failing repeatedly/, true);
     expect(s.sim.requests).toHaveLength(3);
-    expect((await call(g.url, 'GET', '/readyz')).body.upstream_breaker).toBe('open');
+    // One tenant's failing GETs open that tenant's breaker, not the upstream-wide one (issue 12).
+    const ready = (await call(g.url, 'GET', '/readyz')).body;
+    expect(ready.upstream_breaker).toBe('closed');
+    expect(ready.tenant_breakers_open).toEqual(['team-a']);
 
     s.sim.clearFaults();
     await waitFor(async () => (await get(id, g.url)).status === 200, 5000, 'the breaker to close');
-    expect((await call(g.url, 'GET', '/readyz')).body.upstream_breaker).toBe('closed');
+    expect((await call(g.url, 'GET', '/readyz')).body).toMatchObject({ upstream_breaker: 'closed', tenant_breakers_open: [] });
     expect((await create(g.url)).status).toBe(201);
   });
 

@@ -52,6 +52,11 @@ export default fp<AuthOptions>(
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
       const mode = request.routeOptions.config.auth ?? 'tenant';
       const credential = credentialOf(request);
+      if (mode === 'metrics') {
+        if (!config.METRICS_TOKEN) return;
+        if (!credential || !sameSecret(credential, config.METRICS_TOKEN)) return fail(request, 'send "Authorization: Bearer <METRICS_TOKEN>"');
+        return;
+      }
       if (mode === 'admin') {
         if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
         if (!credential) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>"');

@@ -3,14 +3,19 @@
 // text is kept so a create forwards exactly what the client sent.
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
+import { deeperThan } from '../lib/json-depth.js';
 
 export default fp(
   async (app) => {
     app.decorateRequest('rawBody', undefined);
     app.removeContentTypeParser('application/json');
+    const maxDepth = app.config.JSON_MAX_DEPTH;
     app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
       const text = body as string;
       if (text.trim() === '') return done(null, undefined);
+      if (deeperThan(text, maxDepth)) {
+        return done(new GatewayError('VALIDATION', `the request body nests deeper than JSON_MAX_DEPTH (${maxDepth}) levels`), undefined);
+      }
       try {
         const parsed = JSON.parse(text);
         request.rawBody = text;
@@ -20,5 +25,5 @@ export default fp(
       }
     });
   },
-  { name: 'json-body' },
+  { name: 'json-body', dependencies: ['config'] },
 );

@@ -1,5 +1,7 @@
 // The one failure path: every error (ours, Fastify's, the router's) is logged once, counted, and answered as
 // problem JSON {type, title, status, detail} with the request id. Messages of 5xx are never a stack trace.
+import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
@@ -40,3 +42,29 @@ export default fp<{ fail: ReturnType<typeof makeFailureHandler> }>(
   },
   { name: 'problems' },
 );
+
+const CLIENT_ERRORS: Record<string, { code: 'BAD_REQUEST' | 'PAYLOAD_TOO_LARGE'; status: number; detail: string }> = {
+  HPE_HEADER_OVERFLOW: { code: 'BAD_REQUEST', status: 431, detail: 'the request headers are too large' },
+  ERR_HTTP_REQUEST_TIMEOUT: { code: 'BAD_REQUEST', status: 408, detail: 'the request was not received within REQUEST_TIMEOUT_MS' },
+};
+
+/**
+ * Node's `clientError`: requests the HTTP parser refuses (a malformed request line, headers too large, a body that
+ * never arrives) never reach Fastify's handlers. Answer them as problem JSON with a request id too, and log them.
+ */
+export function makeClientErrorHandler(log: () => { info(obj: object, msg: string): void }) {
+  return (err: NodeJS.ErrnoException & { rawPacket?: unknown }, socket: import('node:net').Socket): void => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const known = CLIENT_ERRORS[err.code ?? ''] ?? { code: 'BAD_REQUEST' as const, status: 400, detail: 'the request could not be parsed as HTTP' };
+    const requestId = randomUUID();
+    const body = JSON.stringify(new GatewayError(known.code, known.detail, { status: known.status }).toProblem(requestId));
+    log().info({ code: err.code, status: known.status, reqId: requestId }, known.detail);
+    socket.end(
+      `HTTP/1.1 ${known.status} ${STATUS_CODES[known.status] ?? 'Bad Request'}\r\n` +
+        `content-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  };
+}

@@ -19,6 +19,9 @@ export interface CreateInput {
   idempotencyKey?: unknown;
 }
 
+/** How deep an upstream prediction may nest: the client's own limit, plus the prediction and its `input`. */
+export const upstreamDepth = (config: { JSON_MAX_DEPTH: number }) => config.JSON_MAX_DEPTH + 2;
+
 /** The predict time an upstream prediction reports, for usage. */
 export function predictTimeOf(body: PredictionBody): number {
   const m = body.prediction.metrics as { predict_time?: unknown } | undefined;
@@ -34,7 +37,9 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   // A create the gateway could not record would be a paid job nobody can read: refuse it up front.
   if (!store.isReady()) throw storeUnavailable();
 
-  const key = idempotencyKey(tenant, input.idempotencyKey);
+  // Keys are scoped to the credential: two browser tokens of one tenant never replay each other's creates.
+  const token = caller.principal.token;
+  const key = idempotencyKey(token ? `${tenant}:token:${token.jti}` : tenant, input.idempotencyKey);
   const idem = key ? new IdempotentCreate(store, key, fingerprintOf(input.path, input.body)) : undefined;
   if (idem) {
     const replay = await idem.claim(timeoutMs + 30_000, Date.now() + timeoutMs);
@@ -52,6 +57,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       path: input.path,
       body: input.body,
       requestId: caller.requestId,
+      tenant,
       prefer: prefer.header,
       cancelAfter: input.cancelAfter,
       retry: false,
@@ -64,7 +70,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     if (idem && !(err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT')) await idem.release();
     throw err;
   }
-  const body = PredictionBody.fromUpstream(res.body);
+  const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   const id = body.id;
   const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body) } : undefined;
   // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
@@ -84,7 +90,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     );
   } catch (err) {
     caller.log.error({ prediction: id, err }, 'created upstream but could not record it; canceling the upstream prediction');
-    await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: caller.requestId, retry: true }).catch(() => {});
+    await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: caller.requestId, tenant, retry: true }).catch(() => {});
     throw err;
   }
   if (!recorded) {

@@ -14,13 +14,13 @@ export interface Replay {
   raw: string;
 }
 
-/** The store key of a client's Idempotency-Key, scoped to the tenant; 400 for a malformed header. */
-export function idempotencyKey(tenant: string, header: unknown): string | undefined {
+/** The store key of a client's Idempotency-Key within `scope` (a tenant, or one token); 400 for a malformed header. */
+export function idempotencyKey(scope: string, header: unknown): string | undefined {
   if (header === undefined) return undefined;
   if (typeof header !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(header)) {
     throw new GatewayError('BAD_REQUEST', 'Idempotency-Key must be 1-255 visible ASCII characters');
   }
-  return `${tenant}:${createHash('sha256').update(header).digest('hex')}`;
+  return `${scope}:${createHash('sha256').update(header).digest('hex')}`;
 }
 
 /** What makes two creates "the same request": the path and the body. */

@@ -11,6 +11,7 @@ export class Poller {
   constructor(
     readonly upstream: UpstreamClient,
     readonly microMs: number,
+    readonly maxDepth: number,
   ) {
     this.#micro = new BoundedMap({ maxEntries: 10_000, maxBytes: 64 * 1024 * 1024, ttlMs: microMs, sizeOf: (b) => b.raw.length });
   }
@@ -24,14 +25,14 @@ export class Poller {
    * The upstream's current answer for this id, and whether it was shared with (or reused from) another request.
    * `observe` is told the upstream time of the call this request made itself.
    */
-  async get(id: string, requestId: string, observe: (ms: number, outcome: string) => void): Promise<{ body: PredictionBody; shared: boolean }> {
+  async get(id: string, caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void }): Promise<{ body: PredictionBody; shared: boolean }> {
     const cached = this.peek(id);
     if (cached) return { body: cached, shared: true };
     const pending = this.#inflight.get(id);
     if (pending) return { body: await pending, shared: true };
     const p = this.upstream
-      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId, retry: true, observe })
-      .then((res) => sameId(PredictionBody.fromUpstream(res.body), id));
+      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe })
+      .then((res) => sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id));
     this.#inflight.set(id, p);
     try {
       const body = await p;

@@ -1,6 +1,7 @@
 // The prediction object as the gateway handles it: what counts as terminal, reading one from an upstream answer,
 // and rendering it with URLs that point back at the gateway.
 import { GatewayError } from '../errors.js';
+import { deeperThan } from '../lib/json-depth.js';
 
 export type Prediction = Record<string, unknown> & { id?: unknown; status?: unknown; urls?: Record<string, unknown> };
 
@@ -44,7 +45,9 @@ export class PredictionBody {
   }
 
   /** Reads an upstream answer; anything but a JSON object with a string id is the upstream's fault (502). */
-  static fromUpstream(raw: string): PredictionBody {
+  static fromUpstream(raw: string, maxDepth = 64): PredictionBody {
+    // Nothing deeper than a client may send is stored: it would break every later list of the tenant.
+    if (deeperThan(raw, maxDepth)) throw new GatewayError('UPSTREAM_ERROR', `the upstream answered with JSON nested deeper than JSON_MAX_DEPTH (${maxDepth})`);
     let p: unknown;
     try {
       p = JSON.parse(raw);

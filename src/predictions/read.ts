@@ -1,7 +1,7 @@
 // Reading a prediction (GET) and canceling it: ownership first, then the terminal cache, then the upstream.
 import { GatewayError } from '../errors.js';
 import { today } from '../usage/day.js';
-import { predictTimeOf } from './create.js';
+import { predictTimeOf, upstreamDepth } from './create.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { PredictionBody, sameId } from './prediction.js';
 
@@ -55,7 +55,7 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
   const { terminal, fresh } = await known(deps, tenant, id, true);
   if (terminal) return hit(deps, terminal);
   deps.metrics.cache.inc({ result: 'miss' });
-  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, caller.requestId, caller.observe);
+  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe });
   if (shared) deps.metrics.coalesced.inc();
   if (body.terminal) {
     deps.poller.forget(id);
@@ -75,13 +75,14 @@ export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id:
       method: 'POST',
       path: `/predictions/${encodeURIComponent(id)}/cancel`,
       requestId: caller.requestId,
+      tenant,
       retry: true,
       observe: caller.observe,
     });
   } finally {
     deps.poller.forget(id);
   }
-  const body = sameId(PredictionBody.fromUpstream(res.body), id);
+  const body = sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id);
   await keepTerminal(deps, tenant, body);
   return { status: res.status, body, cache: 'MISS' };
 }

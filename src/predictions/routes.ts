@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { checkAllowed } from '../access/allowlist.js';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
-import { createPrediction } from './create.js';
+import { createPrediction, upstreamDepth } from './create.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { Facts } from './facts.js';
 import { listPredictions } from './paging.js';
@@ -18,7 +18,7 @@ const header = (request: FastifyRequest, name: string) => {
 
 export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   const { config, store, upstream, metrics } = app;
-  const deps: PredictionDeps = { config, store, upstream, metrics, facts: new Facts(), poller: new Poller(upstream, config.POLL_CACHE_MS) };
+  const deps: PredictionDeps = { config, store, upstream, metrics, facts: new Facts(), poller: new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config)) };
   /** The gateway's external base: PUBLIC_BASE_URL, else the request's own scheme and host. */
   const base = (request: FastifyRequest) => config.PUBLIC_BASE_URL ?? `${request.protocol}://${request.host}`;
 
@@ -88,11 +88,8 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
 
   // The official client uploads Blob inputs here first (multipart); a 501 makes it fall back to a data: URI.
   await app.register(async (files) => {
-    files.addContentTypeParser('*', (_req, payload, done) => {
-      payload.resume();
-      payload.on('end', () => done(null, undefined));
-      payload.on('error', done);
-    });
+    // parseAs makes Fastify enforce BODY_LIMIT_BYTES (413) while reading; the bytes are then dropped.
+    files.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, _body, done) => done(null, undefined));
     files.post('/files', async () => {
       throw new GatewayError('NOT_IMPLEMENTED', 'file uploads are not supported by this gateway; send the file inline as a data: URI');
     });

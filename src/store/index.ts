@@ -16,7 +16,7 @@ export interface State {
 
 export function createState(config: Config, onRedisEvent?: (event: string, detail?: string) => void): State {
   const opts = { predictionTtlSeconds: config.PREDICTION_TTL_SECONDS, cacheTtlSeconds: config.CACHE_TTL_SECONDS };
-  if (!config.REDIS_URL) return { store: new MemoryStore({ ...opts, maxEntries: config.MEMORY_STORE_MAX_ENTRIES }) };
+  if (!config.REDIS_URL) return { store: new MemoryStore({ ...opts, maxEntries: config.MEMORY_STORE_MAX_ENTRIES, maxBytes: config.MEMORY_STORE_MAX_BYTES }) };
   const client = createRedisClient(config.REDIS_URL, config.REDIS_KEY_PREFIX, onRedisEvent);
   return { store: new RedisStore(client, opts), rateLimitStore: leasedRedisStore(client, 'rl:', config.RATE_LIMIT_LEASE_MAX) };
 }

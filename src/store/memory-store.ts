@@ -1,4 +1,5 @@
-// In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL and entry count.
+// In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL, entry count and
+// bytes (the prediction bodies, which can carry whole images as data: URIs, share MEMORY_STORE_MAX_BYTES).
 import { BoundedMap } from '../lib/bounded-map.js';
 import type { CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
@@ -17,14 +18,17 @@ export class MemoryStore implements Store {
   readonly #index = new Map<string, { id: string; score: number }[]>();
   readonly #maxEntries: number;
 
-  constructor(opts: StoreOptions & { maxEntries: number }) {
+  constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
     this.#opts = opts;
     this.#maxEntries = opts.maxEntries;
+    // The three maps that hold bodies get a third of the byte budget each; JSON text is about a byte a character.
+    const third = Math.floor((opts.maxBytes ?? 256 * 1024 * 1024) / 3);
+    const bodies = { maxEntries: opts.maxEntries, maxBytes: third, sizeOf: (v: string, k: string) => v.length + k.length };
     this.#owners = new BoundedMap({ maxEntries: opts.maxEntries });
-    this.#records = new BoundedMap({ maxEntries: opts.maxEntries });
-    this.#terminal = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#records = new BoundedMap(bodies);
+    this.#terminal = new BoundedMap(bodies);
     this.#seen = new BoundedMap({ maxEntries: opts.maxEntries });
-    this.#idem = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#idem = new BoundedMap({ ...bodies, sizeOf: (v: IdempotencyRecord, k: string) => (v.body?.length ?? 0) + k.length + 100 });
     this.#counters = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#usage = new BoundedMap({ maxEntries: opts.maxEntries });
   }

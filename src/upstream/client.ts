@@ -1,10 +1,12 @@
-// The undici client for FuhuAPI: the one place the upstream key is used. One deadline per call, safe retries and
-// the breaker live here, so every route gets them the same way; a non-2xx answer is thrown as a GatewayError.
+// The undici client for FuhuAPI: the one place the upstream key is used. One deadline per call, safe retries,
+// bounded answers, per-tenant bulkheads and breakers live here, so every route gets them the same way; a non-2xx
+// answer is thrown as a GatewayError, and every 2xx body is scrubbed of the key before anyone reads it.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleWhen } from 'cockatiel';
+import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleWhen, type CircuitBreakerPolicy } from 'cockatiel';
 import { Pool } from 'undici';
 import { GatewayError } from '../errors.js';
-import { fromTransportError, fromUpstreamStatus, parseRetryAfter } from './answers.js';
+import { BoundedMap } from '../lib/bounded-map.js';
+import { fromTransportError, fromUpstreamStatus, parseRetryAfter, scrub } from './answers.js';
 
 export interface UpstreamOptions {
   baseUrl: string;
@@ -13,9 +15,13 @@ export interface UpstreamOptions {
   retries: number;
   /** Sockets kept open to the upstream. */
   connections?: number;
-  /** Consecutive failures that open the breaker, and how long it stays open. */
+  /** Consecutive failures that open a tenant's breaker, and how long it stays open. */
   breakerThreshold?: number;
   breakerCooldownMs?: number;
+  /** Upstream calls one tenant may have in flight at once (default: half the connections). */
+  tenantMaxConcurrency?: number;
+  /** Largest upstream answer read; a larger one is cut off (502). */
+  maxBodyBytes?: number;
 }
 
 export interface UpstreamRequest {
@@ -24,6 +30,8 @@ export interface UpstreamRequest {
   path: string;
   body?: string;
   requestId: string;
+  /** Whose call this is: bulkheads and breakers are per tenant. */
+  tenant: string;
   prefer?: string;
   cancelAfter?: string;
   /** Only GET and cancel are safe to send twice; a create never is. */
@@ -47,7 +55,13 @@ const RETRY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOC
 /** Answers to a create that concern the model asked for rather than the upstream as a whole. */
 const MODEL_SPECIFIC_STATUS = new Set([500, 503]);
 
+/** Transport failures that say the upstream as a whole cannot be reached (not that one request was slow). */
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+
 const ok = (status: number) => status >= 200 && status < 300;
+
+const tooLarge = (max: number) =>
+  new GatewayError('UPSTREAM_ERROR', `the upstream answer is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes); it was cut off`);
 
 export class UpstreamClient {
   readonly #pool: Pool;
@@ -55,11 +69,25 @@ export class UpstreamClient {
   readonly #auth: string;
   readonly #secrets: readonly string[];
   readonly #opts: Required<UpstreamOptions>;
-  readonly #breaker;
-  #openedAt = 0;
+  /** Opens on connection failures, or when several tenants' breakers open at once: the upstream as a whole. */
+  readonly #global: CircuitBreakerPolicy;
+  /** One tenant's failing model or predictions (5xx, timeouts) pause that tenant only. */
+  readonly #tenantBreakers = new BoundedMap<{ policy: CircuitBreakerPolicy; openedAt: number }>({ maxEntries: 10_000 });
+  readonly #inFlight = new Map<string, number>();
+  /** When each tenant's breaker last opened, to see several tenants failing together. */
+  readonly #recentBreaks = new Map<string, number>();
+  #globalOpenedAt = 0;
 
   constructor(opts: UpstreamOptions) {
-    this.#opts = { connections: 128, breakerThreshold: 5, breakerCooldownMs: 5000, ...opts };
+    const connections = opts.connections ?? 128;
+    this.#opts = {
+      connections,
+      breakerThreshold: 5,
+      breakerCooldownMs: 5000,
+      tenantMaxConcurrency: Math.max(1, Math.floor(connections / 2)),
+      maxBodyBytes: 16 * 1024 * 1024,
+      ...opts,
+    };
     const url = new URL(opts.baseUrl);
     this.#basePath = url.pathname.replace(/\/+$/, '');
     this.#secrets = [opts.apiKey];
@@ -72,20 +100,76 @@ export class UpstreamClient {
       bodyTimeout: 0,
       keepAliveTimeout: 30_000,
     });
-    // Transport failures and unhealthy answers count towards opening the breaker; 4xx are the caller's problem.
-    this.#breaker = circuitBreaker(
+    this.#global = circuitBreaker(
+      handleWhen((err) => CONNECTION_CODES.has((err as { code?: string }).code ?? '')),
+      { halfOpenAfter: this.#opts.breakerCooldownMs, breaker: new ConsecutiveBreaker(this.#opts.breakerThreshold) },
+    );
+    this.#global.onBreak(() => (this.#globalOpenedAt = Date.now()));
+  }
+
+  /** The upstream-wide breaker (what /readyz reports). */
+  get breakerOpen(): boolean {
+    return this.#global.state !== CircuitState.Closed;
+  }
+
+  /** Tenants whose own breaker is open now. */
+  openTenantBreakers(): string[] {
+    return [...this.#recentBreaks.keys()].filter((t) => this.#tenantBreakers.peek(t)?.policy.state === CircuitState.Open);
+  }
+
+  #tenantBreaker(tenant: string) {
+    let b = this.#tenantBreakers.get(tenant);
+    if (b) return b;
+    // Transport failures and unhealthy answers count; 4xx are the caller's problem.
+    const policy = circuitBreaker(
       handleWhen((err) => !(err instanceof GatewayError) || err.statusCode >= 500).orWhenResult((r) => (r as UpstreamResponse).unhealthy),
       { halfOpenAfter: this.#opts.breakerCooldownMs, breaker: new ConsecutiveBreaker(this.#opts.breakerThreshold) },
     );
-    this.#breaker.onBreak(() => (this.#openedAt = Date.now()));
+    const entry = { policy, openedAt: 0 };
+    policy.onBreak(() => {
+      const now = (entry.openedAt = Date.now());
+      this.#recentBreaks.set(tenant, now);
+      for (const [t, at] of this.#recentBreaks) if (now - at > this.#opts.breakerCooldownMs) this.#recentBreaks.delete(t);
+      // Two or more tenants failing within one cool-down: that is the upstream, not a tenant. Pause everyone.
+      if (this.#recentBreaks.size >= 2 && this.#global.state === CircuitState.Closed) {
+        const hold = this.#global.isolate();
+        this.#globalOpenedAt = now;
+        setTimeout(() => hold.dispose(), this.#opts.breakerCooldownMs).unref();
+      }
+    });
+    this.#tenantBreakers.set(tenant, entry);
+    return entry;
   }
 
-  get breakerOpen(): boolean {
-    return this.#breaker.state === CircuitState.Open;
+  /** A tenant-level bulkhead: 429 past its share of the pool, so one tenant's long waits cannot starve others. */
+  #enter(tenant: string): void {
+    const n = this.#inFlight.get(tenant) ?? 0;
+    if (n >= this.#opts.tenantMaxConcurrency) {
+      throw new GatewayError('RATE_LIMITED', `tenant ${tenant} already has ${n} upstream requests in flight (UPSTREAM_TENANT_MAX_CONCURRENCY); retry shortly`, {
+        headers: { 'retry-after': '1' },
+      });
+    }
+    this.#inFlight.set(tenant, n + 1);
+  }
+
+  #leave(tenant: string): void {
+    const n = (this.#inFlight.get(tenant) ?? 1) - 1;
+    if (n <= 0) this.#inFlight.delete(tenant);
+    else this.#inFlight.set(tenant, n);
   }
 
   /** A 2xx answer, or a GatewayError: the upstream's refusal (scrubbed), a transport failure or the deadline. */
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    this.#enter(req.tenant);
+    try {
+      return await this.#request(req);
+    } finally {
+      this.#leave(req.tenant);
+    }
+  }
+
+  async #request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const tenantBreaker = this.#tenantBreaker(req.tenant);
     const timeoutMs = req.timeoutMs ?? this.#opts.timeoutMs;
     const deadline = Date.now() + timeoutMs;
     // One deadline for the whole call, every attempt and pause included.
@@ -99,8 +183,8 @@ export class UpstreamClient {
       try {
         // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
         // (for as long as the probe's deadline); fail fast instead, as while open.
-        if (this.#breaker.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
-        res = await this.#breaker.execute(() => this.#once(req, signal));
+        if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
+        res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal)));
       } catch (err) {
         failure = err;
       }
@@ -110,7 +194,8 @@ export class UpstreamClient {
       }
       if (failure instanceof BrokenCircuitError) {
         done('breaker_open');
-        const left = Math.max(1, Math.ceil((this.#openedAt + this.#opts.breakerCooldownMs - Date.now()) / 1000));
+        const openedAt = this.#global.state === CircuitState.Closed ? tenantBreaker.openedAt : this.#globalOpenedAt;
+        const left = Math.max(1, Math.ceil((openedAt + this.#opts.breakerCooldownMs - Date.now()) / 1000));
         throw new GatewayError('UPSTREAM_UNAVAILABLE', 'the upstream is failing repeatedly; requests are paused for a short cool-down', {
           cause: failure,
           headers: { 'retry-after': String(left) },
@@ -150,7 +235,9 @@ export class UpstreamClient {
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
     const res = await this.#pool.request({ path: this.#basePath + req.path, method: req.method, headers, body: req.body, signal });
-    const body = await res.body.text();
+    let body = await this.#read(res.body, Number(res.headers['content-length'] ?? 0));
+    // A reseller may echo the Authorization header into logs, errors or URLs: no answer leaves with the key in it.
+    if (body.includes(this.#secrets[0]!)) body = scrub(body, this.#secrets);
     const ra = res.headers['retry-after'];
     return {
       status: res.statusCode,
@@ -160,6 +247,26 @@ export class UpstreamClient {
       // team's unavailable model must not pause the upstream for every team. Gateway-level 5xx still count.
       unhealthy: res.statusCode >= 500 && (req.retry || !MODEL_SPECIFIC_STATUS.has(res.statusCode)),
     };
+  }
+
+  /** The whole body, or a 502 as soon as it passes maxBodyBytes (announced or counted). */
+  async #read(body: AsyncIterable<Buffer> & { destroy(): unknown }, announced: number): Promise<string> {
+    const max = this.#opts.maxBodyBytes;
+    if (announced > max) {
+      body.destroy();
+      throw tooLarge(max);
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of body) {
+      size += chunk.length;
+      if (size > max) {
+        body.destroy();
+        throw tooLarge(max);
+      }
+      chunks.push(chunk);
+    }
+    return chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks, size).toString('utf8');
   }
 
   async close(): Promise<void> {

@@ -7,7 +7,15 @@ export default fp<{ upstream?: UpstreamClient }>(
     const { config } = app;
     const upstream =
       opts.upstream ??
-      new UpstreamClient({ baseUrl: config.UPSTREAM_BASE_URL, apiKey: config.UPSTREAM_API_KEY, timeoutMs: config.UPSTREAM_TIMEOUT_MS, retries: config.UPSTREAM_RETRIES });
+      new UpstreamClient({
+        baseUrl: config.UPSTREAM_BASE_URL,
+        apiKey: config.UPSTREAM_API_KEY,
+        timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+        retries: config.UPSTREAM_RETRIES,
+        connections: config.UPSTREAM_CONNECTIONS,
+        tenantMaxConcurrency: config.UPSTREAM_TENANT_MAX_CONCURRENCY,
+        maxBodyBytes: config.UPSTREAM_MAX_BODY_BYTES,
+      });
     app.decorate('upstream', upstream);
     if (!opts.upstream) app.addHook('onClose', async () => upstream.close());
   },
