@@ -63,7 +63,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     // open requests every connectionsCheckingInterval (30 s by default, too coarse for short timeouts).
     requestTimeout: config.REQUEST_TIMEOUT_MS,
     connectionTimeout: config.CONNECTION_TIMEOUT_MS,
-    http: { connectionsCheckingInterval: Math.min(30_000, Math.max(250, Math.floor(config.REQUEST_TIMEOUT_MS / 4))) },
+    // Also given to http.createServer: Node reads requestTimeout at construction (setting it later has no effect).
+    http: { requestTimeout: config.REQUEST_TIMEOUT_MS, connectionsCheckingInterval: Math.min(30_000, Math.max(250, Math.floor(config.REQUEST_TIMEOUT_MS / 4))) },
     clientErrorHandler: makeClientErrorHandler(() => app.log),
     // A URL the router cannot read (bad %-encoding, an over-long id) fails before any hook runs: answer it the same way.
     frameworkErrors: (err, request, reply) => fail(err as FastifyError, request, reply.header('x-request-id', request.id)),
