@@ -19,6 +19,9 @@ import problems, { makeClientErrorHandler, makeFailureHandler } from './http/pro
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
+import { accountRoutes } from './account/routes.js';
+import { modelRoutes } from './models/routes.js';
+import { VersionBook } from './models/versions.js';
 import { predictionRoutes } from './predictions/routes.js';
 import type { State } from './store/index.js';
 import storePlugin from './store/plugin.js';
@@ -110,7 +113,10 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(auth, { signer });
     await api.register(limits);
     await api.register(metricsRoute);
-    await api.register(predictionRoutes, { prefix: '/replicate/v1' });
+    const versions = new VersionBook(app.store, app.log);
+    await api.register(predictionRoutes, { prefix: '/replicate/v1', versions });
+    await api.register(modelRoutes, { prefix: '/replicate/v1', versions });
+    await api.register(accountRoutes, { prefix: '/replicate/v1' });
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
   });

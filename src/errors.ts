@@ -36,14 +36,17 @@ export class GatewayError extends Error {
   readonly title: string;
   /** Extra response headers, e.g. retry-after. */
   readonly headers: Record<string, string>;
+  /** For errors made from an upstream answer: the status the upstream gave. */
+  readonly upstreamStatus: number | undefined;
 
-  constructor(code: ErrorCode, detail: string, opts: { cause?: unknown; headers?: Record<string, string>; status?: number } = {}) {
+  constructor(code: ErrorCode, detail: string, opts: { cause?: unknown; headers?: Record<string, string>; status?: number; upstreamStatus?: number } = {}) {
     super(detail, { cause: opts.cause });
     this.name = 'GatewayError';
     this.code = code;
     this.statusCode = opts.status ?? ERRORS[code].status;
     this.title = ERRORS[code].title;
     this.headers = opts.headers ?? {};
+    this.upstreamStatus = opts.upstreamStatus;
   }
 
   toProblem(requestId?: string): Problem {

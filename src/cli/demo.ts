@@ -69,7 +69,7 @@ Create a prediction and wait for it:
 
 With the official client (npm i replicate):
   import Replicate from 'replicate';
-  const replicate = new Replicate({ auth: '${DEMO_KEY}', baseUrl: '${gw}/replicate/v1' });
+  const replicate = new Replicate({ auth: '${DEMO_KEY}', baseUrl: '${gw}/replicate/v1', useFileOutput: false });
   console.log(await replicate.run('black-forest-labs/flux-schnell', { input: { prompt: 'a lighthouse at dawn' } }));
 
 A short-lived browser token:

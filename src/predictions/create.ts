@@ -72,6 +72,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   }
   const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   const id = body.id;
+  deps.versions.learnFromPrediction(body.prediction);
   const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body) } : undefined;
   // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
   // into a second job. Keep trying to record it; only if the store stays down is the job canceled.

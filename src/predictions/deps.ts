@@ -4,6 +4,7 @@ import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from '../types.js';
+import type { VersionBook } from '../models/versions.js';
 import type { UpstreamClient } from '../upstream/client.js';
 import type { Facts } from './facts.js';
 import type { Poller } from './poller.js';
@@ -16,6 +17,7 @@ export interface PredictionDeps {
   metrics: Metrics;
   facts: Facts;
   poller: Poller;
+  versions: VersionBook;
 }
 
 export interface Caller {

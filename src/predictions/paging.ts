@@ -1,7 +1,9 @@
 // The tenant's prediction list, from its own index in the store (never the upstream's list, which on the shared
-// key holds every team's predictions), with opaque cursors both ways.
+// key holds every team's predictions), with opaque cursors both ways and running entries refreshed.
 import { GatewayError } from '../errors.js';
-import type { IndexEntry, ListQuery, Store } from '../store/store.js';
+import type { IndexEntry, ListQuery } from '../store/store.js';
+import type { Caller, PredictionDeps } from './deps.js';
+import { keepTerminal } from './read.js';
 import { PredictionBody } from './prediction.js';
 
 export const PAGE_SIZE = 100;
@@ -28,13 +30,57 @@ export function neighbours(q: ListQuery, entries: IndexEntry[], hasMore: boolean
   return { next: olderExist && last ? last.score : undefined, previous: newerExist && first ? first.score : undefined };
 }
 
+/** Listed predictions refreshed at once, and how long a page may wait for them. */
+const REFRESH_CONCURRENCY = 8;
+const REFRESH_BUDGET_MS = 3000;
+
+/**
+ * The page's non-terminal entries as the upstream has them now. The create-time copy says `starting` forever when
+ * nobody polls (the usual case with webhooks). Each refresh goes through the poller (coalesced with concurrent
+ * polls), at most REFRESH_CONCURRENCY at once, within REFRESH_BUDGET_MS (or the upstream deadline if shorter); a
+ * slow or failing one leaves its entry as it was rather than failing the page. Terminal answers are stored.
+ */
+async function refreshed(deps: PredictionDeps, caller: Caller, bodies: PredictionBody[]): Promise<PredictionBody[]> {
+  const stale = bodies.map((b, i) => [b, i] as const).filter(([b]) => !b.terminal);
+  if (!stale.length) return bodies;
+  const out = [...bodies];
+  const tenant = caller.principal.tenant.id;
+  const until = Date.now() + Math.min(REFRESH_BUDGET_MS, deps.config.UPSTREAM_TIMEOUT_MS);
+  let next = 0;
+  async function worker(): Promise<void> {
+    while (next < stale.length && Date.now() < until) {
+      const [old, i] = stale[next++]!;
+      const fresh = deps.poller.get(old.id, { requestId: caller.requestId, tenant, observe: caller.observe }).then(async ({ body, shared }) => {
+        if (body.terminal && !shared) {
+          deps.poller.forget(body.id);
+          await keepTerminal(deps, tenant, body);
+        }
+        return body;
+      });
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((r) => (timer = setTimeout(r, Math.max(0, until - Date.now()), undefined)));
+      try {
+        out[i] = (await Promise.race([fresh, late])) ?? old;
+      } catch (err) {
+        caller.log.info({ err, prediction: old.id }, 'could not refresh a listed prediction; listing it as last seen');
+      } finally {
+        clearTimeout(timer);
+        fresh.catch(() => {});
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(REFRESH_CONCURRENCY, stale.length) }, worker));
+  return out;
+}
+
 /** One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim). */
-export async function listPredictions(store: Store, tenant: string, cursor: string | undefined, base: string): Promise<string> {
+export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string): Promise<string> {
   const q = decodeCursor(cursor);
-  const { entries, hasMore } = await store.listPage(tenant, q);
+  const { entries, hasMore } = await deps.store.listPage(caller.principal.tenant.id, q);
   const { next, previous } = neighbours(q, entries, hasMore);
   const link = (dir: 'n' | 'p', score: number | undefined) =>
     score === undefined ? null : `${base}/replicate/v1/predictions?cursor=${encodeCursor(dir, score)}`;
-  const results = entries.map((e) => new PredictionBody(e.json).render(base));
+  const bodies = await refreshed(deps, caller, entries.map((e) => new PredictionBody(e.json)));
+  const results = bodies.map((b) => b.render(base));
   return `{"next":${JSON.stringify(link('n', next))},"previous":${JSON.stringify(link('p', previous))},"results":[${results.join(',')}]}`;
 }

@@ -32,7 +32,7 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
 }
 
 /** Caches a terminal prediction and counts its usage (once across replicas), and remembers it in this process. */
-async function keepTerminal(deps: PredictionDeps, tenant: string, body: PredictionBody): Promise<void> {
+export async function keepTerminal(deps: PredictionDeps, tenant: string, body: PredictionBody): Promise<void> {
   if (!body.terminal) return;
   await deps.store.recordTerminal({
     id: body.id,
@@ -62,6 +62,7 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
     // Only the request that fetched it stores it; those that shared the answer need not write it again.
     if (!shared) await keepTerminal(deps, tenant, body);
   }
+  if (!shared) deps.versions.learnFromPrediction(body.prediction);
   return { status: 200, body, cache: shared ? 'COALESCED' : 'MISS' };
 }
 

@@ -1,7 +1,8 @@
 // The mirrored /replicate/v1 routes: parse the request, run the use case, render the answer for this request's base.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { checkAllowed } from '../access/allowlist.js';
+import { checkAllowed, checkVersionAllowed } from '../access/allowlist.js';
 import { GatewayError } from '../errors.js';
+import type { VersionBook } from '../models/versions.js';
 import { parse } from '../http/validate.js';
 import { createPrediction, upstreamDepth } from './create.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
@@ -16,9 +17,11 @@ const header = (request: FastifyRequest, name: string) => {
   return typeof v === 'string' ? v : undefined;
 };
 
-export async function predictionRoutes(app: FastifyInstance): Promise<void> {
+export async function predictionRoutes(app: FastifyInstance, opts: { versions: VersionBook }): Promise<void> {
   const { config, store, upstream, metrics } = app;
-  const deps: PredictionDeps = { config, store, upstream, metrics, facts: new Facts(), poller: new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config)) };
+  const facts = new Facts();
+  const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
+  const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: opts.versions };
   /** The gateway's external base: PUBLIC_BASE_URL, else the request's own scheme and host. */
   const base = (request: FastifyRequest) => config.PUBLIC_BASE_URL ?? `${request.protocol}://${request.host}`;
 
@@ -59,13 +62,13 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   app.post('/models/:owner/:name/predictions', { config: { create: true } }, async (request, reply) => {
     const { owner, name } = parse(ModelParamsSchema, request.params, 'path');
     const body = parse(CreateByModelSchema, request.body, 'body');
-    checkAllowed(request.principal!, `${owner}/${name}`, undefined);
+    checkAllowed(request.principal!, `${owner}/${name}`);
     return send(request, reply, await create(request, `/models/${owner}/${name}/predictions`, body));
   });
 
   app.post('/predictions', { config: { create: true } }, async (request, reply) => {
     const body = parse(CreateByVersionSchema, request.body, 'body');
-    checkAllowed(request.principal!, undefined, body.version);
+    await checkVersionAllowed(request.principal!, body.version, (v) => opts.versions.modelOf(v));
     return send(request, reply, await create(request, '/predictions', body));
   });
 
@@ -82,7 +85,7 @@ export async function predictionRoutes(app: FastifyInstance): Promise<void> {
   // Key only: a browser token would otherwise list every prediction of its tenant, other end users' included.
   app.get('/predictions', { config: { keyOnly: true } }, async (request, reply) => {
     const { cursor } = parse(ListQuerySchema, request.query, 'query');
-    const page = await listPredictions(store, request.principal!.tenant.id, cursor, base(request));
+    const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request));
     return reply.code(200).type('application/json; charset=utf-8').send(page);
   });
 

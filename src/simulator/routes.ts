@@ -1,6 +1,7 @@
 // The HTTP surface: body parsing, errors, and the prediction routes (create, get, cancel, list, stream).
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isTerminalStatus, type Prediction, type PredictionStore } from './predictions.js';
+import { ModelCatalog, registerModelRoutes } from './models.js';
 import { NOT_FOUND, ROUTES, isPlainObject, newApiError, parsePreferWait, problem } from './protocol.js';
 import type { TimerSet } from './timers.js';
 
@@ -33,6 +34,8 @@ function invalidInput(input: unknown): string {
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { store, timers, isClosed } = deps;
+  const catalog = new ModelCatalog();
+  registerModelRoutes(app, catalog);
 
   async function create(
     request: FastifyRequest,
@@ -123,12 +126,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return reply.code(422).send(problem(422, 'Invalid version', '- version: version is required and must be a string'));
     }
     const colon = version.lastIndexOf(':');
-    let model = 'unknown/unknown';
     let hash = version;
-    if (colon !== -1) {
-      model = version.slice(0, colon);
-      hash = version.slice(colon + 1);
-    }
+    if (colon !== -1) hash = version.slice(colon + 1);
+    // The real API runs a version by its hash, whatever name precedes it.
+    const model = catalog.modelOf(hash) ?? (colon !== -1 ? version.slice(0, colon) : 'unknown/unknown');
     return create(request, reply, model, hash, body);
   });
 

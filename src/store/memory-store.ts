@@ -14,6 +14,7 @@ export class MemoryStore implements Store {
   readonly #idem: BoundedMap<IdempotencyRecord>;
   readonly #counters: BoundedMap<number>;
   readonly #usage: BoundedMap<UsageDay>;
+  readonly #versions: BoundedMap<string>;
   /** Per tenant, entries sorted by score descending (newest first). */
   readonly #index = new Map<string, { id: string; score: number }[]>();
   readonly #maxEntries: number;
@@ -31,6 +32,7 @@ export class MemoryStore implements Store {
     this.#idem = new BoundedMap({ ...bodies, sizeOf: (v: IdempotencyRecord, k: string) => (v.body?.length ?? 0) + k.length + 100 });
     this.#counters = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#usage = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#versions = new BoundedMap({ maxEntries: opts.maxEntries });
   }
 
   isReady(): boolean {
@@ -112,6 +114,14 @@ export class MemoryStore implements Store {
 
   async idemRelease(key: string): Promise<void> {
     this.#idem.delete(key);
+  }
+
+  async versionModel(version: string): Promise<string | null> {
+    return this.#versions.get(version) ?? null;
+  }
+
+  async learnVersions(pairs: readonly (readonly [string, string])[]): Promise<void> {
+    for (const [v, model] of pairs) if (!this.#versions.has(v)) this.#versions.set(v, model, USAGE_TTL_SECONDS * 1000);
   }
 
   async incrCounter(key: string, ttlMs: number): Promise<number> {

@@ -199,6 +199,17 @@ export class RedisStore implements Store {
     await this.#client.del(`idem:${key}`).catch(unavailable);
   }
 
+  async versionModel(version: string): Promise<string | null> {
+    return (await this.#client.get(`ver:${version}`).catch(unavailable)) ?? null;
+  }
+
+  async learnVersions(pairs: readonly (readonly [string, string])[]): Promise<void> {
+    if (!pairs.length) return;
+    const m = this.#client.multi();
+    for (const [v, model] of pairs) m.set(`ver:${v}`, model, 'EX', USAGE_TTL_SECONDS, 'NX');
+    await m.exec().catch(unavailable);
+  }
+
   async incrCounter(key: string, ttlMs: number): Promise<number> {
     return Number(await this.#client.fgwIncr(`cnt:${key}`, ttlMs).catch(unavailable));
   }

@@ -74,6 +74,10 @@ export interface Store {
   idemGet(key: string): Promise<IdempotencyRecord | null>;
   idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void>;
   idemRelease(key: string): Promise<void>;
+  /** The model a version hash belongs to, as learned from model reads and predictions; null when unknown. */
+  versionModel(version: string): Promise<string | null>;
+  /** Remembers version → model pairs; the first mapping learned for a version stays (a version never moves). */
+  learnVersions(pairs: readonly (readonly [version: string, model: string])[]): Promise<void>;
   /** Atomic counter with an expiry set on first use; returns the new count. */
   incrCounter(key: string, ttlMs: number): Promise<number>;
   usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>>;

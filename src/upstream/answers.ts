@@ -70,17 +70,17 @@ export function fromUpstreamStatus(status: number, body: string, retryAfter: str
   const ra = retryAfterSeconds(retryAfter);
   if (ra) headers['retry-after'] = ra;
   if (status === 401) {
-    return new GatewayError('UPSTREAM_ERROR', 'the upstream rejected the gateway\'s credentials (operator: check UPSTREAM_API_KEY)');
+    return new GatewayError('UPSTREAM_ERROR', 'the upstream rejected the gateway\'s credentials (operator: check UPSTREAM_API_KEY)', { upstreamStatus: status });
   }
   if (status >= 400 && status < 500) {
     const code = STATUS_CODES[status] ?? 'BAD_REQUEST';
     if (status === 429 && !headers['retry-after']) headers['retry-after'] = '1';
-    return new GatewayError(code, msg ? `upstream: ${msg}` : `the upstream answered ${status}`, { status, headers });
+    return new GatewayError(code, msg ? `upstream: ${msg}` : `the upstream answered ${status}`, { status, headers, upstreamStatus: status });
   }
   if (status === 504 || status === 524) {
-    return new GatewayError('UPSTREAM_TIMEOUT', `the upstream timed out (${status})${msg ? `: ${msg}` : ''}`);
+    return new GatewayError('UPSTREAM_TIMEOUT', `the upstream timed out (${status})${msg ? `: ${msg}` : ''}`, { upstreamStatus: status });
   }
-  return new GatewayError('UPSTREAM_ERROR', `the upstream answered ${status}${msg ? `: ${msg}` : ''}`, { headers });
+  return new GatewayError('UPSTREAM_ERROR', `the upstream answered ${status}${msg ? `: ${msg}` : ''}`, { headers, upstreamStatus: status });
 }
 
 export const upstreamTimeout = (cause?: unknown) =>
