@@ -2,6 +2,7 @@
 import type { Config } from './config.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
+import type { FileStore } from './store/file-store.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
 import type { UpstreamClient } from './upstream/client.js';
@@ -24,6 +25,8 @@ declare module 'fastify' {
     config: Config;
     metrics: Metrics;
     store: Store;
+    /** Uploaded files (POST /replicate/v1/files). */
+    files: FileStore;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;

@@ -12,8 +12,10 @@ import { untilStored } from './store-retry.js';
 export interface CreateInput {
   /** Upstream path: /models/{owner}/{name}/predictions or /predictions. */
   path: string;
-  /** The body exactly as it goes upstream (and as the idempotency fingerprint sees it). */
+  /** The body as the client sent it (and as the idempotency fingerprint sees it). */
   body: string;
+  /** The body that goes upstream (files inlined), made once the create is admitted; default: `body`. */
+  forward?: () => Promise<string>;
   prefer?: string;
   cancelAfter?: string;
   idempotencyKey?: unknown;
@@ -51,11 +53,12 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
 
   let res;
   try {
+    const body = input.forward ? await input.forward() : input.body;
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
       method: 'POST',
       path: input.path,
-      body: input.body,
+      body,
       requestId: caller.requestId,
       tenant,
       prefer: prefer.header,
