@@ -23,7 +23,7 @@ import { accountRoutes } from './account/routes.js';
 import { fileRoutes, signedFileRoutes } from './files/routes.js';
 import { FileUrlSigner } from './files/signed-urls.js';
 import { modelRoutes } from './models/routes.js';
-import { VersionBook } from './models/versions.js';
+import predictionsPlugin from './predictions/plugin.js';
 import { predictionRoutes } from './predictions/routes.js';
 import type { State } from './store/index.js';
 import storePlugin from './store/plugin.js';
@@ -31,6 +31,8 @@ import './types.js';
 import type { UpstreamClient } from './upstream/client.js';
 import upstreamPlugin from './upstream/plugin.js';
 import { usageRoutes } from './usage/routes.js';
+import webhooksPlugin from './webhooks/plugin.js';
+import { webhookReceiverRoutes, webhookRoutes } from './webhooks/routes.js';
 
 export interface AppDeps {
   /** Injected clients are left open on close; the ones the app creates, it closes. */
@@ -81,6 +83,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
   await app.register(upstreamPlugin, { upstream: deps.upstream });
+  await app.register(predictionsPlugin);
+  await app.register(webhooksPlugin);
 
   // The HTTP edge: failures as problem JSON, the JSON body, request ids and the access log.
   await app.register(problems, { fail });
@@ -111,6 +115,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;
   const fileSigner = config.FILES_DELIVERY === 'url' && fileSecret ? new FileUrlSigner(fileSecret) : undefined;
   if (fileSigner) await app.register(signedFileRoutes, { signer: fileSigner });
+  // The upstream's call back (WEBHOOK_MODE=upstream): outside auth, a hint that is verified and never trusted.
+  if (config.WEBHOOK_MODE === 'upstream') await app.register(webhookReceiverRoutes);
 
   const signer = config.TOKEN_SIGNING_SECRET ? new TokenSigner(config.TOKEN_SIGNING_SECRET) : undefined;
   await app.register(async (api) => {
@@ -119,13 +125,14 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(auth, { signer });
     await api.register(limits);
     await api.register(metricsRoute);
-    const versions = new VersionBook(app.store, app.log);
-    await api.register(predictionRoutes, { prefix: '/replicate/v1', versions, fileSigner });
+    const { versions } = app.predictions;
+    await api.register(predictionRoutes, { prefix: '/replicate/v1', fileSigner });
     await api.register(fileRoutes, { prefix: '/replicate/v1' });
     await api.register(modelRoutes, { prefix: '/replicate/v1', versions });
     await api.register(accountRoutes, { prefix: '/replicate/v1' });
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
+    await api.register(webhookRoutes, { prefix: '/gateway/v1' });
   });
 
   return app;

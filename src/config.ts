@@ -47,6 +47,13 @@ const duration = z.string().transform((v, ctx) => {
   return ms;
 });
 
+/** "a.example, 127.0.0.1" → lower-case host names (no scheme, path or port). */
+const hostList = z
+  .string()
+  .transform((v) => v.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean))
+  .refine((hosts) => hosts.every((h) => /^[a-z0-9.-]+$|^\[[0-9a-f:.]+\]$/.test(h)), 'must be a comma-separated list of host names or IP addresses (no scheme, port or path)')
+  .default([]);
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export const ConfigSchema = z.object({
@@ -80,6 +87,16 @@ export const ConfigSchema = z.object({
   FILES_DELIVERY: z.enum(['data-uri', 'url'], { error: 'must be data-uri or url' }).default('data-uri'),
   FILES_URL_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   FILES_URL_TTL_SECONDS: int(60, 30 * 86400).default(3600),
+  // Webhooks (src/webhooks/): how the gateway learns a prediction ended, how it watches, and where it may deliver.
+  WEBHOOK_MODE: z.enum(['poll', 'upstream'], { error: 'must be poll or upstream' }).default('poll'),
+  UPSTREAM_WEBHOOK_SECRET: z.string().regex(/^whsec_[A-Za-z0-9+/=]{16,}$/, 'must be a Standard Webhooks secret (whsec_ and base64)').optional(),
+  WEBHOOK_POLL_MIN_MS: int(10, 3_600_000).default(1000),
+  WEBHOOK_POLL_MAX_MS: int(10, 3_600_000).default(30_000),
+  WEBHOOK_RETRY_MIN_MS: int(10, 3_600_000).default(5000),
+  WEBHOOK_RETRY_FOR_SECONDS: int(1, 7 * 86400).default(86400),
+  WEBHOOK_TIMEOUT_MS: int(100, 60_000).default(10_000),
+  WEBHOOK_ALLOW_HTTP_HOSTS: hostList,
+  WEBHOOK_ALLOW_PRIVATE_HOSTS: hostList,
   LOG_LEVEL: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   // The access line is about a fifth of a cached GET's CPU; behind a proxy that logs requests, it can go.
   ACCESS_LOG: bool.default(true),
@@ -133,6 +150,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   if (c.FILES_DELIVERY === 'url' && !(c.FILES_URL_SECRET ?? c.TOKEN_SIGNING_SECRET)) {
     throw new ConfigError('invalid configuration: FILES_DELIVERY=url needs FILES_URL_SECRET (or TOKEN_SIGNING_SECRET) to sign file URLs');
+  }
+  if (c.WEBHOOK_MODE === 'upstream' && !c.PUBLIC_BASE_URL) {
+    throw new ConfigError('invalid configuration: WEBHOOK_MODE=upstream needs PUBLIC_BASE_URL (the address the upstream calls back)');
+  }
+  if (c.WEBHOOK_POLL_MAX_MS < c.WEBHOOK_POLL_MIN_MS) {
+    throw new ConfigError('invalid configuration: WEBHOOK_POLL_MAX_MS must be at least WEBHOOK_POLL_MIN_MS');
   }
   if (c.UPSTREAM_TENANT_MAX_CONCURRENCY !== undefined && c.UPSTREAM_TENANT_MAX_CONCURRENCY > c.UPSTREAM_CONNECTIONS) {
     throw new ConfigError('invalid configuration: UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS');

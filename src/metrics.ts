@@ -38,6 +38,12 @@ export class Metrics {
     help: 'Creates answered by replaying a stored Idempotency-Key response',
     registers: [this.registry],
   });
+  readonly webhookDeliveries = new Counter({
+    name: 'fgw_webhook_deliveries_total',
+    help: 'Webhook delivery attempts to tenants, by tenant and outcome (delivered, retrying, failed)',
+    labelNames: ['tenant', 'outcome'] as const,
+    registers: [this.registry],
+  });
   readonly storeErrors = new Counter({
     name: 'fgw_store_errors_total',
     help: 'Requests that failed because the state store was unavailable',

@@ -46,6 +46,8 @@ export const TenantSchema = z.strictObject({
   models: z.array(ModelPatternSchema).optional(),
   versions: z.array(z.string().min(1)).optional(),
   allowedOrigins: z.array(OriginSchema).default([]),
+  // Signs the webhooks the gateway delivers to this tenant (Standard Webhooks); unset: generated and shown once.
+  webhookSecret: z.string().regex(/^whsec_[A-Za-z0-9+/=]{32,}$/, 'must be a Standard Webhooks secret: whsec_ and at least 24 random bytes in base64').optional(),
 });
 
 export const TenantsFileSchema = z.object({ tenants: z.array(TenantSchema).min(1, 'needs at least one tenant') });

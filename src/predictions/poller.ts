@@ -25,8 +25,12 @@ export class Poller {
    * The upstream's current answer for this id, and whether it was shared with (or reused from) another request.
    * `observe` is told the upstream time of the call this request made itself.
    */
-  async get(id: string, caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void }): Promise<{ body: PredictionBody; shared: boolean }> {
-    const cached = this.peek(id);
+  async get(
+    id: string,
+    caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void },
+    opts: { skipMicroCache?: boolean } = {},
+  ): Promise<{ body: PredictionBody; shared: boolean }> {
+    const cached = opts.skipMicroCache ? undefined : this.peek(id);
     if (cached) return { body: cached, shared: true };
     const pending = this.#inflight.get(id);
     if (pending) return { body: await pending, shared: true };

@@ -4,14 +4,15 @@ import { checkAllowed, checkVersionAllowed } from '../access/allowlist.js';
 import { inlineFiles } from '../files/inline.js';
 import type { FileUrlSigner } from '../files/signed-urls.js';
 import { publicBase } from '../http/base.js';
-import type { VersionBook } from '../models/versions.js';
+import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
-import { createPrediction, upstreamDepth } from './create.js';
-import type { Answer, Caller, PredictionDeps } from './deps.js';
-import { Facts } from './facts.js';
+import { EVENTS, type EventName } from '../webhooks/webhooks.js';
+import { receiverKey, receiverToken } from '../webhooks/routes.js';
+import { createPrediction } from './create.js';
+import type { Answer, Caller } from './deps.js';
 import { listPredictions } from './paging.js';
-import { Poller } from './poller.js';
 import { cancelPrediction, getPrediction } from './read.js';
+import { untilStored } from './store-retry.js';
 import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
 
 const header = (request: FastifyRequest, name: string) => {
@@ -19,11 +20,10 @@ const header = (request: FastifyRequest, name: string) => {
   return typeof v === 'string' ? v : undefined;
 };
 
-export async function predictionRoutes(app: FastifyInstance, opts: { versions: VersionBook; fileSigner?: FileUrlSigner }): Promise<void> {
-  const { config, store, upstream, metrics } = app;
-  const facts = new Facts();
-  const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
-  const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: opts.versions };
+export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?: FileUrlSigner }): Promise<void> {
+  const { config, metrics, webhooks } = app;
+  const deps = app.predictions;
+  const { versions } = deps;
   const base = (request: FastifyRequest) => publicBase(config, request);
   const inlining = { config, files: app.files, signer: opts.fileSigner };
 
@@ -50,18 +50,42 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
     return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body.render(base(request)));
   }
 
-  function create(request: FastifyRequest, path: string, body: { input: Record<string, unknown> }) {
-    // Exactly the bytes the client sent go upstream (unknown fields included), but for its gateway file URLs.
+  async function create(request: FastifyRequest, path: string, body: { input: Record<string, unknown>; webhook?: string; webhook_events_filter?: EventName[] }): Promise<Answer> {
+    // Exactly the bytes the client sent go upstream (unknown fields included), but for its gateway file URLs and its
+    // webhook, which stays with the gateway: the upstream would sign with the account's secret and point at itself.
     const raw = request.rawBody ?? JSON.stringify(body);
+    let forward = raw;
+    let receiver: string | undefined;
+    if (body.webhook !== undefined) {
+      const refused = webhooks.refuse(body.webhook);
+      if (refused) throw new GatewayError('VALIDATION', `webhook ${refused}`);
+      const { webhook: _url, webhook_events_filter: _events, ...rest } = body as Record<string, unknown>;
+      if (config.WEBHOOK_MODE === 'upstream') {
+        receiver = receiverToken();
+        Object.assign(rest, { webhook: `${config.PUBLIC_BASE_URL}/gateway/v1/webhooks/upstream/${receiver}`, webhook_events_filter: [...EVENTS] });
+      }
+      forward = JSON.stringify(rest);
+    }
     const bases = [base(request), `${request.protocol}://${request.host}`];
-    return createPrediction(deps, caller(request, 'create'), {
+    const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
-      forward: () => inlineFiles(inlining, request.principal!, bases, raw, body),
+      forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
       prefer: header(request, 'prefer'),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
     });
+    if (body.webhook !== undefined && answer.created) {
+      const id = answer.created;
+      // The prediction exists upstream now: a store blip must not lose its webhooks, so keep trying briefly.
+      try {
+        if (receiver) await untilStored(() => app.kv.set(receiverKey(receiver), id, config.PREDICTION_TTL_SECONDS * 1000));
+        await untilStored(() => webhooks.watch({ id, tenant: request.principal!.tenant.id, url: body.webhook!, events: body.webhook_events_filter, base: base(request) }));
+      } catch (err) {
+        request.log.error({ prediction: id, err }, 'created the prediction but could not start watching it for its webhook');
+      }
+    }
+    return answer;
   }
 
   app.post('/models/:owner/:name/predictions', { config: { create: true } }, async (request, reply) => {
@@ -73,7 +97,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
 
   app.post('/predictions', { config: { create: true } }, async (request, reply) => {
     const body = parse(CreateByVersionSchema, request.body, 'body');
-    await checkVersionAllowed(request.principal!, body.version, (v) => opts.versions.modelOf(v));
+    await checkVersionAllowed(request.principal!, body.version, (v) => versions.modelOf(v));
     return send(request, reply, await create(request, '/predictions', body));
   });
 

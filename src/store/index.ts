@@ -2,6 +2,7 @@
 // it, so nothing else needs to know which kind it got (or reach into the Redis client).
 import type { Config } from '../config.js';
 import type { FileStore } from './file-store.js';
+import { type KvStore, MemoryKvStore, RedisKvStore } from './kv-store.js';
 import { MemoryFileStore } from './memory-file-store.js';
 import { MemoryStore } from './memory-store.js';
 import { leasedRedisStore } from './rate-limit-store.js';
@@ -15,6 +16,8 @@ export interface State {
   store: Store;
   /** Uploaded files, in the same Redis (or this process). */
   files: FileStore;
+  /** Small shared facts (webhook secrets and receivers, delivery failures). */
+  kv: KvStore;
   /** A store class for @fastify/rate-limit's `store` option; undefined: its own in-process LocalStore. */
   rateLimitStore?: ReturnType<typeof leasedRedisStore>;
 }
@@ -25,12 +28,14 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
     return {
       store: new MemoryStore({ ...opts, maxEntries: config.MEMORY_STORE_MAX_ENTRIES, maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       files: new MemoryFileStore({ maxBytes: config.MEMORY_STORE_MAX_BYTES }),
+      kv: new MemoryKvStore(),
     };
   }
   const client = createRedisClient(config.REDIS_URL, config.REDIS_KEY_PREFIX, onRedisEvent);
   return {
     store: new RedisStore(client, opts),
     files: new RedisFileStore(client),
+    kv: new RedisKvStore(client),
     rateLimitStore: leasedRedisStore(client, 'rl:', config.RATE_LIMIT_LEASE_MAX),
   };
 }

@@ -1,0 +1,77 @@
+// Small shared facts that need no schema of their own (webhook secrets, receiver tokens, seen message ids, the last
+// delivery failures): a key-value contract with the few atomic steps they need, in Redis or in this process.
+import type { Redis } from 'ioredis';
+import { storeUnavailable } from '../errors.js';
+import { BoundedMap } from '../lib/bounded-map.js';
+
+export interface KvStore {
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, ttlMs?: number): Promise<void>;
+  /** Sets only when absent; true if this call set it (exactly one caller wins across replicas). */
+  setIfAbsent(key: string, value: string, ttlMs?: number): Promise<boolean>;
+  /** Prepends to a list kept at `max` entries (newest first). */
+  pushCapped(key: string, value: string, max: number, ttlMs: number): Promise<void>;
+  /** The list, newest first. */
+  list(key: string): Promise<string[]>;
+}
+
+const unavailable = (err: unknown): never => {
+  throw storeUnavailable(err);
+};
+
+export class RedisKvStore implements KvStore {
+  readonly #client: Redis;
+  /** Shares the state store's client (that store closes it); keys go under `kv:`. */
+  constructor(client: Redis) {
+    this.#client = client;
+  }
+
+  async get(key: string) {
+    return this.#client.get(`kv:${key}`).catch(unavailable);
+  }
+
+  async set(key: string, value: string, ttlMs?: number) {
+    await (ttlMs ? this.#client.set(`kv:${key}`, value, 'PX', ttlMs) : this.#client.set(`kv:${key}`, value)).catch(unavailable);
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs?: number) {
+    const r = await (ttlMs ? this.#client.set(`kv:${key}`, value, 'PX', ttlMs, 'NX') : this.#client.set(`kv:${key}`, value, 'NX')).catch(unavailable);
+    return r === 'OK';
+  }
+
+  async pushCapped(key: string, value: string, max: number, ttlMs: number) {
+    await this.#client.multi().lpush(`kv:${key}`, value).ltrim(`kv:${key}`, 0, max - 1).pexpire(`kv:${key}`, ttlMs).exec().catch(unavailable);
+  }
+
+  async list(key: string) {
+    return this.#client.lrange(`kv:${key}`, 0, -1).catch(unavailable);
+  }
+}
+
+export class MemoryKvStore implements KvStore {
+  readonly #values = new BoundedMap<string>({ maxEntries: 100_000, maxBytes: 64 * 1024 * 1024, sizeOf: (v, k) => v.length + k.length });
+  readonly #lists = new BoundedMap<string[]>({ maxEntries: 10_000, maxBytes: 64 * 1024 * 1024, sizeOf: (v) => v.reduce((n, s) => n + s.length, 0) });
+
+  async get(key: string) {
+    return this.#values.get(key) ?? null;
+  }
+
+  async set(key: string, value: string, ttlMs?: number) {
+    this.#values.set(key, value, ttlMs);
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs?: number) {
+    if (this.#values.has(key)) return false;
+    this.#values.set(key, value, ttlMs);
+    return true;
+  }
+
+  async pushCapped(key: string, value: string, max: number, ttlMs: number) {
+    const next = [value, ...(this.#lists.get(key) ?? [])].slice(0, max);
+    this.#lists.set(key, next, ttlMs);
+  }
+
+  async list(key: string) {
+    return [...(this.#lists.get(key) ?? [])];
+  }
+}

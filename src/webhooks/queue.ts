@@ -1,0 +1,136 @@
+// Where watched predictions wait for their next step. With Redis: a BullMQ queue on the same Redis, so every replica
+// works it, no prediction is handled by two replicas at once (BullMQ's job lock), and a restart loses nothing (the
+// job and its state live in Redis). Without Redis: the same contract with timers in this process.
+import { DelayedError, Queue, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+
+/** One step of a watch: given its state, returns the new state and when to run again (null: the watch is over). */
+export type Step<S> = (state: S) => Promise<{ state: S; againInMs: number | null }>;
+
+export interface WatchQueue<S> {
+  /** Starts watching `key` (a no-op if it is already watched). */
+  add(key: string, state: S, delayMs: number): Promise<void>;
+  /** Runs the watch of `key` now if it is waiting (a hint that something changed). */
+  promote(key: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+const QUEUE = 'webhooks';
+// BullMQ job ids may not hold ':'; prediction ids are [A-Za-z0-9_-].
+const jobId = (key: string) => `w-${key}`;
+
+export class BullWatchQueue<S extends object> implements WatchQueue<S> {
+  readonly #queue: Queue;
+  readonly #worker: Worker;
+  readonly #connections: Redis[] = [];
+
+  constructor(url: string, keyPrefix: string, step: Step<S>, opts: { concurrency: number; onError: (err: unknown) => void; onRedisError: (err: Error) => void }) {
+    // BullMQ needs its own connections: blocking commands, no ioredis keyPrefix (it has `prefix`), and no
+    // per-command retry limit on the worker's.
+    const connect = () => {
+      const c = new Redis(url, { maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5000) });
+      c.on('error', opts.onRedisError);
+      this.#connections.push(c);
+      return c;
+    };
+    const prefix = `${keyPrefix}bull`;
+    this.#queue = new Queue(QUEUE, { connection: connect(), prefix });
+    this.#worker = new Worker(
+      QUEUE,
+      async (job, token) => {
+        const { state, againInMs } = await step(job.data as S);
+        if (againInMs === null) return;
+        // The same job waits again with its new state: one job per prediction, so its steps never overlap.
+        await job.updateData(state);
+        await job.moveToDelayed(Date.now() + againInMs, token);
+        throw new DelayedError();
+      },
+      { connection: connect(), prefix, concurrency: opts.concurrency },
+    );
+    this.#queue.on('error', opts.onRedisError);
+    this.#worker.on('error', opts.onRedisError);
+    this.#worker.on('failed', (_job, err) => opts.onError(err));
+  }
+
+  async add(key: string, state: S, delayMs: number) {
+    // A step that throws (the store or the upstream unreachable) is tried again with backoff.
+    await this.#queue.add('watch', state, {
+      jobId: jobId(key),
+      delay: delayMs,
+      attempts: 50,
+      backoff: { type: 'exponential', delay: 1000 },
+      removeOnComplete: true,
+      removeOnFail: { age: 86400 },
+    });
+  }
+
+  async promote(key: string) {
+    const job = await this.#queue.getJob(jobId(key));
+    if (job && (await job.isDelayed())) await job.promote().catch(() => {}); // it may have started meanwhile
+  }
+
+  async close() {
+    await this.#worker.close();
+    await this.#queue.close();
+    await Promise.all(this.#connections.map((c) => c.quit().catch(() => c.disconnect())));
+  }
+}
+
+/** The in-process equivalent: one timer per watched key, steps of one key never overlapping. */
+export class MemoryWatchQueue<S> implements WatchQueue<S> {
+  readonly #watches = new Map<string, { state: S; timer?: NodeJS.Timeout; running: boolean; again: boolean; failures: number }>();
+  readonly #step: Step<S>;
+  readonly #onError: (err: unknown) => void;
+  #closed = false;
+
+  constructor(step: Step<S>, opts: { onError: (err: unknown) => void }) {
+    this.#step = step;
+    this.#onError = opts.onError;
+  }
+
+  async add(key: string, state: S, delayMs: number) {
+    if (this.#watches.has(key) || this.#closed) return;
+    this.#watches.set(key, { state, running: false, again: false, failures: 0 });
+    this.#schedule(key, delayMs);
+  }
+
+  async promote(key: string) {
+    const w = this.#watches.get(key);
+    if (!w) return;
+    if (w.running) w.again = true;
+    else this.#schedule(key, 0);
+  }
+
+  #schedule(key: string, ms: number) {
+    const w = this.#watches.get(key);
+    if (!w || this.#closed) return;
+    clearTimeout(w.timer);
+    w.timer = setTimeout(() => void this.#run(key), ms);
+    w.timer.unref();
+  }
+
+  async #run(key: string) {
+    const w = this.#watches.get(key);
+    if (!w || w.running) return;
+    w.running = true;
+    w.again = false;
+    let next: number | null;
+    try {
+      const r = await this.#step(w.state);
+      w.state = r.state;
+      w.failures = 0;
+      next = r.againInMs;
+    } catch (err) {
+      this.#onError(err);
+      next = ++w.failures > 50 ? null : Math.min(1000 * 2 ** w.failures, 3_600_000);
+    }
+    w.running = false;
+    if (next === null) this.#watches.delete(key);
+    else this.#schedule(key, w.again ? 0 : next);
+  }
+
+  async close() {
+    this.#closed = true;
+    for (const w of this.#watches.values()) clearTimeout(w.timer);
+  }
+}

@@ -1,0 +1,255 @@
+// Webhooks through the gateway. A create's `webhook` stays here: the upstream gets none (WEBHOOK_MODE=poll) or the
+// gateway's own receiver (upstream). Either way the gateway watches the prediction itself, with backoff, reading it
+// from the upstream (coalesced with client polls) or the terminal cache, and turns what changed into the events the
+// tenant asked for. Events go out in order, signed with the tenant's secret, retried for WEBHOOK_RETRY_FOR_SECONDS.
+// A terminal prediction seen here fills the cache and settles usage like a GET would.
+import { createHash, randomBytes } from 'node:crypto';
+import type { FastifyBaseLogger } from 'fastify';
+import type { TenantRegistry } from '../access/tenants.js';
+import type { Config } from '../config.js';
+import { GatewayError } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import type { PredictionDeps } from '../predictions/deps.js';
+import { PredictionBody } from '../predictions/prediction.js';
+import { keepTerminal } from '../predictions/read.js';
+import type { KvStore } from '../store/kv-store.js';
+import { Deliverer, type Outcome, type UrlPolicy, refuseUrl } from './deliver.js';
+import { BullWatchQueue, MemoryWatchQueue, type WatchQueue } from './queue.js';
+
+export const EVENTS = ['start', 'output', 'logs', 'completed'] as const;
+export type EventName = (typeof EVENTS)[number];
+
+interface Message {
+  event: EventName;
+  /** Stable across retries of this message: receivers deduplicate on it. */
+  id: string;
+  /** The prediction as the gateway answers it when the event happened. */
+  body: string;
+  attempts: number;
+  firstAt?: number;
+  nextAt?: number;
+}
+
+export interface WatchState {
+  id: string;
+  tenant: string;
+  url: string;
+  events: EventName[];
+  /** The gateway base the tenant's URLs are rendered under. */
+  base: string;
+  createdAt: number;
+  pollMs: number;
+  seq: number;
+  seen: { start?: boolean; output?: string; logs?: number; completed?: boolean; rank?: number };
+  outbox: Message[];
+}
+
+export interface DeliveryFailure {
+  at: string;
+  prediction: string;
+  event: EventName;
+  webhook_id: string;
+  attempt: number;
+  status: number | null;
+  reason: string;
+  will_retry: boolean;
+}
+
+const FAILURES_KEPT = 50;
+const FAILURES_TTL_MS = 7 * 86_400_000;
+const MAX_BACKOFF_MS = 3_600_000;
+
+export const newSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
+const digest = (v: unknown) => createHash('sha256').update(JSON.stringify(v)).digest('base64url');
+
+export class Webhooks {
+  readonly #deps: PredictionDeps;
+  readonly #config: Config;
+  readonly #kv: KvStore;
+  readonly #tenants: TenantRegistry;
+  readonly #metrics: Metrics;
+  readonly #log: FastifyBaseLogger;
+  readonly #deliverer: Deliverer;
+  readonly #queue: WatchQueue<WatchState>;
+  readonly policy: UrlPolicy;
+
+  constructor(deps: PredictionDeps, opts: { kv: KvStore; tenants: TenantRegistry; log: FastifyBaseLogger }) {
+    this.#deps = deps;
+    this.#config = deps.config;
+    this.#kv = opts.kv;
+    this.#tenants = opts.tenants;
+    this.#metrics = deps.metrics;
+    this.#log = opts.log;
+    this.policy = { allowHttpHosts: this.#config.WEBHOOK_ALLOW_HTTP_HOSTS, allowPrivateHosts: this.#config.WEBHOOK_ALLOW_PRIVATE_HOSTS };
+    this.#deliverer = new Deliverer(this.policy, this.#config.WEBHOOK_TIMEOUT_MS);
+    const step = (s: WatchState) => this.#step(s);
+    const onError = (err: unknown) => this.#log.warn({ err }, 'webhook watch step failed; retrying with backoff');
+    // The store's own client already reports Redis outages; these connections only say so at debug level.
+    const onRedisError = (err: Error) => this.#log.debug({ reason: err.message }, 'webhook queue: redis unavailable');
+    this.#queue = this.#config.REDIS_URL
+      ? new BullWatchQueue(this.#config.REDIS_URL, this.#config.REDIS_KEY_PREFIX, step, { concurrency: 32, onError, onRedisError })
+      : new MemoryWatchQueue(step, { onError });
+  }
+
+  /** Why a tenant's webhook URL is refused at create (a 422), or undefined. */
+  refuse(url: string): string | undefined {
+    return refuseUrl(url, this.policy);
+  }
+
+  /** Starts watching a prediction a tenant created with `webhook`. The first look is immediate (the start event). */
+  async watch(w: { id: string; tenant: string; url: string; events?: EventName[]; base: string }): Promise<void> {
+    const events = w.events?.length ? [...new Set(w.events)] : [...EVENTS];
+    // With the upstream calling back, polling is only the safety net for a lost call: it starts slow.
+    const pollMs = this.#config.WEBHOOK_MODE === 'upstream' ? this.#config.WEBHOOK_POLL_MAX_MS : this.#config.WEBHOOK_POLL_MIN_MS;
+    const state: WatchState = { id: w.id, tenant: w.tenant, url: w.url, events, base: w.base, createdAt: Date.now(), pollMs, seq: 0, seen: {}, outbox: [] };
+    await this.#queue.add(w.id, state, 0);
+  }
+
+  /** Something may have changed (the upstream called the receiver): look now rather than at the next poll. */
+  async hint(id: string): Promise<void> {
+    await this.#queue.promote(id);
+  }
+
+  /** The tenant's signing secret: from the tenants file, else generated once and shared by every replica. */
+  async secretFor(tenantId: string): Promise<string> {
+    const configured = this.#tenants.get(tenantId)?.webhookSecret;
+    if (configured) return configured;
+    const key = `whsec:${tenantId}`;
+    await this.#kv.setIfAbsent(key, newSecret());
+    return (await this.#kv.get(key))!;
+  }
+
+  async failures(tenantId: string): Promise<DeliveryFailure[]> {
+    return (await this.#kv.list(`whfail:${tenantId}`)).map((j) => JSON.parse(j) as DeliveryFailure);
+  }
+
+  async close(): Promise<void> {
+    await this.#queue.close();
+    await this.#deliverer.close();
+  }
+
+  async #step(s: WatchState): Promise<{ state: WatchState; againInMs: number | null }> {
+    const now = Date.now();
+    if (!s.seen.completed) {
+      if (now - s.createdAt > this.#config.PREDICTION_TTL_SECONDS * 1000) {
+        this.#log.warn({ prediction: s.id, tenant: s.tenant }, 'stopped watching a prediction that never ended within PREDICTION_TTL_SECONDS');
+        return { state: s, againInMs: null };
+      }
+      const body = await this.#look(s);
+      if (body === null) return { state: s, againInMs: null };
+      if (body) s.pollMs = this.#observe(s, body) ? this.#config.WEBHOOK_POLL_MIN_MS : Math.min(this.#config.WEBHOOK_POLL_MAX_MS, s.pollMs * 2);
+      else s.pollMs = Math.min(this.#config.WEBHOOK_POLL_MAX_MS, s.pollMs * 2);
+    }
+    await this.#flush(s);
+    const head = s.outbox[0];
+    if (s.seen.completed && !head) return { state: s, againInMs: null };
+    const untilRetry = head?.nextAt !== undefined ? Math.max(0, head.nextAt - Date.now()) : 0;
+    return { state: s, againInMs: s.seen.completed ? untilRetry : head?.nextAt !== undefined ? Math.min(untilRetry, s.pollMs) : s.pollMs };
+  }
+
+  /** The prediction now: the terminal cache first, else the upstream. null: it is gone; undefined: try later. */
+  async #look(s: WatchState): Promise<PredictionBody | null | undefined> {
+    const deps = this.#deps;
+    const cached = await deps.store.lookup(s.id);
+    if (cached.terminal) return new PredictionBody(cached.terminal);
+    try {
+      // Shares an in-flight poll, but not the micro-cache: that may be older than what another replica saw last.
+      const { body, shared } = await deps.poller.get(s.id, { requestId: `webhook-${s.id}`, tenant: s.tenant, observe: () => {} }, { skipMicroCache: true });
+      if (!shared) deps.versions.learnFromPrediction(body.prediction);
+      if (body.terminal) {
+        deps.poller.forget(s.id);
+        await keepTerminal(deps, s.tenant, body);
+      }
+      return body;
+    } catch (err) {
+      if (err instanceof GatewayError && err.upstreamStatus === 404) {
+        await this.#fail(s, { event: 'completed', id: `msg_${s.id}_gone`, body: '', attempts: 1 }, { ok: false, retry: false, reason: 'the upstream no longer knows this prediction' }, false);
+        return null;
+      }
+      this.#log.info({ prediction: s.id, err: (err as Error).message }, 'webhook watch: could not read the prediction; trying later');
+      return undefined;
+    }
+  }
+
+  /** Queues the events this answer shows for the first time; true if anything changed. */
+  #observe(s: WatchState, body: PredictionBody): boolean {
+    const p = body.prediction;
+    const terminal = body.terminal;
+    // Answers can arrive out of order (a coalesced read started before the last one): never step back.
+    const rank = terminal ? 2 : p.status === 'processing' ? 1 : 0;
+    if (rank < (s.seen.rank ?? 0)) return false;
+    s.seen.rank = rank;
+    let changed = false;
+    // Ids name what happened, not when it was noticed: were a step ever run twice (a replica dying mid-step), the
+    // receiver would see the same webhook-id again and could drop it.
+    const emit = (event: EventName, what = '') => {
+      changed = true;
+      s.seq++;
+      if (s.events.includes(event)) s.outbox.push({ event, id: `msg_${s.id}_${event}${what}`, body: body.render(s.base), attempts: 0 });
+    };
+    if (!s.seen.start) {
+      s.seen.start = true;
+      emit('start');
+    }
+    if (!terminal) {
+      const output = p.output == null ? undefined : digest(p.output);
+      if (output !== s.seen.output) {
+        s.seen.output = output;
+        if (output !== undefined) emit('output', `_${output.slice(0, 16)}`);
+      }
+      // Logs only grow.
+      const logs = typeof p.logs === 'string' ? p.logs.length : 0;
+      if (logs > (s.seen.logs ?? 0)) {
+        s.seen.logs = logs;
+        emit('logs', `_${logs}`);
+      }
+    } else {
+      s.seen.completed = true;
+      emit('completed');
+    }
+    return changed;
+  }
+
+  /** Sends what is due, in order; stops at the first message that must wait for its retry. */
+  async #flush(s: WatchState): Promise<void> {
+    while (s.outbox.length > 0) {
+      const m = s.outbox[0]!;
+      if (m.nextAt !== undefined && m.nextAt > Date.now()) return;
+      const refused = refuseUrl(s.url, this.policy);
+      const out: Outcome = refused
+        ? { ok: false, retry: false, reason: `the webhook URL ${refused}` }
+        : await this.#deliverer.send(s.url, { id: m.id, secret: await this.secretFor(s.tenant), body: m.body });
+      m.attempts++;
+      m.firstAt ??= Date.now();
+      if (out.ok) {
+        this.#metrics.webhookDeliveries.inc({ tenant: s.tenant, outcome: 'delivered' });
+        s.outbox.shift();
+        continue;
+      }
+      const retry = out.retry && Date.now() - m.firstAt < this.#config.WEBHOOK_RETRY_FOR_SECONDS * 1000;
+      await this.#fail(s, m, out, retry);
+      if (!retry) {
+        s.outbox.shift();
+        continue;
+      }
+      m.nextAt = Date.now() + Math.min(MAX_BACKOFF_MS, this.#config.WEBHOOK_RETRY_MIN_MS * 2 ** (m.attempts - 1));
+      return;
+    }
+  }
+
+  async #fail(s: WatchState, m: Message, out: Extract<Outcome, { ok: false }>, willRetry: boolean): Promise<void> {
+    this.#metrics.webhookDeliveries.inc({ tenant: s.tenant, outcome: willRetry ? 'retrying' : 'failed' });
+    const failure: DeliveryFailure = {
+      at: new Date().toISOString(),
+      prediction: s.id,
+      event: m.event,
+      webhook_id: m.id,
+      attempt: m.attempts,
+      status: out.status ?? null,
+      reason: out.reason,
+      will_retry: willRetry,
+    };
+    this.#log.info({ tenant: s.tenant, ...failure }, willRetry ? 'webhook delivery failed; will retry' : 'webhook delivery failed; given up');
+    await this.#kv.pushCapped(`whfail:${s.tenant}`, JSON.stringify(failure), FAILURES_KEPT, FAILURES_TTL_MS);
+  }
+}

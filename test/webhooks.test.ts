@@ -1,0 +1,328 @@
+// Issue 15: webhooks through the gateway. A real receiver on loopback (that can fail on purpose), the simulator as
+// the upstream (it sends no webhooks at all, like a New-API reseller), the official client's validateWebhook on what
+// the tenant receives, two gateway processes on one Redis, a restart in the middle of a backoff, and forged calls.
+import { randomUUID } from 'node:crypto';
+import { type IncomingHttpHeaders, type Server, createServer } from 'node:http';
+import { validateWebhook } from 'replicate';
+import { Webhook } from 'standardwebhooks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startGatewayProcess, stopAllGatewayProcesses } from './helpers/processes.js';
+import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+
+interface Received {
+  headers: IncomingHttpHeaders;
+  body: string;
+  status: number;
+  at: number;
+  json: { id: string; status: string; output: unknown; urls: { get: string; cancel: string } };
+}
+
+/** A tenant's webhook endpoint: records every call; `answer` decides each status (default 200). */
+class Receiver {
+  readonly calls: Received[] = [];
+  answer: (headers: IncomingHttpHeaders, n: number) => number = () => 200;
+  #server: Server | undefined;
+  url = '';
+
+  async start(): Promise<void> {
+    this.#server = createServer((req, res) => {
+      let body = '';
+      req.setEncoding('utf8').on('data', (d: string) => (body += d));
+      req.on('end', () => {
+        const status = this.answer(req.headers, this.calls.length);
+        this.calls.push({ headers: req.headers, body, status, at: Date.now(), json: JSON.parse(body) });
+        res.writeHead(status).end();
+      });
+    });
+    await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
+    const addr = this.#server.address() as { port: number };
+    this.url = `http://127.0.0.1:${addr.port}`;
+  }
+
+  /** Calls that got a 2xx, for one prediction (all when omitted). */
+  delivered(prediction?: string): Received[] {
+    return this.calls.filter((c) => c.status < 300 && (!prediction || c.json.id === prediction));
+  }
+
+  async stop(): Promise<void> {
+    await new Promise((r) => this.#server?.close(r));
+  }
+}
+
+const WEBHOOK_ENV = {
+  WEBHOOK_ALLOW_HTTP_HOSTS: '127.0.0.1',
+  WEBHOOK_ALLOW_PRIVATE_HOSTS: '127.0.0.1',
+  WEBHOOK_POLL_MIN_MS: '50',
+  WEBHOOK_POLL_MAX_MS: '200',
+  WEBHOOK_RETRY_MIN_MS: '100',
+};
+
+let s: SimHandle;
+const receiver = new Receiver();
+beforeAll(async () => {
+  s = await startSimulator(100);
+  await receiver.start();
+});
+afterAll(async () => {
+  await receiver.stop();
+  await s.sim.close();
+});
+afterEach(() => {
+  receiver.answer = () => 200;
+});
+
+const createWithHook = (base: string, key: string, hook: Record<string, unknown>, input: Record<string, unknown> = { prompt: 'hook' }) =>
+  call(base, 'POST', MODEL_PATH, { key, body: { input, ...hook } });
+
+describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
+  let gw: Gateway;
+  beforeAll(async () => {
+    gw = await startGateway({ sim: s, ...(kind === 'memory' ? { redis: 'memory' as const } : {}), env: WEBHOOK_ENV });
+  });
+  afterAll(async () => {
+    await gw.close();
+  });
+
+  it('delivers the tenant\'s events in order, signed with its own secret, and the upstream never sees the webhook', async () => {
+    s.sim.clearRequests();
+    const url = `${receiver.url}/hooks/${kind}`;
+    const created = await createWithHook(gw.url, KEY_A, { webhook: url });
+    expect(created.status).toBe(201);
+    const id = created.body.id as string;
+    const upstreamCreate = upstreamCalls(s.sim).find((r) => r.method === 'POST')!.body as Record<string, unknown>;
+    expect(upstreamCreate).not.toHaveProperty('webhook');
+    expect(upstreamCreate).not.toHaveProperty('webhook_events_filter');
+
+    await waitFor(() => receiver.delivered(id).some((c) => c.json.status === 'succeeded'), 10_000, 'the completed event');
+    const got = receiver.delivered(id);
+    // start first, completed last and once; running states only in between.
+    expect(got[0]!.json.status).toMatch(/starting|processing/);
+    expect(got.filter((c) => c.json.status === 'succeeded')).toHaveLength(1);
+    expect(got.at(-1)!.json.status).toBe('succeeded');
+    expect(new Set(got.map((c) => c.headers['webhook-id'])).size).toBe(got.length);
+    expect(got.every((c) => c.headers['user-agent'] === 'fuhu-gateway-webhooks')).toBe(true);
+    // What the gateway would answer: its own URLs.
+    expect(got.at(-1)!.json.urls.get).toBe(`${gw.url}/replicate/v1/predictions/${id}`);
+
+    // The tenant reads its secret once and verifies every call with the official client's helper.
+    const secret = await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_A });
+    expect(secret.status).toBe(200);
+    expect(secret.body.key).toMatch(/^whsec_/);
+    for (const c of got) {
+      expect(await validateWebhook({ headers: c.headers as Record<string, string>, body: c.body } as never, secret.body.key)).toBe(true);
+    }
+    // Another tenant's secret does not verify them.
+    const other = await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_B });
+    expect(other.body.key).not.toBe(secret.body.key);
+    expect(await validateWebhook({ headers: got[0]!.headers as Record<string, string>, body: got[0]!.body } as never, other.body.key)).toBe(false);
+    const again = await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_A });
+    expect(again.status).toBe(409);
+    expect(again.body.detail).toMatch(/shown once already/);
+
+    // The gateway knows the outcome without any client poll: the first GET is a cache hit, and usage counts it.
+    const first = await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A });
+    expect(first.headers.get('x-cache')).toBe('HIT');
+    expect(first.body.status).toBe('succeeded');
+    const listed = await call(gw.url, 'GET', '/replicate/v1/predictions', { key: KEY_A });
+    expect(listed.body.results.find((p: { id: string }) => p.id === id).status).toBe('succeeded');
+  });
+
+  it('sends only the events in webhook_events_filter', async () => {
+    const created = await createWithHook(gw.url, KEY_A, { webhook: `${receiver.url}/only-completed`, webhook_events_filter: ['completed'] });
+    const id = created.body.id as string;
+    await waitFor(() => receiver.delivered(id).length > 0, 10_000, 'the completed event');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(receiver.delivered(id).map((c) => c.json.status)).toEqual(['succeeded']);
+  });
+
+  it('retries 5xx with backoff under one webhook-id, never 4xx, and shows the tenant its failures', async () => {
+    let failures = 2;
+    receiver.answer = (h) => (String(h['webhook-id']).includes(retryId) && failures-- > 0 ? 503 : 200);
+    let retryId = '\u0000';
+    const created = await createWithHook(gw.url, KEY_B, { webhook: `${receiver.url}/flaky`, webhook_events_filter: ['completed'] });
+    retryId = created.body.id as string;
+    await waitFor(() => receiver.delivered(retryId).length === 1, 10_000, 'the delivery after two failures');
+    const attempts = receiver.calls.filter((c) => c.json.id === retryId);
+    expect(attempts.map((c) => c.status)).toEqual([503, 503, 200]);
+    expect(new Set(attempts.map((c) => c.headers['webhook-id'])).size).toBe(1);
+    // The pauses are at least 100 ms, then 200 ms (WEBHOOK_RETRY_MIN_MS, doubling).
+    const [t0, t1, t2] = attempts.map((c) => c.at);
+    expect(t1! - t0!).toBeGreaterThanOrEqual(95);
+    expect(t2! - t1!).toBeGreaterThanOrEqual(195);
+
+    receiver.answer = (h) => (String(h['webhook-id']).includes(badId) ? 400 : 200);
+    let badId = '\u0000';
+    const bad = await createWithHook(gw.url, KEY_B, { webhook: `${receiver.url}/bad`, webhook_events_filter: ['completed'] });
+    badId = bad.body.id as string;
+    await waitFor(() => receiver.calls.some((c) => c.json.id === badId), 10_000, 'the one attempt');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(receiver.calls.filter((c) => c.json.id === badId)).toHaveLength(1);
+
+    const log = await call(gw.url, 'GET', '/gateway/v1/webhooks/deliveries', { key: KEY_B });
+    const mine = log.body.failures.filter((f: { prediction: string }) => [retryId, badId].includes(f.prediction));
+    expect(mine).toEqual([
+      expect.objectContaining({ prediction: badId, event: 'completed', status: 400, will_retry: false, attempt: 1 }),
+      expect.objectContaining({ prediction: retryId, status: 503, will_retry: true, attempt: 2 }),
+      expect.objectContaining({ prediction: retryId, status: 503, will_retry: true, attempt: 1 }),
+    ]);
+    // Tenant A sees none of B's.
+    const a = await call(gw.url, 'GET', '/gateway/v1/webhooks/deliveries', { key: KEY_A });
+    expect(a.body.failures.some((f: { prediction: string }) => f.prediction === retryId)).toBe(false);
+    const metrics = await call(gw.url, 'GET', '/metrics');
+    expect(metrics.text).toMatch(/fgw_webhook_deliveries_total\{tenant="team-b",outcome="retrying"\} 2/);
+  });
+
+  it('refuses webhook URLs the gateway must not call: plain http, private addresses, names that resolve to loopback', async () => {
+    s.sim.clearRequests();
+    for (const [url, why] of [
+      ['http://example.com/hook', /^webhook must be an https URL/],
+      ['https://10.1.2.3/hook', /^webhook points at a private, loopback or reserved address/],
+      ['https://[::1]/hook', /private, loopback/],
+      ['https://user:pw@example.com/hook', /credentials/],
+      ['ftp://example.com/hook', /https/],
+    ] as const) {
+      const r = await createWithHook(gw.url, KEY_A, { webhook: url });
+      expect(r.status, url).toBe(422);
+      expect(r.body.detail).toMatch(why);
+    }
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+    // A name is checked on the address actually connected to, at each delivery.
+    const r = await createWithHook(gw.url, KEY_A, { webhook: 'https://localhost:1/hook', webhook_events_filter: ['completed'] });
+    expect(r.status).toBe(201);
+    await waitFor(async () => (await call(gw.url, 'GET', '/gateway/v1/webhooks/deliveries', { key: KEY_A })).body.failures.some((f: { prediction: string }) => f.prediction === r.body.id), 10_000, 'the refused delivery');
+    const f = (await call(gw.url, 'GET', '/gateway/v1/webhooks/deliveries', { key: KEY_A })).body.failures.find((x: { prediction: string }) => x.prediction === r.body.id);
+    expect(f).toMatchObject({ will_retry: false, reason: expect.stringMatching(/localhost resolves to a private, loopback or reserved address/) });
+  });
+});
+
+describe('across gateway processes on one Redis', () => {
+  afterAll(async () => {
+    await stopAllGatewayProcesses();
+  });
+
+  it('delivers each event once when two replicas watch the same predictions', async () => {
+    const prefix = `wh2:${randomUUID()}:`;
+    const tenantsFile = writeTenants([{ id: 'team-a', keys: [KEY_A] }]);
+    const [g1, g2] = await Promise.all([0, 1].map(() => startGatewayProcess({ sim: s, tenantsFile, prefix, env: WEBHOOK_ENV })));
+    const ids: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const r = await createWithHook(i % 2 ? g2!.url : g1!.url, KEY_A, { webhook: `${receiver.url}/two` }, { prompt: `two ${i}` });
+      expect(r.status).toBe(201);
+      ids.push(r.body.id);
+    }
+    await waitFor(() => ids.every((id) => receiver.delivered(id).some((c) => c.json.status === 'succeeded')), 20_000, 'every completed event');
+    await new Promise((r) => setTimeout(r, 500));
+    for (const id of ids) {
+      const got = receiver.delivered(id);
+      expect(new Set(got.map((c) => c.headers['webhook-id'])).size, id).toBe(got.length);
+      expect(got.filter((c) => c.json.status === 'succeeded'), id).toHaveLength(1);
+      expect(got[0]!.json.status).not.toBe('succeeded');
+    }
+  });
+
+  it('keeps a delivery through a restart in the middle of its backoff, and sends it once', async () => {
+    const prefix = `whr:${randomUUID()}:`;
+    const tenantsFile = writeTenants([{ id: 'team-a', keys: [KEY_A] }]);
+    const env = { ...WEBHOOK_ENV, WEBHOOK_RETRY_MIN_MS: '400' };
+    const g1 = await startGatewayProcess({ sim: s, tenantsFile, prefix, env });
+    let id = '\u0000';
+    let down = true;
+    receiver.answer = (h) => (String(h['webhook-id']).includes(id) && down ? 503 : 200);
+    const r = await createWithHook(g1.url, KEY_A, { webhook: `${receiver.url}/restart`, webhook_events_filter: ['completed'] });
+    id = r.body.id;
+    await waitFor(() => receiver.calls.some((c) => c.json.id === id), 10_000, 'a first failed attempt');
+    await g1.stop();
+    const failedBefore = receiver.calls.filter((c) => c.json.id === id).length;
+    down = false;
+    const g2 = await startGatewayProcess({ sim: s, tenantsFile, prefix, env });
+    await waitFor(() => receiver.delivered(id).length === 1, 15_000, 'the delivery by the new process');
+    await new Promise((r2) => setTimeout(r2, 800));
+    const all = receiver.calls.filter((c) => c.json.id === id);
+    expect(failedBefore).toBeGreaterThanOrEqual(1);
+    expect(all.filter((c) => c.status === 200)).toHaveLength(1);
+    expect(new Set(all.map((c) => c.headers['webhook-id'])).size).toBe(1);
+    await g2.stop();
+  });
+});
+
+describe('WEBHOOK_MODE=upstream: the upstream calls the gateway back', () => {
+  const upstreamSecret = `whsec_${Buffer.from('upstream-signing-secret-0123456789').toString('base64')}`;
+  let gw: Gateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      sim: s,
+      env: {
+        ...WEBHOOK_ENV,
+        WEBHOOK_MODE: 'upstream',
+        PUBLIC_BASE_URL: 'http://gateway.test',
+        UPSTREAM_WEBHOOK_SECRET: upstreamSecret,
+        // Polls so rare that only the receiver's hint can explain a prompt delivery.
+        WEBHOOK_POLL_MIN_MS: '600000',
+        WEBHOOK_POLL_MAX_MS: '600000',
+      },
+    });
+  });
+  afterAll(async () => {
+    await gw.close();
+  });
+
+  it('gives the upstream its own receiver, and on a verified call re-reads the prediction instead of trusting the payload', async () => {
+    s.sim.clearRequests();
+    const r = await createWithHook(gw.url, KEY_A, { webhook: `${receiver.url}/up`, webhook_events_filter: ['completed'] });
+    const id = r.body.id as string;
+    const sent = upstreamCalls(s.sim).find((c) => c.method === 'POST')!.body as { webhook: string; webhook_events_filter: string[] };
+    expect(sent.webhook).toMatch(/^http:\/\/gateway\.test\/gateway\/v1\/webhooks\/upstream\/[\w-]{32}$/);
+    expect(sent.webhook_events_filter).toEqual(['start', 'output', 'logs', 'completed']);
+    const receiverPath = new URL(sent.webhook).pathname;
+    await waitFor(() => s.sim.predictions.get(id)!.status === 'succeeded', 5000, 'the upstream to finish');
+
+    const forged = JSON.stringify({ id, status: 'succeeded', output: ['https://evil.example/steal.png'] });
+    const post = (body: string, headers: Record<string, string>) => call(gw.url, 'POST', receiverPath, { rawBody: body, headers: { 'content-type': 'application/json', ...headers } });
+    const signed = (msgId: string, at = new Date()) => ({
+      'webhook-id': msgId,
+      'webhook-timestamp': String(Math.floor(at.getTime() / 1000)),
+      'webhook-signature': new Webhook(upstreamSecret).sign(msgId, at, forged),
+    });
+    // Unsigned, badly signed, or too old: refused, nothing happens.
+    expect((await post(forged, {})).status).toBe(401);
+    expect((await post(forged, { ...signed('msg_x'), 'webhook-signature': 'v1,AAAA' })).status).toBe(401);
+    expect((await post(forged, signed('msg_old', new Date(Date.now() - 3_600_000)))).status).toBe(401);
+    await new Promise((r2) => setTimeout(r2, 300));
+    expect(receiver.calls.filter((c) => c.json.id === id)).toHaveLength(0);
+
+    // Genuine: a hint. The tenant gets the real prediction, not the payload's claims.
+    expect((await post(forged, signed('msg_1'))).status).toBe(204);
+    await waitFor(() => receiver.delivered(id).length === 1, 5000, 'the delivery after the hint');
+    expect(receiver.delivered(id)[0]!.json.output).toEqual([`https://replicate.delivery/xezq/${id}/out-0.webp`]);
+    const cached = await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A });
+    expect(cached.headers.get('x-cache')).toBe('HIT');
+    expect(cached.body.output).toEqual([`https://replicate.delivery/xezq/${id}/out-0.webp`]);
+    // The same message again is a replay.
+    expect((await post(forged, signed('msg_1'))).status).toBe(409);
+    // A link the gateway never issued changes nothing either.
+    expect((await post(forged, signed('msg_2'))).status).toBe(204);
+    const unknown = await call(gw.url, 'POST', `/gateway/v1/webhooks/upstream/${'z'.repeat(32)}`, { rawBody: forged, headers: { 'content-type': 'application/json', ...signed('msg_3') } });
+    expect(unknown.status).toBe(204);
+    await new Promise((r2) => setTimeout(r2, 300));
+    expect(receiver.delivered(id)).toHaveLength(1);
+  });
+});
+
+describe('webhook settings at boot', () => {
+  it.each([
+    [{ WEBHOOK_MODE: 'push' }, /WEBHOOK_MODE must be poll or upstream/],
+    [{ WEBHOOK_MODE: 'upstream' }, /WEBHOOK_MODE=upstream needs PUBLIC_BASE_URL/],
+    [{ UPSTREAM_WEBHOOK_SECRET: 'plain' }, /UPSTREAM_WEBHOOK_SECRET must be a Standard Webhooks secret/],
+    [{ WEBHOOK_ALLOW_HTTP_HOSTS: 'http://x.example' }, /WEBHOOK_ALLOW_HTTP_HOSTS must be a comma-separated list of host names/],
+    [{ WEBHOOK_POLL_MIN_MS: '5000', WEBHOOK_POLL_MAX_MS: '1000' }, /WEBHOOK_POLL_MAX_MS must be at least WEBHOOK_POLL_MIN_MS/],
+  ])('refuses %o, naming the variable', async (env, message) => {
+    const { loadConfig } = await import('../src/config.js');
+    expect(() => loadConfig({ UPSTREAM_API_KEY: 'k', TENANTS_FILE: '/dev/null', ...env })).toThrow(message);
+  });
+
+  it('refuses a tenant webhookSecret that is not a Standard Webhooks secret, naming the field', async () => {
+    const { readTenantsFile } = await import('../src/access/tenants.js');
+    const file = writeTenants([{ id: 'team-a', keys: [KEY_A], webhookSecret: 'hunter2' } as never]);
+    expect(() => readTenantsFile(file)).toThrow(/tenants\.0\.webhookSecret: must be a Standard Webhooks secret/);
+  });
+});
