@@ -75,7 +75,7 @@ describe('a browser page on another origin', () => {
   let nobodys: string; // http://localhost:<port>: allowed for no tenant
 
   beforeAll(async () => {
-    // No skipping: a machine without Chromium fails this file, with the fix in the message.
+    // No skipping: on a machine without Chromium these tests fail, with the fix in the message.
     if (!existsSync(CHROMIUM)) {
       throw new Error(`${CHROMIUM} is missing: install it with "apt-get install -y chromium" (.ci/run does this)`);
     }

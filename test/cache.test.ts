@@ -63,7 +63,7 @@ describe('terminal cache', () => {
   });
 });
 
-describe('poll coalescing', () => {
+describe('poll coalescing and the micro-cache', () => {
   // POLL_CACHE_MS at its default, 500 ms.
   const gw = useGateway(() => ({ sim: s, env: { UPSTREAM_TIMEOUT_MS: '500', DEFAULT_RATE_LIMIT_MAX: '100000' } }));
   const RUNNING = { prompt: 'long', duration_ms: 60_000 };

@@ -3,7 +3,7 @@
 // and, on a real Redis, ownership, lists, replicas and restarts.
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { KEY_A, KEY_B, MODEL_PATH, type GatewayOptions, call, createPrediction, startGateway, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
+import { KEY_A, KEY_B, MODEL_PATH, type GatewayOptions, call, createPrediction, sendCreate as create, startGateway, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(150);
 /** The in-memory store, a short deadline and a 2 KiB body limit. */
@@ -117,6 +117,13 @@ describe('bad requests never leave the gateway', () => {
 
 describe('Prefer: wait', () => {
   const gw = useGateway(inMemory);
+  const upstreamCreates = () => upstreamCalls(s.sim).filter((r) => r.method === 'POST' && !r.url.endsWith('/cancel'));
+
+  it('clamps Prefer: wait to 60 before forwarding', async () => {
+    const r = await create(gw.url, { input: { duration_ms: 0 }, headers: { prefer: 'wait=90' } });
+    expect(r.status).toBe(201);
+    expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=60');
+  });
 
   it('rounds and clamps a fractional wait, and refuses one that is not a number before anything goes upstream', async () => {
     s.sim.clearRequests();

@@ -208,7 +208,8 @@ describe('simulator', () => {
 
 describe('misbehaving modes', () => {
   const MODEL_PATH = '/models/black-forest-labs/flux-schnell/predictions';
-  // Its own helpers: answers with fetch's Headers, and the text as well as the JSON.
+  // Helpers of their own (they shadow the ones above): fetch, which these modes need for streaming and aborting,
+  // and answers with the text as well as the JSON.
 
   interface Answer {
     status: number;
