@@ -2,14 +2,14 @@
 // Starts Redis, the simulator, a bare Fastify hello and the gateway as separate processes and loads each over
 // loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
 // Bounded: 10 targets of 2 s warm-up and 7 s measured each, 90 s of load, plus start-up.
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { join, resolve } from 'node:path';
 import autocannon from 'autocannon';
 import { intFromEnv } from '../src/config.js';
-import { RedisServer, freePort } from '../test/helpers/redis.js';
+import { type ServerProcess, answers, freePort, startGatewayProcess, startNodeServer, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
+import { RedisServer } from '../test/support/redis.js';
 
 const DURATION = intFromEnv(process.env, 'BENCH_SECONDS', 7, 1, 60);
 // What the slower upstream waits before each answer: a same-region round trip plus a little service time. Real
@@ -18,23 +18,6 @@ const LATENCY_MS = intFromEnv(process.env, 'BENCH_UPSTREAM_LATENCY_MS', 20, 0, 1
 const CONNECTIONS = intFromEnv(process.env, 'BENCH_CONNECTIONS', 32, 1, 10_000);
 const UPSTREAM_KEY = 'bench-upstream-key-000000000000';
 const TENANT_KEY = 'bench-tenant-key-0000000000000';
-const children: ChildProcess[] = [];
-
-function start(cmd: string[], env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, cmd, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
-  children.push(child);
-  return child;
-}
-
-async function waitHttp(url: string, headers: Record<string, string> = {}): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      if ((await fetch(url, { headers })).status < 500) return;
-    } catch {}
-    await sleep(50);
-  }
-  throw new Error(`${url} did not come up`);
-}
 
 interface Row {
   name: string;
@@ -103,7 +86,7 @@ function runWrk(opts: autocannon.Options, seconds = DURATION): Omit<Row, 'name'>
 
 const WARMUP_SECONDS = 2;
 
-async function load(name: string, opts: autocannon.Options, server: ChildProcess): Promise<Row> {
+async function load(name: string, opts: autocannon.Options, server: ServerProcess): Promise<Row> {
   // A short unmeasured run first: JIT and connection set-up would otherwise land in the p99.
   if (WRK) runWrk(opts, WARMUP_SECONDS);
   else await autocannon({ connections: CONNECTIONS, ...opts, duration: WARMUP_SECONDS });
@@ -133,45 +116,45 @@ let ownRedis: RedisServer | undefined;
 async function main(): Promise<void> {
   ownRedis = process.env.REDIS_URL ? undefined : await RedisServer.start();
   const redisUrl = process.env.REDIS_URL ?? ownRedis!.url;
-  const [helloPort, simPort, gwPort, slowSimPort, slowGwPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const dir = mkdtempSync(join(tmpdir(), 'fgw-bench-'));
   const tenantsFile = join(dir, 'tenants.json');
   writeFileSync(tenantsFile, JSON.stringify({ tenants: [{ id: 'bench', keys: [TENANT_KEY], rateLimit: { max: 1e9, timeWindow: '1 minute' } }] }));
 
-  const helloProc = start(['--import', 'tsx', 'bench/hello.ts'], { PORT: String(helloPort) });
+  // Every process gets this one's environment too: gateway settings the script does not set reach both gateways.
+  const helloPort = await freePort();
+  const helloStarting = startNodeServer({
+    args: ['--import', 'tsx', 'bench/hello.ts'],
+    env: { ...process.env, PORT: String(helloPort) },
+    url: `http://127.0.0.1:${helloPort}`,
+    ready: (url) => answers(`${url}/`),
+    quiet: true,
+    what: 'bare Fastify hello',
+  });
   // Two upstreams: one on loopback answering in microseconds (the harshest baseline for a gateway), and one that
   // waits LATENCY_MS before each answer, as a real upstream across a network does. Each gets its own gateway.
-  const simulator = (port: number, latency: number) =>
-    start(['dist/simulator/main.js'], { SIMULATOR_PORT: String(port), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '1000', SIMULATOR_LATENCY_MS: String(latency) });
-  // BENCH_GATEWAY runs another build (e.g. an older commit's dist/server.js) for before/after comparisons.
-  // The same V8 flag as `npm start` and the Docker image (see the Dockerfile).
-  const gateway = (port: number, upstream: string, name: string) =>
-    start(['--max-semi-space-size=32', process.env.BENCH_GATEWAY ?? 'dist/server.js'], {
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      UPSTREAM_BASE_URL: upstream,
-      UPSTREAM_API_KEY: UPSTREAM_KEY,
-      TENANTS_FILE: tenantsFile,
-      REDIS_URL: redisUrl,
-      REDIS_KEY_PREFIX: `bench:${Date.now()}:${name}:`,
-      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
-      NODE_ENV: 'production',
+  const simulator = (latencyMs: number) =>
+    startSimulatorProcess({ args: ['dist/simulator/main.js'], apiKey: UPSTREAM_KEY, stepMs: 1000, latencyMs, inheritEnv: true, quiet: true });
+  // BENCH_GATEWAY runs another build (e.g. an older commit's dist/server.js) for before/after comparisons; a relative
+  // path is taken from the current directory. The same V8 flag as `npm start` and the Docker image (see the Dockerfile).
+  const entry = resolve(process.env.BENCH_GATEWAY ?? 'dist/server.js');
+  const gateway = (upstream: ServerProcess, name: string) =>
+    startGatewayProcess({
+      args: ['--max-semi-space-size=32', entry],
+      upstreamUrl: upstream.url,
+      upstreamKey: UPSTREAM_KEY,
+      tenantsFile,
+      redisUrl,
+      prefix: `bench:${Date.now()}:${name}:`,
+      env: { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info', NODE_ENV: 'production' },
+      inheritEnv: true,
+      quiet: true,
     });
-  const simProc = simulator(simPort, 0);
-  const slowSimProc = simulator(slowSimPort, LATENCY_MS);
-  const simBase = `http://127.0.0.1:${simPort}/replicate/v1`;
-  const slowSimBase = `http://127.0.0.1:${slowSimPort}/replicate/v1`;
-  const gwProc = gateway(gwPort, simBase, 'fast');
-  const slowGwProc = gateway(slowGwPort, slowSimBase, 'slow');
-  const gw = `http://127.0.0.1:${gwPort}`;
-  const slowGw = `http://127.0.0.1:${slowGwPort}`;
-  await Promise.all([
-    waitHttp(`http://127.0.0.1:${helloPort}/`),
-    waitHttp(`${simBase}/predictions/x`),
-    waitHttp(`${slowSimBase}/predictions/x`),
-    waitHttp(`${gw}/readyz`),
-    waitHttp(`${slowGw}/readyz`),
-  ]);
+  const [helloProc, simProc, slowSimProc] = await Promise.all([helloStarting, simulator(0), simulator(LATENCY_MS)]);
+  const [gwProc, slowGwProc] = await Promise.all([gateway(simProc, 'fast'), gateway(slowSimProc, 'slow')]);
+  const simBase = simProc.url;
+  const slowSimBase = slowSimProc.url;
+  const gw = gwProc.url;
+  const slowGw = slowGwProc.url;
 
   const up = { authorization: `Bearer ${UPSTREAM_KEY}`, 'content-type': 'application/json' };
   const mine = { authorization: `Bearer ${TENANT_KEY}`, 'content-type': 'application/json' };
@@ -186,13 +169,13 @@ async function main(): Promise<void> {
     json(`${base}${path}`, { method: 'POST', headers, body: longBody });
 
   process.stderr.write(`load: ${WRK ? 'wrk (1 thread)' : 'autocannon'}, ${CONNECTIONS} connections, ${WARMUP_SECONDS} s warm-up + ${DURATION} s per target\n`);
-  const hello = await load('bare Fastify hello', { url: `http://127.0.0.1:${helloPort}/` }, helloProc);
+  const hello = await load('bare Fastify hello', { url: `${helloProc.url}/` }, helloProc);
   const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
   await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
   const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine }, gwProc);
 
   // One upstream after the other: direct GET, direct create, gateway poll, gateway create.
-  async function against(label: string, sim: string, gwUrl: string, simP: ChildProcess, gwP: ChildProcess) {
+  async function against(label: string, sim: string, gwUrl: string, simP: ServerProcess, gwP: ServerProcess) {
     const simRunning = await running(sim, up, simModelPath);
     const simGet = await load(`upstream ${label} direct: GET running`, { url: `${sim}/predictions/${simRunning.id}`, headers: up }, simP);
     const simCreate = await load(`upstream ${label} direct: create`, { url: `${sim}${simModelPath}`, method: 'POST', headers: up, body: createBody }, simP);
@@ -237,7 +220,7 @@ async function main(): Promise<void> {
 try {
   await main();
 } finally {
-  for (const c of children) c.kill('SIGTERM');
+  await stopAllProcesses();
   // Also when a phase failed: a redis-server left running would load the machine for every later run.
   await ownRedis?.destroy();
 }

@@ -1,7 +1,6 @@
 // `npm run soak`: 60 s of mixed traffic (creates, polls, cached GETs, lists) against an in-process gateway; the
 // heap after a forced GC must grow by less than 10 %. Run once on Redis and once on the in-memory store, whose
 // maps must stay within MEMORY_STORE_MAX_ENTRIES (2000 here, so that the warm-up fills them).
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,8 @@ import autocannon from 'autocannon';
 import { pino } from 'pino';
 import { buildApp } from '../src/app.js';
 import { intFromEnv, loadConfig } from '../src/config.js';
-import { RedisServer, freePort } from '../test/helpers/redis.js';
+import { startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
+import { RedisServer } from '../test/support/redis.js';
 
 const SECONDS = intFromEnv(process.env, 'SOAK_SECONDS', 60, 1, 3600);
 const UPSTREAM_KEY = 'soak-upstream-key-0000000000000';
@@ -85,25 +85,15 @@ async function soak(store: 'redis' | 'memory', simBase: string, redisUrl: string
   return ok;
 }
 
-const children: ChildProcess[] = [];
 let redis: RedisServer | undefined;
 try {
   redis = await RedisServer.start();
-  const simPort = await freePort();
-  const sim = spawn(process.execPath, ['--import', 'tsx', 'src/simulator/main.ts'], {
-    env: { ...process.env, SIMULATOR_PORT: String(simPort), SIMULATOR_API_KEY: UPSTREAM_KEY, SIMULATOR_STEP_MS: '500' },
-    stdio: 'ignore',
-  });
-  children.push(sim);
-  const simBase = `http://127.0.0.1:${simPort}/replicate/v1`;
-  for (let i = 0; i < 200; i++) {
-    if (await fetch(`${simBase}/predictions/x`).then(() => true, () => false)) break;
-    await sleep(50);
-  }
+  const sim = await startSimulatorProcess({ apiKey: UPSTREAM_KEY, stepMs: 500, inheritEnv: true });
+  const simBase = sim.url;
   const results = [await soak('redis', simBase, redis.url), await soak('memory', simBase, redis.url)];
   process.exitCode = results.every(Boolean) ? 0 : 1;
 } finally {
-  for (const c of children) c.kill('SIGTERM');
+  await stopAllProcesses();
   // Also after a failure: a redis-server left running would load the machine for every later run.
   await redis?.destroy();
 }

@@ -1,13 +1,15 @@
-// Bad configuration fails at boot with one line naming the variable; the tenants file is checked the same way.
+// Bad configuration fails at boot with one line naming the variable; the tenants file is checked the same way, is
+// reloaded when it changes or on SIGHUP, and a bad new file leaves the tenants in force.
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, intFromEnv, loadConfig } from '../src/config.js';
 import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/access/tenants.js';
-import { writeTenants } from './helpers/stack.js';
+import { KEY_A, call, startGateway, startGatewayProcess, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
 
 const run = promisify(execFile);
 const base = { UPSTREAM_API_KEY: 'sk-test-secret-value-123', TENANTS_FILE: '/tmp/t.json' };
@@ -62,6 +64,10 @@ describe('loadConfig', () => {
   it('parses durations in words', () => {
     expect(loadConfig({ ...base, DEFAULT_RATE_LIMIT_WINDOW: '30 seconds' }).DEFAULT_RATE_LIMIT_WINDOW).toBe(30_000);
     expect(loadConfig({ ...base, DEFAULT_RATE_LIMIT_WINDOW: '2h' }).DEFAULT_RATE_LIMIT_WINDOW).toBe(7_200_000);
+  });
+
+  it('refuse windows beyond 366 days, naming the variable', () => {
+    expect(() => loadConfig({ UPSTREAM_API_KEY: 'k', TENANTS_FILE: 'f', DEFAULT_RATE_LIMIT_WINDOW: '200000000000 days' })).toThrow(/DEFAULT_RATE_LIMIT_WINDOW must be a duration from 1 ms to 366 days/);
   });
 
   it('makes the server exit non-zero with one line naming the variable, without echoing the secret', async () => {
@@ -124,6 +130,32 @@ describe('tenants file', () => {
     expect(() => readTenantsFile(file('broken.json', '{'))).toThrow(/is not valid JSON/);
     expect(() => readTenantsFile(file('empty.json', '  \n'))).toThrow(/TENANTS_FILE .*empty\.json is empty/);
   });
+
+  it('with spaces are refused at boot: they could never be sent in an Authorization header', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fgw-hard-'));
+    const f = join(dir, 't.json');
+    writeFileSync(f, JSON.stringify({ tenants: [{ id: 'a', keys: ['my team key with spaces'] }] }));
+    expect(() => readTenantsFile(f)).toThrow(/keys\.0: .*without spaces/);
+    expect(() => loadConfig({ UPSTREAM_API_KEY: 'k', TENANTS_FILE: 'f', ADMIN_API_KEY: 'admin key with spaces 123' })).toThrow(/ADMIN_API_KEY must not contain spaces/);
+  });
+
+  it('never appear in a tenants-file parse error, JSON or YAML', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fgw-hard-'));
+    const json = join(dir, 't.json');
+    writeFileSync(json, '{"tenants":[{"id":"a","keys":[team-a-SECRET-raw-key-0123456789"]}]}');
+    const yaml = join(dir, 't.yaml');
+    writeFileSync(yaml, 'tenants:\n  - id: a\n    keys: ["team-a-SECRET-raw-key-0123456789"\n');
+    for (const f of [json, yaml]) {
+      let message = '';
+      try {
+        readTenantsFile(f);
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/is not valid (JSON|YAML) \((line \d+, column \d+|the parser's own message is not shown.*)\)/);
+      expect(message).not.toContain('SECRET');
+    }
+  });
 });
 
 describe('keygen', () => {
@@ -141,5 +173,83 @@ describe('tenant origins', () => {
   it('are matched in lower case, as browsers send them', () => {
     const reg = new TenantRegistry(writeTenants([{ id: 'o', keys: ['origin-key-0123456789'], allowedOrigins: ['https://App.Example.com'] }]));
     expect(reg.get('o')?.allowedOrigins).toEqual(['https://app.example.com']);
+  });
+});
+
+describe('configuration of the bounds', () => {
+  it.each([
+    [{ METRICS_TOKEN: 'short' }, /METRICS_TOKEN must be at least 16 characters/],
+    [{ UPSTREAM_MAX_BODY_BYTES: '1048576', BODY_LIMIT_BYTES: '2097152' }, /UPSTREAM_MAX_BODY_BYTES must be larger than BODY_LIMIT_BYTES/],
+    [{ UPSTREAM_CONNECTIONS: '8', UPSTREAM_TENANT_MAX_CONCURRENCY: '9' }, /UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS/],
+    [{ JSON_MAX_DEPTH: '1' }, /JSON_MAX_DEPTH must be at least 2/],
+  ])('refuses %o at boot, naming the variable', (env, message) => {
+    expect(() => loadConfig({ ...base, ...env })).toThrow(message);
+  });
+
+  it('defaults each tenant to half the upstream pool and the answer cap above the body limit', () => {
+    // The answer cap leaves room for the body, 1 MiB, and a FILES_MAX_BYTES file inlined as base64 (issue 13).
+    const inlined = Math.ceil((10 * 1024 * 1024 * 4) / 3);
+    expect(loadConfig(base)).toMatchObject({ UPSTREAM_CONNECTIONS: 128, UPSTREAM_TENANT_MAX_CONCURRENCY: 64, UPSTREAM_MAX_BODY_BYTES: 11 * 1024 * 1024 + inlined, JSON_MAX_DEPTH: 64 });
+    expect(loadConfig({ ...base, BODY_LIMIT_BYTES: String(32 * 1024 * 1024) }).UPSTREAM_MAX_BODY_BYTES).toBe(33 * 1024 * 1024 + inlined);
+  });
+});
+
+describe('tenants hot reload', () => {
+  const s = useSimulator(100);
+  const NEW_KEY = 'team-c-new-key-0123456789';
+
+  it('keeps working after the file is deleted and created again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fgw-hard-'));
+    const file = join(dir, 'tenants.json');
+    const write = (ids: string[]) => writeFileSync(file, JSON.stringify({ tenants: ids.map((id) => ({ id, keys: [`${id}-key-0123456789abcdef`] })) }));
+    write(['one']);
+    const reg = new TenantRegistry(file);
+    const results: string[] = [];
+    reg.watch((r) => results.push(r.ok ? `ok:${r.tenants}` : 'error'));
+    try {
+      rmSync(file);
+      await waitFor(() => results.includes('error'), 3000, 'the deletion to be noticed');
+      write(['two', 'three']);
+      await waitFor(() => reg.get('three') !== undefined, 3000, 'the recreated file to load');
+      write(['four']);
+      await waitFor(() => reg.get('four') !== undefined, 3000, 'a later edit to load');
+      expect(reg.get('one')).toBeUndefined();
+    } finally {
+      reg.unwatch();
+    }
+  });
+
+  it('takes a changed file without a restart, and keeps the old tenants when the new file is bad', async () => {
+    const file = writeTenants([{ id: 'team-a', keys: [KEY_A] }]);
+    const gw = await startGateway({ sim: s, redis: 'memory', tenantsFile: file, deps: { watchTenants: true } });
+    try {
+      expect((await call(gw.url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status).toBe(401);
+      writeFileSync(file, JSON.stringify({ tenants: [{ id: 'team-a', keys: [KEY_A] }, { id: 'team-c', keys: [NEW_KEY] }] }));
+      await waitFor(async () => (await call(gw.url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status === 200, 5000, 'the reload');
+      writeFileSync(file, '{"tenants": [ {"id": "team-a", "keys": ["short"]} ]}');
+      await waitFor(() => gw.logs.some((l) => l.includes('tenants file rejected')), 5000, 'the rejection to be logged');
+      expect((await call(gw.url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status).toBe(200);
+      expect(gw.logs.join('\n')).toMatch(/keys\.0/);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('reloads on SIGHUP in the real server process', async () => {
+    const file = writeTenants([{ id: 'team-a', keys: [KEY_A] }]);
+    // The reload is logged at info.
+    const server = await startGatewayProcess({ sim: s, tenantsFile: file, prefix: `sighup:${randomUUID()}:`, env: { LOG_LEVEL: 'info' } });
+    const { url, child } = server;
+    try {
+      expect((await call(url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status).toBe(401);
+      // Write in place without a watcher-visible rename race: SIGHUP is the operator's explicit reload.
+      writeFileSync(file, JSON.stringify({ tenants: [{ id: 'team-c', keys: [NEW_KEY] }] }));
+      child.kill('SIGHUP');
+      await waitFor(async () => (await call(url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status === 200, 5000, 'the SIGHUP reload');
+      expect(server.output()).toMatch(/tenants file reloaded/);
+      expect((await call(url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status).toBe(401);
+    } finally {
+      await server.stop();
+    }
   });
 });

@@ -1,76 +1,28 @@
-// Issue 5: how the gateway behaves when things fail — deadlines, safe retries, idempotent creates, poll coalescing,
-// the circuit breaker, overload, and faults injected through the simulator and a real Redis outage. Everything goes
-// over real HTTP; nothing asserts a duration (only what a client would see, and what reached the upstream).
+// How the gateway behaves when things fail: deadlines, safe retries, upstream failures mapped to what a client can
+// act on, the circuit breaker, an upstream that misbehaves (another id, an echoed key, a huge body) or a tenant that
+// floods, overload, Redis outages, and faults injected through the simulator in mixed traffic. Everything goes over
+// real HTTP; nothing asserts a duration (only what a client would see, and what reached the upstream).
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { COMMAND_TIMEOUT_MS } from '../src/store/redis-store.js';
 import { UpstreamClient } from '../src/upstream/client.js';
-import { startGatewayProcess, stopAllGatewayProcesses } from './helpers/processes.js';
-import { RedisServer, freePort } from './helpers/redis.js';
-import {
-  DEFAULT_TENANTS,
-  KEY_A,
-  KEY_B,
-  MODEL_PATH,
-  type CallResult,
-  type Gateway,
-  type SimHandle,
-  call,
-  createPrediction,
-  startGateway,
-  startSimulator,
-  waitFor,
-  writeTenants,
-} from './helpers/stack.js';
+import { RedisServer } from './support/redis.js';
+import { freePort } from './support/processes.js';
+import { KEY_A, KEY_B, MODEL_PATH, type CallResult, type Gateway, call, createPrediction, expectProblem, sendCreate as create, startGateway, upstreamCalls, useGateway, useSimulator, useSteadyGateway, waitFor } from './helpers/stack.js';
 
-let s: SimHandle;
-/** UPSTREAM_TIMEOUT_MS=500, 2 retries; its breaker never opens, so one test's faults cannot leak into the next. */
-let gw: Gateway;
-let upstream: UpstreamClient;
+const s = useSimulator(100);
+const gw = useSteadyGateway(s);
 
 const RUNNING = { prompt: 'long', duration_ms: 60_000 };
 const isGet = (m: string) => m === 'GET';
 const isCreate = (m: string, p: string) => m === 'POST' && !p.endsWith('/cancel');
 const isCancel = (m: string, p: string) => m === 'POST' && p.endsWith('/cancel');
 
-beforeAll(async () => {
-  s = await startSimulator(100);
-  upstream = new UpstreamClient({ baseUrl: s.url, apiKey: s.apiKey, timeoutMs: 500, retries: 2, breakerThreshold: 1_000_000 });
-  gw = await startGateway({ sim: s, env: { UPSTREAM_TIMEOUT_MS: '500', DEFAULT_RATE_LIMIT_MAX: '100000' }, deps: { upstream } });
-});
-afterAll(async () => {
-  await gw.close();
-  await upstream.close();
-  await stopAllGatewayProcesses();
-  await s.sim.close();
-});
-afterEach(() => {
-  s.sim.clearFaults();
-  s.sim.clearRequests();
-});
-
 const get = (id: string, base = gw.url, key = KEY_A) => call(base, 'GET', `/replicate/v1/predictions/${id}`, { key });
 const upstreamGets = (id: string) => s.sim.requests.filter((r) => r.method === 'GET' && r.url.endsWith(`/predictions/${id}`));
 const upstreamCreates = () => s.sim.requests.filter((r) => isCreate(r.method, r.url.split('?')[0]!));
 const upstreamCancels = () => s.sim.requests.filter((r) => isCancel(r.method, r.url));
-
-function create(base: string, opts: { key?: string; input?: Record<string, unknown>; idem?: string; headers?: Record<string, string> } = {}) {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.idem) headers['idempotency-key'] = opts.idem;
-  return call(base, 'POST', MODEL_PATH, { key: opts.key ?? KEY_A, body: { input: opts.input ?? { prompt: 'a cat' } }, headers });
-}
-
-/** A client-visible error: problem JSON with the given status, and a Retry-After in whole seconds when asked. */
-function expectProblem(r: CallResult, status: number, detail?: RegExp, retryAfter = false) {
-  expect(r.status).toBe(status);
-  expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-  expect(r.body).toMatchObject({ status, type: expect.stringMatching(/^urn:fuhu-gateway:problem:/), title: expect.any(String) });
-  if (detail) expect(r.body.detail).toMatch(detail);
-  if (retryAfter) expect(r.headers.get('retry-after')).toMatch(/^[1-9]\d*$/);
-  // Never a stack trace or the upstream key.
-  expect(r.text).not.toMatch(/at .*\.(ts|js):\d+/);
-  expect(r.text).not.toContain(s.apiKey);
-}
 
 describe('deadlines', () => {
   it('answers 504 when the upstream hangs, on a GET and on a create, and the upstream sees each once', async () => {
@@ -103,12 +55,6 @@ describe('deadlines', () => {
     expect(r.body.status).toBe('succeeded');
     expect(r.body.output).toEqual([expect.stringContaining(r.body.id)]);
     expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=2');
-  });
-
-  it('clamps Prefer: wait to 60 before forwarding', async () => {
-    const r = await create(gw.url, { input: { duration_ms: 0 }, headers: { prefer: 'wait=90' } });
-    expect(r.status).toBe(201);
-    expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=60');
   });
 });
 
@@ -208,155 +154,72 @@ describe('retries', () => {
   });
 });
 
-describe('Idempotency-Key on creates', () => {
-  it('replays the stored response with idempotent-replayed: true, calling the upstream once', async () => {
-    const key = randomUUID();
-    const first = await create(gw.url, { idem: key });
-    expect(first.status).toBe(201);
-    expect(first.headers.get('idempotent-replayed')).toBeNull();
-    const again = await create(gw.url, { idem: key });
-    expect(again.status).toBe(201);
-    expect(again.headers.get('idempotent-replayed')).toBe('true');
-    expect(again.body.id).toBe(first.body.id);
-    expect(again.body.urls.get).toBe(`${gw.url}/replicate/v1/predictions/${first.body.id}`);
-    expect(upstreamCreates()).toHaveLength(1);
+describe('upstream failures', () => {
+  // Its own gateway, on the in-memory store, with an 800 ms deadline.
+  const gw = useGateway(() => ({ sim: s, redis: 'memory', env: { UPSTREAM_TIMEOUT_MS: '800', BODY_LIMIT_BYTES: '2048' } }));
+
+  it('keeps an upstream 4xx status and its message as problem JSON', async () => {
+    const r = await call(gw.url, 'POST', '/replicate/v1/models/sim/quota-exceeded/predictions', { key: KEY_A, body: { input: {} } });
+    expect(r.status).toBe(403);
+    expect(r.body).toMatchObject({ status: 403, title: 'Forbidden' });
+    expect(r.body.detail).toContain('quota');
   });
 
-  it('calls the upstream once when 10 duplicates arrive at the same moment', async () => {
-    s.sim.injectFault({ kind: 'delay', delayMs: 200 }, { match: isCreate });
-    const key = randomUUID();
-    const all = await Promise.all(Array.from({ length: 10 }, () => create(gw.url, { idem: key })));
-    expect(all.map((r) => r.status)).toEqual(Array(10).fill(201));
-    expect(new Set(all.map((r) => r.body.id)).size).toBe(1);
-    expect(all.filter((r) => r.headers.get('idempotent-replayed') === 'true')).toHaveLength(9);
-    expect(upstreamCreates()).toHaveLength(1);
+  it('maps an upstream 5xx to 502 with the reason', async () => {
+    const r = await call(gw.url, 'POST', '/replicate/v1/models/sim/no-channel/predictions', { key: KEY_A, body: { input: {} } });
+    expect(r.status).toBe(502);
+    expect(r.body.detail).toMatch(/503.*no available channel/);
   });
 
-  it('calls the upstream once when duplicates arrive at two replicas on one Redis', async () => {
-    const prefix = `idem:${randomUUID()}:`;
-    const [a, b] = await Promise.all([startGateway({ sim: s, prefix }), startGateway({ sim: s, prefix })]);
-    try {
-      s.sim.clearRequests();
-      s.sim.injectFault({ kind: 'delay', delayMs: 200 }, { match: isCreate });
-      const key = randomUUID();
-      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => create(i % 2 ? a.url : b.url, { idem: key })));
-      expect(all.map((r) => r.status)).toEqual(Array(10).fill(201));
-      expect(new Set(all.map((r) => r.body.id)).size).toBe(1);
-      expect(upstreamCreates()).toHaveLength(1);
-      // Either replica can read it.
-      expect((await get(all[0]!.body.id, a.url)).status).toBe(200);
-      expect((await get(all[0]!.body.id, b.url)).status).toBe(200);
-    } finally {
-      await Promise.all([a.close(), b.close()]);
+  it('maps a reset connection to 502 and a hang to 504, without stack traces', async () => {
+    s.sim.injectFault({ kind: 'reset' });
+    const reset = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
+    expect(reset.status).toBe(502);
+    expect(reset.body.detail).toMatch(/closed the connection|could not be reached/);
+    s.sim.injectFault({ kind: 'hang' });
+    const hang = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
+    expect(hang.status).toBe(504);
+    for (const r of [reset, hang]) {
+      expect(r.text).not.toMatch(/at .*\.(ts|js):\d+/);
+      expect(r.text).not.toContain(s.apiKey);
     }
   });
 
-  it('calls the upstream once when duplicates arrive at two gateway processes', async () => {
-    const prefix = `idem-proc:${randomUUID()}:`;
-    const tenantsFile = writeTenants(DEFAULT_TENANTS);
-    const [a, b] = await Promise.all([startGatewayProcess({ sim: s, tenantsFile, prefix }), startGatewayProcess({ sim: s, tenantsFile, prefix })]);
+  it('maps a refused connection to 502', async () => {
+    const dead = await startGateway({ sim: { ...s, url: 'http://127.0.0.1:1/replicate/v1' }, redis: 'memory' });
     try {
-      s.sim.clearRequests();
-      s.sim.injectFault({ kind: 'delay', delayMs: 300 }, { match: isCreate });
-      const key = randomUUID();
-      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => create(i % 2 ? a.url : b.url, { idem: key })));
-      expect(all.map((r) => r.status)).toEqual(Array(10).fill(201));
-      expect(new Set(all.map((r) => r.body.id)).size).toBe(1);
-      expect(all.filter((r) => r.headers.get('idempotent-replayed') === 'true')).toHaveLength(9);
-      expect(upstreamCreates()).toHaveLength(1);
+      const r = await call(dead.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
+      expect(r.status).toBe(502);
+      expect(r.body.detail).toMatch(/refused/);
     } finally {
-      await Promise.all([a.stop(), b.stop()]);
+      await dead.close();
     }
   });
 
-  it('answers 422 when the key is reused with a different body, and creates nothing', async () => {
-    const key = randomUUID();
-    expect((await create(gw.url, { idem: key, input: { prompt: 'a cat' } })).status).toBe(201);
-    const other = await create(gw.url, { idem: key, input: { prompt: 'a dog' } });
-    expectProblem(other, 422, /already used with a different request body/);
-    expect(other.body.title).toBe('Idempotency key reused');
-    expect(upstreamCreates()).toHaveLength(1);
+  it('never echoes the upstream key or headers from an upstream error', async () => {
+    s.sim.injectFault({
+      kind: 'status',
+      status: 400,
+      body: { error: { message: `bad token Bearer ${s.apiKey} for ${s.apiKey}`, type: 'x' } },
+      headers: { 'x-upstream-secret': 'leak' },
+    });
+    const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
+    expect(r.status).toBe(400);
+    expect(r.text).not.toContain(s.apiKey);
+    expect(r.headers.get('x-upstream-secret')).toBeNull();
+    expect(r.body.detail).toContain('[redacted]');
   });
 
-  it('changes nothing without the header: two identical creates are two predictions', async () => {
-    const [a, b] = [await create(gw.url), await create(gw.url)];
-    expect([a.status, b.status]).toEqual([201, 201]);
-    expect(a.body.id).not.toBe(b.body.id);
-    expect(b.headers.get('idempotent-replayed')).toBeNull();
-    expect(upstreamCreates()).toHaveLength(2);
-  });
-
-  it('keeps tenants apart: another tenant using the same key string gets its own prediction', async () => {
-    const key = 'order-42';
-    const a = await create(gw.url, { idem: key, key: KEY_A });
-    const b = await create(gw.url, { idem: key, key: KEY_B });
-    expect([a.status, b.status]).toEqual([201, 201]);
-    expect(b.headers.get('idempotent-replayed')).toBeNull();
-    expect(a.body.id).not.toBe(b.body.id);
-    expect((await get(a.body.id, gw.url, KEY_B)).status).toBe(404);
-    expect(upstreamCreates()).toHaveLength(2);
-  });
-
-  it('frees the key when the upstream refused the create, so the retry creates it once', async () => {
-    const key = randomUUID();
-    s.sim.injectFault({ kind: 'status', status: 503 }, { match: isCreate });
-    expect((await create(gw.url, { idem: key })).status).toBe(502);
-    const retry = await create(gw.url, { idem: key });
-    expect(retry.status).toBe(201);
-    expect(retry.headers.get('idempotent-replayed')).toBeNull();
-    expect((await create(gw.url, { idem: key })).headers.get('idempotent-replayed')).toBe('true');
-    // One refused attempt, one create.
-    expect(upstreamCreates()).toHaveLength(2);
-  });
-
-  it('holds the key after a create timed out (the upstream may have made it): the retry gets 409, not a second job', async () => {
-    const key = randomUUID();
-    const before = s.sim.predictions.size;
-    s.sim.injectFault({ kind: 'delay', delayMs: 1000 }, { match: isCreate });
-    expectProblem(await create(gw.url, { idem: key }), 504);
-    const retry = await create(gw.url, { idem: key });
-    expectProblem(retry, 409, /still in progress/, true);
-    // The upstream did make the job after the gateway gave up; a retry still does not make a second one.
-    await waitFor(() => s.sim.predictions.size === before + 1, 5000, 'the late upstream create');
-    expectProblem(await create(gw.url, { idem: key }), 409, /still in progress/, true);
-    expect(upstreamCreates()).toHaveLength(1);
-  });
-});
-
-describe('poll coalescing', () => {
-  it('serves 50 concurrent polls of one running prediction with a handful of upstream calls', async () => {
-    const id = await createPrediction(gw.url, KEY_A, RUNNING);
-    s.sim.injectFault({ kind: 'delay', delayMs: 300 }, { match: isGet, times: 50 });
-    const all = await Promise.all(Array.from({ length: 50 }, () => get(id)));
-    expect(all.every((r) => r.status === 200 && r.body.id === id)).toBe(true);
-    expect(all.every((r) => r.body.urls.get === `${gw.url}/replicate/v1/predictions/${id}`)).toBe(true);
-    expect(upstreamGets(id).length).toBeGreaterThanOrEqual(1);
-    expect(upstreamGets(id).length).toBeLessThanOrEqual(5);
-  });
-
-  it('serves a running prediction from the micro-cache only briefly, then shows the new status', async () => {
-    const id = await createPrediction(gw.url, KEY_A, RUNNING);
-    expect((await get(id)).body.status).toBe('starting');
-    s.sim.setStatus(id, 'succeeded');
-    // An immediate poll may still see the cached running answer, without an upstream call ...
-    const immediate = await get(id);
-    expect(immediate.status).toBe(200);
-    expect(upstreamGets(id)).toHaveLength(1);
-    // ... but the change shows up on its own once POLL_CACHE_MS (500 ms) is over, and is then cached for good.
-    await waitFor(async () => (await get(id)).body.status === 'succeeded', 5000, 'the new status to show');
-    s.sim.clearRequests();
-    const hit = await get(id);
-    expect(hit.body.status).toBe('succeeded');
-    expect(hit.headers.get('x-cache')).toBe('HIT');
-    expect(upstreamGets(id)).toHaveLength(0);
-  });
-
-  it('never shares one tenant\'s poll with another tenant', async () => {
-    const id = await createPrediction(gw.url, KEY_A, RUNNING);
-    s.sim.injectFault({ kind: 'delay', delayMs: 200 }, { match: isGet });
-    const [own, other] = await Promise.all([get(id), get(id, gw.url, KEY_B)]);
-    expect(own.status).toBe(200);
-    expect(other.status).toBe(404);
+  it('reports an upstream 401 (the gateway key refused) as 502, not as the client\'s fault', async () => {
+    const wrong = await startGateway({ sim: { ...s, apiKey: 'sk-wrong-upstream-key-000000' }, redis: 'memory' });
+    try {
+      const r = await call(wrong.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
+      expect(r.status).toBe(502);
+      expect(r.body.detail).toMatch(/UPSTREAM_API_KEY/);
+      expect(r.text).not.toContain('sk-wrong-upstream-key');
+    } finally {
+      await wrong.close();
+    }
   });
 });
 
@@ -430,6 +293,136 @@ describe('circuit breaker', () => {
     expect((await probe).status).toBe(200);
     expect(s.sim.requests).toHaveLength(4);
     expect((await get(id, g.url)).status).toBe(200);
+  });
+});
+
+describe('an upstream that misbehaves, and a tenant that floods (two replicas on one Redis)', () => {
+  const prefix = `iso:${randomUUID()}:`;
+  const env = { DEFAULT_RATE_LIMIT_MAX: '100000', UPSTREAM_RETRIES: '0', POLL_CACHE_MS: '0' };
+  const gw1 = useGateway(() => ({ sim: s, prefix, env }));
+  const gw2 = useGateway(() => ({ sim: s, prefix, env }));
+  const getVia = (g: Gateway, id: string, key: string) => call(g.url, 'GET', `/replicate/v1/predictions/${id}`, { key });
+
+  describe('an upstream that answers about another prediction', () => {
+    it('a create answered with an id another tenant owns is a 502, and the owner keeps it (finding 1)', async () => {
+      const v = await createPrediction(gw1.url, KEY_A, RUNNING);
+      // A deduplicating reseller: team B's identical create comes back as A's prediction.
+      s.sim.injectFault({ kind: 'replaceId', id: v }, { match: isCreate });
+      const b = await call(gw2.url, 'POST', MODEL_PATH, { key: KEY_B, body: { input: RUNNING } });
+      expect(b.status).toBe(502);
+      expect(b.headers.get('content-type')).toMatch(/problem\+json/);
+      expect(b.body.detail).toMatch(/belongs to someone else/);
+      expect(b.text).not.toContain(v);
+      expect((await getVia(gw2, v, KEY_A)).status).toBe(200);
+      expect((await getVia(gw1, v, KEY_B)).status).toBe(404);
+      const listB = await call(gw1.url, 'GET', '/replicate/v1/predictions', { key: KEY_B });
+      expect(listB.body.results.map((p: { id: string }) => p.id)).not.toContain(v);
+      expect(gw2.logs.join('\n')).toMatch(new RegExp(`another tenant owns.*|"prediction":"${v}"`));
+    });
+
+    it('a GET or cancel answered with another id is a 502 and nothing is cached (finding 2)', async () => {
+      const y = await createPrediction(gw1.url, KEY_A, RUNNING);
+      const x = await createPrediction(gw2.url, KEY_B, RUNNING);
+      s.sim.setStatus(y, 'succeeded');
+      s.sim.injectFault({ kind: 'replaceId', id: y }, { match: (m, p) => p.includes(x) });
+      const poll = await getVia(gw2, x, KEY_B);
+      expect(poll.status).toBe(502);
+      expect(poll.body.detail).toMatch(/different prediction/);
+      s.sim.injectFault({ kind: 'replaceId', id: y }, { match: (m, p) => p.includes(x) });
+      expect((await call(gw1.url, 'POST', `/replicate/v1/predictions/${x}/cancel`, { key: KEY_B })).status).toBe(502);
+      // A's own prediction was never stored under X, nor as a cache hit for A; B's X is still its own.
+      const a = await getVia(gw1, y, KEY_A);
+      expect(a.status).toBe(200);
+      expect(a.headers.get('x-cache')).toBe('MISS');
+      const own = await getVia(gw2, x, KEY_B);
+      expect(own.status).toBe(200);
+      expect(own.body.id).toBe(x);
+      expect(own.body.output).toBeNull();
+    });
+  });
+
+  describe('an upstream that echoes the key', () => {
+    it('never passes the upstream key on in a 2xx answer, the cache or the list (finding 3)', async () => {
+      s.sim.injectFault({ kind: 'embed', text: s.apiKey }, { times: Infinity });
+      const created = await call(gw1.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'x', duration_ms: 0 } } });
+      expect(created.status).toBe(201);
+      expect(created.body.logs).toMatch(/\[redacted\]/);
+      const id = created.body.id as string;
+      const hit = await getVia(gw2, id, KEY_A);
+      expect(hit.headers.get('x-cache')).toBe('HIT');
+      const running = await createPrediction(gw1.url, KEY_A, RUNNING);
+      const polled = await getVia(gw1, running, KEY_A);
+      const list = await call(gw1.url, 'GET', '/replicate/v1/predictions', { key: KEY_A });
+      for (const r of [created, hit, polled, list]) {
+        expect(r.status).toBe(200 + (r === created ? 1 : 0));
+        expect(r.text).not.toContain(s.apiKey);
+      }
+      expect([...gw1.logs, ...gw2.logs].join('\n')).not.toContain(s.apiKey);
+    });
+  });
+
+  describe('one tenant cannot hurt another', () => {
+    it('five 500s on team A\'s GETs pause team A only; team B keeps reading and creating (finding 4)', async () => {
+      const g = await startGateway({ sim: s, env: { UPSTREAM_RETRIES: '0', POLL_CACHE_MS: '0' } });
+      try {
+        const a = await createPrediction(g.url, KEY_A, RUNNING);
+        const b = await createPrediction(g.url, KEY_B, RUNNING);
+        s.sim.injectFault({ kind: 'status', status: 500 }, { match: (m, p) => m === 'GET' && p.includes(a), times: Infinity });
+        for (let i = 0; i < 5; i++) expect((await getVia(g, a, KEY_A)).status).toBe(502);
+        const paused = await getVia(g, a, KEY_A);
+        expect(paused.status).toBe(503);
+        expect(paused.body.detail).toMatch(/failing repeatedly/);
+        expect((await getVia(g, b, KEY_B)).status).toBe(200);
+        expect((await call(g.url, 'POST', MODEL_PATH, { key: KEY_B, body: { input: { prompt: 'b' } } })).status).toBe(201);
+        expect((await call(g.url, 'GET', '/readyz')).body).toMatchObject({ upstream_breaker: 'closed', tenant_breakers_open: ['team-a'] });
+      } finally {
+        await g.close();
+      }
+    });
+
+    it('a tenant holding its share of the pool with long waits gets 429s, and another tenant is still served (finding 5)', async () => {
+      const g = await startGateway({ sim: s, env: { UPSTREAM_CONNECTIONS: '8', UPSTREAM_TENANT_MAX_CONCURRENCY: '4', UPSTREAM_TIMEOUT_MS: '20000' } });
+      try {
+        const b = await createPrediction(g.url, KEY_B, RUNNING);
+        // Team A: 12 creates the upstream holds for 3 s each (as replicate.run() with Prefer: wait does).
+        let settled = 0;
+        const flood = Array.from({ length: 12 }, () =>
+          call(g.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'slow', hold_ms: 3000 } } }).finally(() => settled++),
+        );
+        await waitFor(() => s.sim.requests.filter((r) => r.method === 'POST').length >= 5, 5000, 'team A to hold its share');
+        const other = await getVia(g, b, KEY_B);
+        expect(other.status).toBe(200);
+        // B was answered while A's held creates were all still waiting.
+        const inFlight = (await Promise.race([Promise.all(flood).then(() => 'done'), new Promise((r) => setImmediate(() => r('waiting')))]));
+        expect(inFlight).toBe('waiting');
+        const results = await Promise.all(flood);
+        expect(settled).toBe(12);
+        const limited = results.filter((r) => r.status === 429);
+        expect(results.filter((r) => r.status === 201)).toHaveLength(4);
+        expect(limited).toHaveLength(8);
+        for (const r of limited) {
+          expect(r.headers.get('retry-after')).toBe('1');
+          expect(r.body.detail).toMatch(/UPSTREAM_TENANT_MAX_CONCURRENCY/);
+        }
+      } finally {
+        await g.close();
+      }
+    });
+  });
+
+  describe('an upstream answer too large', () => {
+    it('cuts off a 100 MB upstream answer with a 502, without buffering it (finding 6)', async () => {
+      const id = await createPrediction(gw1.url, KEY_A, RUNNING);
+      s.sim.injectFault({ kind: 'hugeBody', bytes: 100 * 1024 * 1024 }, { match: isGet });
+      const before = process.memoryUsage().rss;
+      const r = await getVia(gw1, id, KEY_A);
+      const grown = process.memoryUsage().rss - before;
+      expect(r.status).toBe(502);
+      expect(r.body.detail).toMatch(/larger than UPSTREAM_MAX_BODY_BYTES/);
+      // At most the 16 MiB cap (and its string) is ever held, not the 100 MB.
+      expect(grown).toBeLessThan(80 * 1024 * 1024);
+      expect((await getVia(gw1, id, KEY_A)).status).toBe(200);
+    });
   });
 });
 
@@ -531,74 +524,146 @@ describe('faults through the simulator: no crash, no loss, no duplicates', () =>
     }
     expect((await call(gw.url, 'GET', '/healthz')).status).toBe(200);
   });
+});
 
-  describe('a Redis outage in the middle of traffic', () => {
-    let redis: RedisServer;
-    beforeAll(async () => {
-      redis = await RedisServer.start();
-    });
-    afterAll(async () => {
-      await redis.destroy();
-    });
+describe('Redis outage', () => {
+  let redis: RedisServer;
+  beforeAll(async () => {
+    redis = await RedisServer.start();
+  });
+  afterAll(async () => {
+    await redis.destroy();
+  });
 
-    it('answers 503 + Retry-After while Redis is down, then loses nothing and creates nothing twice', async () => {
-      const g = await startGateway({ sim: s, redis: redis.url, env: { UPSTREAM_TIMEOUT_MS: '1000', DEFAULT_RATE_LIMIT_MAX: '100000', POLL_CACHE_MS: '0' } });
-      const before = new Set(s.sim.predictions.keys());
-      const seen: CallResult[] = [];
-      const ids: string[] = [];
-      let stop = false;
-      const worker = async () => {
-        while (!stop) {
-          // A claim Redis took just as it died (its answer lost) holds the key until its lease ends: that client
-          // keeps getting 409 for a while, so stop retrying when the test is done.
-          const id = await createUntilDone(g.url, seen, () => stop);
-          if (id) ids.push(id);
-          if (ids.length) seen.push(await get(ids[Math.floor(Math.random() * ids.length)]!, g.url));
-        }
-      };
-      // Pollers too: a create caught by the outage after the upstream made its job waits for Redis to record it.
-      const poller = async () => {
-        while (!stop) {
-          if (ids.length) seen.push(await get(ids[Math.floor(Math.random() * ids.length)]!, g.url));
-          await sleep(10);
-        }
-      };
-      const workers = Promise.all([...Array.from({ length: 4 }, worker), poller(), poller()]);
+  it('answers 503 with Retry-After while Redis is down, fails closed, and recovers by itself', async () => {
+    const g = await startGateway({ sim: s, redis: redis.url });
+    try {
+      const id = await createPrediction(g.url, KEY_A);
+      await redis.stop();
+      await waitFor(() => !g.app.store.isReady(), 5000, 'the gateway to notice');
+      s.sim.clearRequests();
+      const get = await call(g.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A });
+      expect(get.status).toBe(503);
+      expect(get.headers.get('retry-after')).toMatch(/^\d+$/);
+      expect(get.headers.get('content-type')).toMatch(/problem\+json/);
+      const create = await call(g.url, 'POST', '/replicate/v1/models/a/b/predictions', { key: KEY_A, body: { input: {} } });
+      expect(create.status).toBe(503);
+      // Fail closed: nothing was served, and no paid job was started that the gateway could not record.
+      expect(upstreamCalls(s.sim)).toHaveLength(0);
+      expect((await call(g.url, 'GET', '/healthz')).status).toBe(200);
+      expect((await call(g.url, 'GET', '/readyz')).status).toBe(503);
+      // Both refused requests are counted, whichever part of the path met the outage.
+      expect((await g.app.metrics.storeErrors.get()).values[0]?.value).toBe(2);
+
+      await redis.start();
+      await waitFor(async () => (await call(g.url, 'GET', '/readyz')).status === 200, 10_000, 'readyz to recover');
+      const after = await call(g.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A });
+      expect(after.status).toBe(200);
+      expect(after.body.id).toBe(id);
+      expect(g.logs.join('\n')).toMatch(/redis unavailable/);
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('answers 503 within seconds, not never, when Redis holds the connection open but stops answering', async () => {
+    const g = await startGateway({ sim: s, redis: redis.url });
+    try {
+      expect((await call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status).toBe(200);
+      redis.pause();
       try {
-        await waitFor(() => ids.length >= 10, 10_000, 'traffic before the outage');
-        await redis.stop();
-        await waitFor(() => !g.app.store.isReady(), 5000, 'the gateway to notice the outage');
-        const from = seen.length;
-        await waitFor(() => seen.slice(from).filter((r) => r.status === 503).length >= 10, 5000, 'requests during the outage');
-        await redis.start();
-        await waitFor(async () => (await call(g.url, 'GET', '/readyz')).status === 200, 10_000, 'readyz to recover');
-        const after = ids.length;
-        await waitFor(() => ids.length >= after + 10, 10_000, 'traffic after the outage');
-        stop = true;
-        await workers;
-
-        // Every answer was a prediction or a problem a client can act on: during the outage 503 + Retry-After.
-        const failed = seen.filter((r) => r.status >= 400);
-        expect(failed.length).toBeGreaterThanOrEqual(10);
-        for (const r of failed) {
-          if (r.status === 503) expectProblem(r, 503, /state store is unavailable|cannot be checked/, true);
-          else expectProblem(r, 409, /still in progress/, true);
-        }
-        // After it: every prediction a client was told about is readable, and each logical create made one job.
-        for (const id of ids) {
-          const r = await get(id, g.url);
-          expect(r.status).toBe(200);
-          expect(r.body.id).toBe(id);
-        }
-        const created = [...s.sim.predictions.keys()].filter((id) => !before.has(id));
-        expect(new Set(created)).toEqual(new Set(ids));
-        expect(created).toHaveLength(ids.length);
-        expect((await call(g.url, 'GET', '/healthz')).status).toBe(200);
+        const started = Date.now();
+        const [list, other] = await Promise.all([
+          call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A }),
+          call(g.url, 'GET', `/replicate/v1/predictions/${randomUUID()}`, { key: KEY_A }),
+        ]);
+        expect([list.status, other.status]).toEqual([503, 503]);
+        expect(list.body.detail).toMatch(/state store is unavailable/);
+        expect(Number(list.headers.get('retry-after'))).toBeGreaterThan(0);
+        expect(Date.now() - started).toBeLessThan(COMMAND_TIMEOUT_MS + 3000);
       } finally {
-        stop = true;
-        await workers.catch(() => {});
-        await g.close();
+        redis.resume();
       }
-    });
+      await waitFor(async () => (await call(g.url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status === 200, 10_000, 'answers after Redis resumes');
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('boots while Redis is unreachable, says so, answers /readyz 503, and connects when Redis comes', async () => {
+    await redis.stop();
+    const g = await startGateway({ sim: s, redis: redis.url, waitReady: false });
+    try {
+      const url = g.url;
+      expect((await call(url, 'GET', '/readyz')).status).toBe(503);
+      expect((await call(url, 'GET', '/healthz')).status).toBe(200);
+      await redis.start();
+      await waitFor(async () => (await call(url, 'GET', '/readyz')).status === 200, 10_000, 'readyz after boot');
+      expect(g.logs.join('\n')).toMatch(/redis unavailable/);
+      expect(g.logs.join('\n')).toMatch(/redis connected/);
+    } finally {
+      await g.close();
+    }
+  });
+
+  // The same outage with traffic going on: every answer is one a client can act on, and nothing is lost.
+  it('answers 503 + Retry-After while Redis is down, then loses nothing and creates nothing twice', async () => {
+    const g = await startGateway({ sim: s, redis: redis.url, env: { UPSTREAM_TIMEOUT_MS: '1000', DEFAULT_RATE_LIMIT_MAX: '100000', POLL_CACHE_MS: '0' } });
+    const before = new Set(s.sim.predictions.keys());
+    const seen: CallResult[] = [];
+    const ids: string[] = [];
+    let stop = false;
+    const worker = async () => {
+      while (!stop) {
+        // A claim Redis took just as it died (its answer lost) holds the key until its lease ends: that client
+        // keeps getting 409 for a while, so stop retrying when the test is done.
+        const id = await createUntilDone(g.url, seen, () => stop);
+        if (id) ids.push(id);
+        if (ids.length) seen.push(await get(ids[Math.floor(Math.random() * ids.length)]!, g.url));
+      }
+    };
+    // Pollers too: a create caught by the outage after the upstream made its job waits for Redis to record it.
+    const poller = async () => {
+      while (!stop) {
+        if (ids.length) seen.push(await get(ids[Math.floor(Math.random() * ids.length)]!, g.url));
+        await sleep(10);
+      }
+    };
+    const workers = Promise.all([...Array.from({ length: 4 }, worker), poller(), poller()]);
+    try {
+      await waitFor(() => ids.length >= 10, 10_000, 'traffic before the outage');
+      await redis.stop();
+      await waitFor(() => !g.app.store.isReady(), 5000, 'the gateway to notice the outage');
+      const from = seen.length;
+      await waitFor(() => seen.slice(from).filter((r) => r.status === 503).length >= 10, 5000, 'requests during the outage');
+      await redis.start();
+      await waitFor(async () => (await call(g.url, 'GET', '/readyz')).status === 200, 10_000, 'readyz to recover');
+      const after = ids.length;
+      await waitFor(() => ids.length >= after + 10, 10_000, 'traffic after the outage');
+      stop = true;
+      await workers;
+
+      // Every answer was a prediction or a problem a client can act on: during the outage 503 + Retry-After.
+      const failed = seen.filter((r) => r.status >= 400);
+      expect(failed.length).toBeGreaterThanOrEqual(10);
+      for (const r of failed) {
+        if (r.status === 503) expectProblem(r, 503, /state store is unavailable|cannot be checked/, true);
+        else expectProblem(r, 409, /still in progress/, true);
+      }
+      // After it: every prediction a client was told about is readable, and each logical create made one job.
+      for (const id of ids) {
+        const r = await get(id, g.url);
+        expect(r.status).toBe(200);
+        expect(r.body.id).toBe(id);
+      }
+      const created = [...s.sim.predictions.keys()].filter((id) => !before.has(id));
+      expect(new Set(created)).toEqual(new Set(ids));
+      expect(created).toHaveLength(ids.length);
+      expect((await call(g.url, 'GET', '/healthz')).status).toBe(200);
+    } finally {
+      stop = true;
+      await workers.catch(() => {});
+      await g.close();
+    }
   });
 });

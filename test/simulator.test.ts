@@ -1,7 +1,10 @@
-// Exercises the FuhuAPI simulator over real HTTP: auth, lifecycle, cancel, sync mode, faults and request recording.
+// Exercises the FuhuAPI simulator over real HTTP: auth, lifecycle, cancel, sync mode, faults and request recording,
+// and its misbehaving-upstream modes: another id, an echoed key, a huge body, a hang that picks its requests by body
+// or header, faults that last until cleared, and creates held back by their input.
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { HUGE_BODY_CHUNK_BYTES, HugePredictionBody } from '../src/simulator/answers.js';
 import { createSimulator } from '../src/simulator/simulator.js';
 import type { Prediction, Simulator } from '../src/simulator/simulator.js';
 
@@ -200,5 +203,356 @@ describe('simulator', () => {
     expect(Date.now() - t0).toBeLessThan(500);
     expect(await hung).toBeInstanceOf(Error);
     expect(await waiting).toBeInstanceOf(Error);
+  });
+});
+
+describe('misbehaving modes', () => {
+  const MODEL_PATH = '/models/black-forest-labs/flux-schnell/predictions';
+  // Helpers of their own (they shadow the ones above): fetch, which these modes need for streaming and aborting,
+  // and answers with the text as well as the JSON.
+
+  interface Answer {
+    status: number;
+    headers: Headers;
+    text: string;
+    json: any;
+  }
+
+  async function call(method: 'GET' | 'POST', path: string, body?: unknown, init: { headers?: Record<string, string>; key?: string; signal?: AbortSignal; url?: string } = {}): Promise<Answer> {
+    const res = await fetch(`${init.url ?? base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${init.key ?? KEY}`, 'content-type': 'application/json', ...init.headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: init.signal,
+    });
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, headers: res.headers, text, json };
+  }
+
+  async function create(input: Record<string, unknown>, init?: Parameters<typeof call>[3]): Promise<Prediction> {
+    const r = await call('POST', MODEL_PATH, { input }, init);
+    expect(r.status).toBe(201);
+    return r.json as Prediction;
+  }
+
+  /** A copy of the stored prediction, refreshed, to compare with later. */
+  function stored(id: string): Prediction {
+    const p = sim.predictions.get(id);
+    if (p === undefined) throw new Error(`no prediction ${id}`);
+    return structuredClone(p);
+  }
+
+  describe('replaceId', () => {
+    it('answers a get of any id with the other prediction, refreshed', async () => {
+      const mine = await create({ duration_ms: 60_000 });
+      const other = await create({ duration_ms: 30 });
+      await delay(45); // `other` is due to succeed; nothing has read it since
+      sim.injectFault({ kind: 'replaceId', id: other.id });
+      const r = await call('GET', `/predictions/${mine.id}`);
+      expect(r.status).toBe(200);
+      expect(r.json).toMatchObject({ id: other.id, status: 'succeeded' });
+      // one use only
+      expect((await call('GET', `/predictions/${mine.id}`)).json).toMatchObject({ id: mine.id });
+    });
+
+    it('answers a cancel with the other prediction and cancels neither', async () => {
+      const mine = await create({ duration_ms: 60_000 });
+      const other = await create({ duration_ms: 60_000 });
+      sim.injectFault({ kind: 'replaceId', id: other.id });
+      const r = await call('POST', `/predictions/${mine.id}/cancel`);
+      expect(r.status).toBe(200);
+      expect(r.json).toMatchObject({ id: other.id });
+      expect(r.json.status).not.toBe('canceled');
+      expect(sim.predictions.get(mine.id)?.status).not.toBe('canceled');
+      expect(sim.predictions.get(other.id)?.status).not.toBe('canceled');
+    });
+
+    it('answers a create with the existing prediction, unchanged, and creates nothing', async () => {
+      const other = await create({ prompt: 'someone else', duration_ms: 0 });
+      const before = sim.predictions.size;
+      sim.injectFault({ kind: 'replaceId', id: other.id });
+      const r = await call('POST', MODEL_PATH, { input: { prompt: 'mine' } });
+      expect(r.status).toBe(201);
+      expect(r.json).toEqual(stored(other.id));
+      expect(r.json.input).toEqual({ prompt: 'someone else', duration_ms: 0 });
+      expect(sim.predictions.size).toBe(before);
+      // by version too
+      sim.injectFault({ kind: 'replaceId', id: other.id });
+      const byVersion = await call('POST', '/predictions', { version: 'acme/model:abc', input: {} });
+      expect([byVersion.status, byVersion.json.id]).toEqual([201, other.id]);
+      expect(sim.predictions.size).toBe(before);
+    });
+
+    it('404s for an unknown id and still wants the key', async () => {
+      const mine = await create({});
+      sim.injectFault({ kind: 'replaceId', id: 'nosuchpredictionid' }, { times: 2 });
+      expect((await call('GET', `/predictions/${mine.id}`)).status).toBe(404);
+      expect((await call('POST', MODEL_PATH, { input: {} })).status).toBe(404);
+      sim.injectFault({ kind: 'replaceId', id: mine.id });
+      expect((await call('GET', `/predictions/${mine.id}`, undefined, { key: 'wrong' })).status).toBe(401);
+    });
+  });
+
+  describe('embed', () => {
+    it('plants the text in logs, error and urls.stream of the answer only', async () => {
+      const p = await create({ duration_ms: 0 });
+      const before = stored(p.id);
+      sim.injectFault({ kind: 'embed', text: 'sk-upstream-secret' });
+      const r = await call('GET', `/predictions/${p.id}`);
+      expect(r.status).toBe(200);
+      expect(r.json.id).toBe(p.id);
+      expect(r.json.logs).toBe(`${before.logs}upstream key: sk-upstream-secret\n`);
+      expect(r.json.error).toContain('sk-upstream-secret');
+      expect(r.json.urls.stream).toBe('https://stream.example/sk-upstream-secret');
+      // untouched fields and the stored prediction
+      expect(r.json.output).toEqual(before.output);
+      expect(r.json.urls.web).toBe(before.urls.web);
+      expect(stored(p.id)).toEqual(before);
+      expect(Number(r.headers.get('content-length'))).toBe(Buffer.byteLength(r.text));
+    });
+
+    it('works on creates, lists and cancels, with chosen fields', async () => {
+      sim.injectFault({ kind: 'embed', text: 'KEY', fields: ['output', 'urls.web'] });
+      const created = await call('POST', MODEL_PATH, { input: { duration_ms: 0 } });
+      expect(created.status).toBe(201);
+      const outputUrl = `https://replicate.delivery/xezq/${created.json.id}/out-0.webp`;
+      expect(created.json.output).toEqual([outputUrl, 'KEY']);
+      expect(created.json.urls.web).toBe('https://web.example/KEY');
+      expect(created.json.logs).not.toContain('KEY');
+      expect(stored(created.json.id).output).toEqual([outputUrl]);
+
+      sim.injectFault({ kind: 'embed', text: 'KEY', fields: ['output'] });
+      const p = (await call('POST', MODEL_PATH, { input: { duration_ms: 60_000 } })).json as Prediction;
+      expect(p.output).toEqual(['KEY']); // a null output becomes a list of the text
+      expect(stored(p.id).output).toBeNull();
+
+      sim.injectFault({ kind: 'embed', text: 'LISTED' });
+      const list = await call('GET', '/predictions');
+      expect(list.json.results.length).toBeGreaterThan(1);
+      for (const item of list.json.results) expect(item.urls.stream).toBe('https://stream.example/LISTED');
+
+      sim.injectFault({ kind: 'embed', text: 'CANCELED' });
+      const canceled = await call('POST', `/predictions/${p.id}/cancel`);
+      expect(canceled.json).toMatchObject({ id: p.id, status: 'canceled' });
+      expect(canceled.json.logs).toContain('upstream key: CANCELED');
+      expect(stored(p.id).logs).not.toContain('CANCELED');
+    });
+
+    it('leaves error answers alone', async () => {
+      sim.injectFault({ kind: 'embed', text: 'KEY' });
+      const r = await call('GET', '/predictions/nope');
+      expect(r.status).toBe(404);
+      expect(r.json).toEqual({ title: 'Not found', detail: 'The requested resource could not be found.', status: 404 });
+    });
+  });
+
+  describe('hugeBody', () => {
+    const MB = 1024 * 1024;
+
+    it('sends a 20 MB prediction that arrives complete and parses', async () => {
+      const p = await create({ duration_ms: 0 });
+      sim.injectFault({ kind: 'hugeBody', bytes: 20 * MB });
+      const r = await call('GET', `/predictions/${p.id}`);
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-type')).toContain('application/json');
+      const length = Number(r.headers.get('content-length'));
+      expect(length).toBeGreaterThanOrEqual(20 * MB);
+      expect(length).toBeLessThan(20 * MB + 1024);
+      expect(Buffer.byteLength(r.text)).toBe(length);
+      const { logs, ...rest } = r.json as Prediction;
+      const { logs: storedLogs, ...storedRest } = stored(p.id);
+      expect(rest).toEqual(storedRest);
+      expect(logs.startsWith(storedLogs)).toBe(true);
+      expect(logs.length).toBeGreaterThan(20 * MB - 1024);
+    });
+
+    it('answers a create with 201 and an unstored prediction, or the given status', async () => {
+      const before = sim.predictions.size;
+      sim.injectFault({ kind: 'hugeBody', bytes: 100_000 });
+      const created = await call('POST', MODEL_PATH, { input: { prompt: 'big' } });
+      expect(created.status).toBe(201);
+      expect(created.json).toMatchObject({ model: 'black-forest-labs/flux-schnell', status: 'starting', input: { prompt: 'big' } });
+      expect(created.text.length).toBeGreaterThanOrEqual(100_000);
+      expect(sim.predictions.size).toBe(before);
+
+      sim.injectFault({ kind: 'hugeBody', bytes: 10, status: 502 });
+      const small = await call('GET', '/predictions/whatever');
+      expect(small.status).toBe(502);
+      expect(small.json).toMatchObject({ status: 'starting' }); // bytes is a minimum: the object itself is larger
+    });
+
+    it('streams 100 MB in 64 KiB chunks without building the body', async () => {
+      const body = new HugePredictionBody(stored((await create({ duration_ms: 0 })).id), 100 * MB);
+      let total = 0;
+      let largest = 0;
+      // 'data' sees each pushed chunk (an async iterator would join buffered ones)
+      body.on('data', (chunk: Buffer) => {
+        total += chunk.length;
+        largest = Math.max(largest, chunk.length);
+      });
+      await new Promise((resolve) => body.once('end', resolve));
+      expect(total).toBe(body.length);
+      expect(largest).toBeLessThanOrEqual(HUGE_BODY_CHUNK_BYTES);
+
+      sim.injectFault({ kind: 'hugeBody', bytes: 100 * MB });
+      const res = await fetch(`${base}/predictions/x`, { headers: { authorization: `Bearer ${KEY}` } });
+      let received = 0;
+      for await (const chunk of res.body!) received += chunk.length;
+      expect(received).toBe(Number(res.headers.get('content-length')));
+      expect(received).toBeGreaterThanOrEqual(100 * MB);
+    });
+
+    it('stays healthy when the client aborts after 1 MB', async () => {
+      sim.injectFault({ kind: 'hugeBody', bytes: 100 * MB }, { times: 3 });
+      for (let i = 0; i < 3; i++) {
+        const ac = new AbortController();
+        const res = await fetch(`${base}/predictions/x`, { headers: { authorization: `Bearer ${KEY}` }, signal: ac.signal });
+        const reader = res.body!.getReader();
+        let received = 0;
+        while (received < MB) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          received += value.length;
+        }
+        ac.abort();
+        await reader.cancel().catch(() => undefined);
+        expect(received).toBeGreaterThanOrEqual(MB);
+      }
+      const t0 = Date.now();
+      const next = await create({});
+      expect(next.id).toMatch(/^[a-z2-7]{26}$/);
+      expect(Date.now() - t0).toBeLessThan(1000);
+    });
+
+    it('rejects a size that is not a finite number', () => {
+      expect(() => sim.injectFault({ kind: 'hugeBody', bytes: Number.NaN })).toThrow(RangeError);
+      expect(() => sim.injectFault({ kind: 'hugeBody', bytes: Infinity })).toThrow(RangeError);
+    });
+  });
+
+  describe('match on the request', () => {
+    it("hangs only one tenant's creates, picked by body, until cleared", async () => {
+      sim.injectFault({ kind: 'hang' }, { match: (_m, _p, req) => (req.body as { input?: { tenant?: string } } | undefined)?.input?.tenant === 'a', times: Infinity });
+      for (let i = 0; i < 2; i++) {
+        await expect(call('POST', MODEL_PATH, { input: { tenant: 'a' } }, { signal: AbortSignal.timeout(150) })).rejects.toThrow();
+        expect((await call('POST', MODEL_PATH, { input: { tenant: 'b' } })).status).toBe(201);
+        expect((await call('GET', '/predictions/x')).status).toBe(404); // a GET has no body
+      }
+      sim.clearFaults();
+      expect((await call('POST', MODEL_PATH, { input: { tenant: 'a' } })).status).toBe(201);
+    });
+
+    it('matches on a header, and passes the parsed body', async () => {
+      const seen: unknown[] = [];
+      sim.injectFault({ kind: 'status', status: 503 }, {
+        match: (method, path, req) => {
+          seen.push({ method, path, body: req.body });
+          return req.headers['x-tenant'] === 'a';
+        },
+        times: Infinity,
+      });
+      expect((await call('POST', `${MODEL_PATH}?x=1`, { input: { n: 1 } }, { headers: { 'x-tenant': 'a' } })).status).toBe(503);
+      expect((await call('POST', MODEL_PATH, { input: { n: 2 } }, { headers: { 'x-tenant': 'b' } })).status).toBe(201);
+      expect(seen).toEqual([
+        { method: 'POST', path: `/replicate/v1${MODEL_PATH}`, body: { input: { n: 1 } } },
+        { method: 'POST', path: `/replicate/v1${MODEL_PATH}`, body: { input: { n: 2 } } },
+      ]);
+    });
+  });
+
+  describe('times', () => {
+    it('Infinity applies until clearFaults(), and later faults queue behind it', async () => {
+      sim.injectFault({ kind: 'status', status: 503 }, { times: Infinity });
+      sim.injectFault({ kind: 'status', status: 500 });
+      const statuses: number[] = [];
+      for (let i = 0; i < 6; i++) statuses.push((await call('GET', '/predictions/x')).status);
+      expect(statuses).toEqual([503, 503, 503, 503, 503, 503]);
+      sim.clearFaults();
+      expect((await call('GET', '/predictions/x')).status).toBe(404);
+    });
+
+    it('rejects counts that are not positive integers', () => {
+      for (const times of [0, -1, 1.5, Number.NaN]) {
+        expect(() => sim.injectFault({ kind: 'hang' }, { times })).toThrow(RangeError);
+      }
+      expect(() => sim.injectFault({ kind: 'hang' }, { times: 2 })).not.toThrow();
+    });
+  });
+
+  describe('hold_ms', () => {
+    it('holds that one create back, with the prediction already stored', async () => {
+      const t0 = Date.now();
+      let answered = false;
+      const held = create({ prompt: 'slow', hold_ms: 400, duration_ms: 60_000 }).finally(() => {
+        answered = true;
+      });
+      await delay(50);
+      const id = [...sim.predictions.keys()].at(-1)!;
+      expect(sim.predictions.get(id)?.input).toMatchObject({ prompt: 'slow' });
+      // other requests are not held
+      await create({ prompt: 'fast' });
+      expect(answered).toBe(false);
+      const p = await held;
+      expect(p.id).toBe(id);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(395);
+    });
+
+    it('answers the state as of when it leaves, after the longer of hold_ms and Prefer: wait', async () => {
+      const p = await create({ hold_ms: 120, duration_ms: 60 });
+      expect(p.status).toBe('succeeded');
+      for (const input of [{ hold_ms: 200, duration_ms: 60 }, { hold_ms: 50, duration_ms: 200 }]) {
+        const t0 = Date.now();
+        const waited = await create(input, { headers: { prefer: 'wait=5' } });
+        expect(waited.status).toBe('succeeded');
+        expect(Date.now() - t0).toBeGreaterThanOrEqual(195);
+      }
+    });
+
+    it('ignores values that are not positive numbers', async () => {
+      for (const hold_ms of ['2000', -5, null, true]) {
+        const t0 = Date.now();
+        await create({ hold_ms });
+        expect(Date.now() - t0).toBeLessThan(1000);
+      }
+    });
+
+    it('survives a client leaving while held', async () => {
+      await expect(create({ hold_ms: 300 }, { signal: AbortSignal.timeout(50) })).rejects.toThrow();
+      expect((await call('GET', '/predictions/x')).status).toBe(404);
+      await delay(300); // the hold ends with nobody to answer
+      expect((await call('GET', '/predictions/x')).status).toBe(404);
+    });
+  });
+
+  describe('close', () => {
+    it('ends held creates, hangs, delays and huge bodies promptly and drops endless faults', async () => {
+      const other = createSimulator({ apiKey: KEY, stepMs: 60_000 });
+      const url = await other.listen(0, '127.0.0.1');
+      other.injectFault({ kind: 'hugeBody', bytes: 100 * 1024 * 1024 }, { match: (_m, path) => path.endsWith('/huge') });
+      other.injectFault({ kind: 'hang' }, { match: (m) => m === 'GET', times: Infinity });
+      other.injectFault({ kind: 'delay', delayMs: 60_000 }, { match: (_m, path) => path.endsWith('/cancel'), times: Infinity });
+      const held = create({ hold_ms: 60_000 }, { url }).catch((e: unknown) => e);
+      const hung = call('GET', '/predictions/x', undefined, { url }).catch((e: unknown) => e);
+      const delayed = call('POST', '/predictions/x/cancel', undefined, { url }).catch((e: unknown) => e);
+      const huge = await fetch(`${url}/predictions/huge`, { headers: { authorization: `Bearer ${KEY}` } });
+      const reader = huge.body!.getReader();
+      expect((await reader.read()).done).toBe(false);
+      await delay(50);
+      const t0 = Date.now();
+      await other.close();
+      expect(Date.now() - t0).toBeLessThan(500);
+      expect(await held).toBeInstanceOf(Error);
+      expect(await hung).toBeInstanceOf(Error);
+      expect(await delayed).toBeInstanceOf(Error);
+      await expect((async () => {
+        for (;;) if ((await reader.read()).done) return 'complete';
+      })()).rejects.toThrow();
+    });
   });
 });

@@ -138,4 +138,19 @@ describe('memory store bounds', () => {
     const page = await store.listPage('t', { limit: 1000 });
     expect(page.entries.length).toBeLessThanOrEqual(100);
   });
+
+  it('the memory store is bounded by bytes as well as entries (finding 9)', async () => {
+    const store = new MemoryStore({ predictionTtlSeconds: 3600, cacheTtlSeconds: 3600, maxEntries: 100_000, maxBytes: 12 * 1024 * 1024 });
+    const big = 'x'.repeat(1024 * 1024);
+    for (let i = 0; i < 40; i++) {
+      const json = JSON.stringify({ id: `m${i}`, status: 'succeeded', input: { big } });
+      await store.recordCreate({ tenant: 't', id: `m${i}`, score: i, json, day: '2026-12-02', terminal: { status: 'succeeded', predictTime: 0 } });
+    }
+    // About 4 MB each for records and terminal bodies: the newest few stay, the oldest bodies are gone.
+    expect((await store.lookup('m39')).terminal).not.toBeNull();
+    expect((await store.lookup('m0')).terminal).toBeNull();
+    const page = await store.listPage('t', { limit: 100 });
+    expect(page.entries.length).toBeLessThanOrEqual(4);
+    expect(page.entries[0]!.id).toBe('m39');
+  });
 });

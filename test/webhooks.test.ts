@@ -6,8 +6,7 @@ import { type IncomingHttpHeaders, type Server, createServer } from 'node:http';
 import { validateWebhook } from 'replicate';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startGatewayProcess, stopAllGatewayProcesses } from './helpers/processes.js';
-import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
 
 interface Received {
   headers: IncomingHttpHeaders;

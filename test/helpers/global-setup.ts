@@ -1,6 +1,6 @@
 // One redis-server for the whole run, on a free port, unless REDIS_URL is given. Files isolate by key prefix.
 import type { TestProject } from 'vitest/node';
-import { RedisServer } from './redis.js';
+import { RedisServer } from '../support/redis.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {

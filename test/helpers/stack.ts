@@ -1,5 +1,5 @@
 // A real stack for a test: the FuhuAPI simulator on port 0 and a listening gateway in front of it, with its log
-// lines captured. Tests talk to it over real HTTP.
+// lines captured, or real gateway processes (from ../support). Tests talk to them over real HTTP.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,12 +7,14 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
-import { inject } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { type AppDeps, buildApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
 import { loggerOptions } from '../../src/logger.js';
 import { type Simulator, createSimulator } from '../../src/simulator/simulator.js';
 import type { TenantInput } from '../../src/access/tenants.js';
+import { UpstreamClient } from '../../src/upstream/client.js';
+import { type GatewayProcess, type GatewayProcessOptions, startGatewayProcess as startProcess, stopAllProcesses } from '../support/processes.js';
 
 export const KEY_A = 'team-a-key-0123456789abcdef';
 export const KEY_B = 'team-b-key-0123456789abcdef';
@@ -28,11 +30,75 @@ export interface SimHandle {
   apiKey: string;
 }
 
+/** Every upstream key a simulator of this file was given: no answer to a client may contain one. */
+const upstreamKeys = new Set<string>();
+
 export async function startSimulator(stepMs = 200): Promise<SimHandle> {
   const apiKey = `sk-upstream-${randomBytes(12).toString('hex')}`;
+  upstreamKeys.add(apiKey);
   const sim = createSimulator({ apiKey, stepMs });
   const url = await sim.listen(0, '127.0.0.1');
   return { sim, url, apiKey };
+}
+
+/**
+ * Something started before the tests of the enclosing file or describe block and closed after them. The handle
+ * reads through to it (its `keys`, methods bound), so tests use it as the thing itself, spread included.
+ */
+function startedFor<T extends object>(what: string, keys: (keyof T)[], start: () => Promise<T>, close: (t: T) => Promise<void>) {
+  let current: T | undefined;
+  beforeAll(async () => {
+    current = await start();
+  });
+  afterAll(async () => {
+    if (current) await close(current);
+  });
+  const handle = {} as T;
+  for (const k of keys) {
+    Object.defineProperty(handle, k, {
+      enumerable: true,
+      get: () => {
+        if (!current) throw new Error(`the ${what} is only there inside tests (it starts in beforeAll)`);
+        const v = current[k];
+        return typeof v === 'function' ? v.bind(current) : v;
+      },
+    });
+  }
+  return { handle, current: () => current };
+}
+
+/** A simulator for the enclosing file or describe block; its faults and recorded requests are cleared after each test. */
+export function useSimulator(stepMs = 200): SimHandle {
+  const { handle, current } = startedFor<SimHandle>('simulator', ['sim', 'url', 'apiKey'], () => startSimulator(stepMs), (h) => h.sim.close());
+  afterEach(() => {
+    current()?.sim.clearFaults();
+    current()?.sim.clearRequests();
+  });
+  return handle;
+}
+
+/**
+ * A gateway for the enclosing file or describe block, started with the options `opts()` gives then (so they may
+ * name a simulator from useSimulator).
+ */
+export function useGateway(opts: () => GatewayOptions): Gateway {
+  return startedFor<Gateway>('gateway', ['app', 'config', 'url', 'logs', 'close'], () => startGateway(opts()), (g) => g.close()).handle;
+}
+
+/**
+ * A gateway whose own upstream client has a 500 ms deadline and 2 retries, and whose breaker never opens, so one
+ * test's faults cannot leak into the next.
+ */
+export function useSteadyGateway(s: SimHandle): Gateway {
+  let upstream: UpstreamClient | undefined;
+  beforeAll(() => {
+    upstream = new UpstreamClient({ baseUrl: s.url, apiKey: s.apiKey, timeoutMs: 500, retries: 2, breakerThreshold: 1_000_000 });
+  });
+  // Registered before the gateway's own: runs after the gateway has closed.
+  afterAll(async () => {
+    await upstream?.close();
+  });
+  return useGateway(() => ({ sim: s, env: { UPSTREAM_TIMEOUT_MS: '500', DEFAULT_RATE_LIMIT_MAX: '100000' }, deps: { upstream: upstream! } }));
 }
 
 export function writeTenants(tenants: TenantInput[], dir = mkdtempSync(join(tmpdir(), 'fgw-tenants-'))): string {
@@ -135,6 +201,20 @@ export async function call(
 
 export const MODEL_PATH = '/replicate/v1/models/black-forest-labs/flux-schnell/predictions';
 
+/**
+ * A client-visible error: problem JSON with the given status (and detail), a Retry-After in whole seconds when asked,
+ * and never a stack trace or an upstream key.
+ */
+export function expectProblem(r: CallResult, status: number, detail?: RegExp, retryAfter = false): void {
+  expect(r.status).toBe(status);
+  expect(r.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  expect(r.body).toMatchObject({ status, type: expect.stringMatching(/^urn:fuhu-gateway:problem:/), title: expect.any(String) });
+  if (detail) expect(r.body.detail).toMatch(detail);
+  if (retryAfter) expect(r.headers.get('retry-after')).toMatch(/^[1-9]\d*$/);
+  expect(r.text).not.toMatch(/at .*\.(ts|js):\d+/);
+  for (const key of upstreamKeys) expect(r.text).not.toContain(key);
+}
+
 /** Creates a prediction by model for `key` and returns its id. */
 export async function createPrediction(base: string, key: string, input: Record<string, unknown> = { prompt: 'a cat' }, headers?: Record<string, string>): Promise<string> {
   const r = await call(base, 'POST', MODEL_PATH, { key, body: { input }, headers });
@@ -142,7 +222,27 @@ export async function createPrediction(base: string, key: string, input: Record<
   return r.body.id as string;
 }
 
+/** A create by model as a client sends it, with `idem` as its Idempotency-Key; the whole answer. */
+export function sendCreate(base: string, opts: { key?: string; input?: Record<string, unknown>; idem?: string; headers?: Record<string, string> } = {}) {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.idem) headers['idempotency-key'] = opts.idem;
+  return call(base, 'POST', MODEL_PATH, { key: opts.key ?? KEY_A, body: { input: opts.input ?? { prompt: 'a cat' } }, headers });
+}
+
 /** Upstream requests the simulator received, optionally only those whose path matches. */
 export function upstreamCalls(sim: Simulator, match?: RegExp) {
   return sim.requests.filter((r) => !match || match.test(r.url));
 }
+
+export type { GatewayProcess };
+
+/** A real gateway process in front of `sim`, on the run's Redis unless told otherwise (see ../support/processes.ts). */
+export function startGatewayProcess(
+  opts: Omit<GatewayProcessOptions, 'upstreamUrl' | 'upstreamKey' | 'redisUrl'> & { sim: SimHandle; redisUrl?: string },
+): Promise<GatewayProcess> {
+  const { sim, redisUrl, ...rest } = opts;
+  return startProcess({ ...rest, upstreamUrl: sim.url, upstreamKey: sim.apiKey, redisUrl: redisUrl ?? inject('redisUrl') });
+}
+
+/** Stops every gateway process this file started and has not stopped yet. */
+export const stopAllGatewayProcesses = stopAllProcesses;
