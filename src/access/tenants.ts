@@ -38,6 +38,17 @@ const OriginSchema = z
   .refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"')
   .transform((o) => o.toLowerCase());
 
+// A budget is a ceiling per UTC (or BUDGET_TIMEZONE) day or calendar month; see src/budget/.
+const BudgetLimitSchema = z.strictObject({
+  max: z.number({ error: 'must be a number' }).positive('must be above 0'),
+  period: z.enum(['day', 'month'], { error: 'must be "day" or "month"' }),
+});
+export const BudgetSchema = z.strictObject({
+  creates: BudgetLimitSchema.extend({ max: z.number().int('must be a whole number').positive('must be above 0') }).optional(),
+  predictTimeSeconds: BudgetLimitSchema.optional(),
+  cost: BudgetLimitSchema.optional(),
+});
+
 export const TenantSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),
   keys: z.array(KeySchema).min(1, 'needs at least one key'),
@@ -46,6 +57,11 @@ export const TenantSchema = z.strictObject({
   models: z.array(ModelPatternSchema).optional(),
   versions: z.array(z.string().min(1)).optional(),
   allowedOrigins: z.array(OriginSchema).default([]),
+  budget: BudgetSchema.optional(),
+  /** Predictions starting or processing at once; past it a create gets 429. */
+  maxRunning: z.number().int('must be a whole number').positive('must be above 0').optional(),
+  /** Weight in the split of UPSTREAM_CREATE_LIMIT between tenants (default 1). */
+  share: z.number().positive('must be above 0').max(1_000_000).default(1),
 });
 
 export const TenantsFileSchema = z.object({ tenants: z.array(TenantSchema).min(1, 'needs at least one tenant') });
@@ -138,6 +154,8 @@ export class TenantRegistry {
   #snap: Snapshot;
   #watcher: FSWatcher | undefined;
   #debounce: NodeJS.Timeout | undefined;
+  /** Checks of other parts (budgets against the price table) that a reloaded file must pass too. */
+  readonly #checks: ((tenants: readonly Tenant[]) => void)[] = [];
 
   constructor(readonly path: string, snapshot?: Snapshot) {
     this.#snap = snapshot ?? readTenantsFile(path);
@@ -163,10 +181,16 @@ export class TenantRegistry {
     return [...this.#snap.byId.values()];
   }
 
+  addCheck(check: (tenants: readonly Tenant[]) => void): void {
+    this.#checks.push(check);
+  }
+
   /** Re-reads the file. On error the old tenants stay and the error is returned for the caller to log. */
   reload(): { ok: true; tenants: number } | { ok: false; error: string } {
     try {
-      this.#snap = readTenantsFile(this.path);
+      const snap = readTenantsFile(this.path);
+      for (const check of this.#checks) check([...snap.byId.values()]);
+      this.#snap = snap;
       return { ok: true, tenants: this.#snap.byId.size };
     } catch (err) {
       return { ok: false, error: (err as Error).message };

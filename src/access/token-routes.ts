@@ -12,6 +12,14 @@ const TokenRequestSchema = z.strictObject({
   ttl_seconds: z.number({ error: 'must be a number' }).int('must be a whole number').min(30).max(TOKEN_MAX_TTL_SECONDS).optional(),
   models: z.array(ModelPatternSchema).min(1).optional(),
   max_creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+  // The token's own budget for its lifetime, spent and settled like the tenant's, which it stays inside of.
+  budget: z
+    .strictObject({
+      creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+      predict_time_seconds: z.number({ error: 'must be a number' }).positive('must be above 0').optional(),
+      cost: z.number({ error: 'must be a number' }).positive('must be above 0').optional(),
+    })
+    .optional(),
 });
 
 export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSigner }): Promise<void> {
@@ -27,8 +35,16 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
       ttlSeconds: body.ttl_seconds ?? TOKEN_DEFAULT_TTL_SECONDS,
       models: body.models,
       maxCreates: body.max_creates,
+      budget: body.budget && { creates: body.budget.creates, predictTimeSeconds: body.budget.predict_time_seconds, cost: body.budget.cost },
     });
     reply.header('cache-control', 'no-store');
-    return reply.code(201).send({ token, expires_at: expiresAt.toISOString(), tenant: tenant.id, models: body.models ?? null, max_creates: body.max_creates ?? null });
+    return reply.code(201).send({
+      token,
+      expires_at: expiresAt.toISOString(),
+      tenant: tenant.id,
+      models: body.models ?? null,
+      max_creates: body.max_creates ?? null,
+      budget: body.budget ?? null,
+    });
   });
 }

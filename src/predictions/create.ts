@@ -14,6 +14,8 @@ export interface CreateInput {
   path: string;
   /** The body exactly as it goes upstream (and as the idempotency fingerprint sees it). */
   body: string;
+  /** The model created, for its price (by version: as the version book knows it); asked only when budgets apply. */
+  model?: () => Promise<string | undefined>;
   prefer?: string;
   cancelAfter?: string;
   idempotencyKey?: unknown;
@@ -50,7 +52,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   }
 
   let res;
+  let reservation;
   try {
+    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) atomically, or a 429.
+    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs);
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
       method: 'POST',
@@ -67,13 +72,15 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
     // retry cannot start it a second time. Any other failure created nothing.
-    if (idem && !(err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT')) await idem.release();
+    const timedOut = err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT';
+    if (idem && !timedOut) await idem.release();
+    if (reservation) await deps.budgets.end(reservation, timedOut);
     throw err;
   }
   const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   const id = body.id;
   deps.versions.learnFromPrediction(body.prediction);
-  const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body) } : undefined;
+  const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body), cost: deps.budgets.actual(body.prediction).cost } : undefined;
   // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
   // into a second job. Keep trying to record it; only if the store stays down is the job canceled.
   let recorded: boolean;
@@ -87,6 +94,8 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         day: today(),
         terminal,
         idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
+        // Settled when anything sees the prediction end, or released after PREDICTION_TTL_SECONDS.
+        reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_TTL_SECONDS * 1000 },
       }),
     );
   } catch (err) {
@@ -97,10 +106,11 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   if (!recorded) {
     // A deduplicating or confused upstream answered with a prediction another tenant owns: never hand it over.
     if (idem) await idem.release();
+    if (reservation) await deps.budgets.end(reservation, false);
     caller.log.error({ prediction: id }, 'the upstream answered a create with an id another tenant owns; refused');
     throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
   }
   facts.owners.set(id, tenant);
   if (terminal) facts.setTerminal(id, body);
-  return { status: res.status, body, created: id };
+  return { status: res.status, body, created: id, headers: reservation?.headers };
 }

@@ -21,7 +21,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
   const { config, store, upstream, metrics } = app;
   const facts = new Facts();
   const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
-  const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: opts.versions };
+  const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: opts.versions, budgets: app.budgets };
   /** The gateway's external base: PUBLIC_BASE_URL, else the request's own scheme and host. */
   const base = (request: FastifyRequest) => config.PUBLIC_BASE_URL ?? `${request.protocol}://${request.host}`;
 
@@ -43,14 +43,16 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
       reply.header('x-cache', answer.cache === 'HIT' ? 'HIT' : 'MISS');
     }
     if (answer.replayed) reply.header('idempotent-replayed', 'true');
+    if (answer.headers) reply.headers(answer.headers);
     // The access line names the prediction a create started: one log line per create, not two.
     if (answer.created) request.createdPrediction = answer.created;
     return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body.render(base(request)));
   }
 
-  function create(request: FastifyRequest, path: string, body: unknown) {
+  function create(request: FastifyRequest, path: string, body: unknown, model: () => Promise<string | undefined>) {
     return createPrediction(deps, caller(request, 'create'), {
       path,
+      model,
       // Exactly the bytes the client sent go upstream (unknown fields included).
       body: request.rawBody ?? JSON.stringify(body),
       prefer: header(request, 'prefer'),
@@ -63,13 +65,14 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
     const { owner, name } = parse(ModelParamsSchema, request.params, 'path');
     const body = parse(CreateByModelSchema, request.body, 'body');
     checkAllowed(request.principal!, `${owner}/${name}`);
-    return send(request, reply, await create(request, `/models/${owner}/${name}/predictions`, body));
+    return send(request, reply, await create(request, `/models/${owner}/${name}/predictions`, body, async () => `${owner}/${name}`));
   });
 
   app.post('/predictions', { config: { create: true } }, async (request, reply) => {
     const body = parse(CreateByVersionSchema, request.body, 'body');
     await checkVersionAllowed(request.principal!, body.version, (v) => opts.versions.modelOf(v));
-    return send(request, reply, await create(request, '/predictions', body));
+    // The price of a create by version is its model's, as the gateway has seen the version belong to one.
+    return send(request, reply, await create(request, '/predictions', body, () => opts.versions.modelOf(body.version)));
   });
 
   app.get('/predictions/:id', async (request, reply) => {
