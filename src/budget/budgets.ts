@@ -132,6 +132,9 @@ export class Budgets {
       req.share = { tenant: tenant.id, windowKey: `fs:${id}`, previousKey: `fs:${id - 1}`, windowTtlMs: 2 * windowMs, limit, weights, defaultWeight: 1, totalWeight: total || 1 };
     }
     const r = await this.#store.reserve(req);
+    // This process's next answers show the change at once; other replicas' within a second.
+    this.#headers.delete(`t:${tenant.id}`);
+    if (token) this.#headers.delete(`k:${token.jti}`);
     if (r.ok) {
       const headers: Record<string, string> = {};
       r.remaining.forEach((rem, i) => this.#tighter(headers, scopes[i]!.dim, rem));
