@@ -333,11 +333,25 @@ describe('running-job limit', () => {
     expect(over.body).toMatchObject({ type: 'urn:fuhu-gateway:problem:running-limit', status: 429 });
     expect(over.body.detail).toBe('tenant cap already has 2 predictions starting or processing (maxRunning 2); retry when one ends');
     expect(upstreamCalls(s.sim, CREATES)).toHaveLength(2);
+    expect((await call(gw.url, 'GET', '/metrics')).text).toContain('fgw_rate_limited_total{tenant="cap",limit="running"} 4');
     const first = burst.find((r) => r.status === 201)!;
     await call(gw.url, 'POST', `/replicate/v1/predictions/${first.body.id}/cancel`, { key: k });
     expect((await create(gw.url, k, { prompt: 'x', duration_ms: 60_000 })).status).toBe(201);
     expect((await create(gw.url, k)).status).toBe(429);
     expect((await usage(gw.url, k)).running).toEqual({ count: 2, max: 2 });
+  });
+
+  it('at the cap, first asks after predictions that ended unseen (webhook users seldom poll), which frees their slots', async () => {
+    const gw = await gateway([{ id: 'hooks', keys: [key('hooks')], rateLimit: lots, maxRunning: 1, budget: { predictTimeSeconds: { max: 100, period: 'day' } } }]);
+    const k = key('hooks');
+    const first = await create(gw.url, k, { prompt: 'x', duration_ms: 200 });
+    await new Promise((r) => setTimeout(r, 300));
+    const second = await create(gw.url, k, { prompt: 'x', duration_ms: 60_000 });
+    expect(second.status).toBe(201);
+    const u = await usage(gw.url, k);
+    expect(u.running.count).toBe(1);
+    expect(u.budget.predictTimeSeconds).toMatchObject({ spent: 0.1, reserved: 2 });
+    expect(upstreamCalls(s.sim, new RegExp(`/predictions/${first.body.id}$`))).toHaveLength(1);
   });
 });
 

@@ -53,8 +53,19 @@ export class Budgets {
   /** Remaining-budget headers per caller for a second: every authenticated response carries them. */
   readonly #headers = new BoundedMap<Record<string, string>>({ maxEntries: 10_000, ttlMs: 1000 });
 
-  constructor(opts: { config: Config; store: Store; tenants: () => readonly Tenant[]; prices?: PriceTable; now?: () => number }) {
+  readonly #refused: (tenant: string, what: string) => void;
+
+  constructor(opts: {
+    config: Config;
+    store: Store;
+    tenants: () => readonly Tenant[];
+    prices?: PriceTable;
+    now?: () => number;
+    /** Told each refusal: `budget-<name>`, `running`, `share` or `account`. */
+    onRefused?: (tenant: string, what: string) => void;
+  }) {
     this.#config = opts.config;
+    this.#refused = opts.onRefused ?? (() => {});
     this.#store = opts.store;
     this.#tenants = opts.tenants;
     this.prices = opts.prices;
@@ -140,6 +151,7 @@ export class Budgets {
       r.remaining.forEach((rem, i) => this.#tighter(headers, scopes[i]!.dim, rem));
       return { rid: req.rid, estimate, headers };
     }
+    this.#refused(tenant.id, r.reason === 'budget' ? `budget-${scopes[r.line]!.dim.name}` : r.reason);
     if (r.reason === 'budget') {
       const s = scopes[r.line]!;
       const unit = s.dim.name === 'cost' ? ` ${this.prices?.currency ?? ''}`.trimEnd() : s.dim.name === 'predictTimeSeconds' ? ' s' : '';

@@ -33,7 +33,14 @@ export default fp<{ now?: () => number }>(
     checkTenantBudgets(tenants.all(), prices, hasDefault);
     // A reloaded tenants file that fails the same checks is rejected like any invalid one.
     tenants.addCheck((all) => checkTenantBudgets(all, prices, hasDefault));
-    const budgets = new Budgets({ config, store, tenants: () => tenants.all(), prices, now: opts.now });
+    const budgets = new Budgets({
+      config,
+      store,
+      tenants: () => tenants.all(),
+      prices,
+      now: opts.now,
+      onRefused: (tenant, what) => metrics.rateLimited.inc({ tenant, limit: what }),
+    });
     app.decorate('budgets', budgets);
 
     metrics.watchBudgets(async () => {

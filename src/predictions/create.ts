@@ -6,6 +6,7 @@ import { today } from '../usage/day.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
 import { PredictionBody } from './prediction.js';
+import { refreshRunning } from './paging.js';
 import { normalizePrefer } from './prefer.js';
 import { untilStored } from './store-retry.js';
 
@@ -55,7 +56,11 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   let reservation;
   try {
     // Budgets, the running cap and the share of the upstream account: admitted (and reserved) atomically, or a 429.
-    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs);
+    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs).catch(async (err) => {
+      // At the running cap, predictions that ended unseen may hold slots: look once, then try again.
+      if (!(err instanceof GatewayError && err.code === 'RUNNING_LIMIT') || !(await refreshRunning(deps, caller))) throw err;
+      return deps.budgets.reserve(caller.principal, input.model, timeoutMs);
+    });
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
       method: 'POST',
