@@ -143,12 +143,14 @@ export class Budgets {
       req.share = { tenant: tenant.id, windowKey: `fs:${id}`, previousKey: `fs:${id - 1}`, windowTtlMs: 2 * windowMs, limit, weights, defaultWeight: 1, totalWeight: total || 1 };
     }
     const r = await this.#store.reserve(req);
-    // This process's next answers show the change at once; other replicas' within a second.
+    // This process's next answers show the change at once (other replicas' within a second): the figures a
+    // reservation leaves are exact, so they replace the caller's cached ones rather than cost another read.
     this.#headers.delete(`t:${tenant.id}`);
     if (token) this.#headers.delete(`k:${token.jti}`);
     if (r.ok) {
       const headers: Record<string, string> = {};
       r.remaining.forEach((rem, i) => this.#tighter(headers, scopes[i]!.dim, rem));
+      if (scopes.length) this.#headers.set(token?.budget ? `k:${token.jti}` : `t:${tenant.id}`, headers);
       return { rid: req.rid, estimate, headers };
     }
     this.#refused(tenant.id, r.reason === 'budget' ? `budget-${scopes[r.line]!.dim.name}` : r.reason);
