@@ -21,6 +21,8 @@ import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { accountRoutes } from './account/routes.js';
+import { fileRoutes, signedFileRoutes } from './files/routes.js';
+import { FileUrlSigner } from './files/signed-urls.js';
 import { modelRoutes } from './models/routes.js';
 import { VersionBook } from './models/versions.js';
 import { predictionRoutes } from './predictions/routes.js';
@@ -102,13 +104,17 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // Preflights are answered for any origin some tenant allows; each request's own origin is checked after auth.
   await app.register(cors, {
     origin: (origin, cb) => cb(null, origin ? app.tenants.someAllowOrigin(origin) : false),
-    methods: ['GET', 'POST', 'OPTIONS'],
+    methods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
     allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],
     exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', ...BUDGET_HEADERS],
     maxAge: 600,
   });
 
   await app.register(healthRoutes);
+  // Links the upstream fetches files from (FILES_DELIVERY=url): outside auth, the signature is the permission.
+  const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;
+  const fileSigner = config.FILES_DELIVERY === 'url' && fileSecret ? new FileUrlSigner(fileSecret) : undefined;
+  if (fileSigner) await app.register(signedFileRoutes, { signer: fileSigner });
 
   const signer = config.TOKEN_SIGNING_SECRET ? new TokenSigner(config.TOKEN_SIGNING_SECRET) : undefined;
   await app.register(async (api) => {
@@ -119,7 +125,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(budgetHeaders);
     await api.register(metricsRoute);
     const versions = new VersionBook(app.store, app.log);
-    await api.register(predictionRoutes, { prefix: '/replicate/v1', versions });
+    await api.register(predictionRoutes, { prefix: '/replicate/v1', versions, fileSigner });
+    await api.register(fileRoutes, { prefix: '/replicate/v1' });
     await api.register(modelRoutes, { prefix: '/replicate/v1', versions });
     await api.register(accountRoutes, { prefix: '/replicate/v1' });
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });

@@ -81,6 +81,14 @@ export const ConfigSchema = z.object({
   // Deeper JSON is refused with 422 before anything parses it recursively (stack overflows, slow fingerprints).
   JSON_MAX_DEPTH: int(2, 1000).default(64),
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  // Uploads (POST /files): the largest file, how long it is kept, and how much one tenant may hold at once.
+  FILES_MAX_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  FILES_TTL_SECONDS: int(60, 30 * 86400).default(86400),
+  FILES_TENANT_MAX_BYTES: int(1024, 1024 ** 4).default(1024 * 1024 * 1024),
+  // How a file reaches the upstream: inlined as a data: URI, or as a signed gateway URL the upstream fetches.
+  FILES_DELIVERY: z.enum(['data-uri', 'url'], { error: 'must be data-uri or url' }).default('data-uri'),
+  FILES_URL_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  FILES_URL_TTL_SECONDS: int(60, 30 * 86400).default(3600),
   LOG_LEVEL: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   // The access line is about a fifth of a cached GET's CPU; behind a proxy that logs requests, it can go.
   ACCESS_LOG: bool.default(true),
@@ -136,13 +144,22 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (c.UPSTREAM_MAX_BODY_BYTES !== undefined && c.UPSTREAM_MAX_BODY_BYTES <= c.BODY_LIMIT_BYTES) {
     throw new ConfigError('invalid configuration: UPSTREAM_MAX_BODY_BYTES must be larger than BODY_LIMIT_BYTES (a prediction echoes its input)');
   }
+  if (c.FILES_DELIVERY === 'url' && !c.PUBLIC_BASE_URL) {
+    throw new ConfigError('invalid configuration: FILES_DELIVERY=url needs PUBLIC_BASE_URL (the address the upstream fetches files from)');
+  }
+  if (c.FILES_DELIVERY === 'url' && !(c.FILES_URL_SECRET ?? c.TOKEN_SIGNING_SECRET)) {
+    throw new ConfigError('invalid configuration: FILES_DELIVERY=url needs FILES_URL_SECRET (or TOKEN_SIGNING_SECRET) to sign file URLs');
+  }
   if (c.UPSTREAM_TENANT_MAX_CONCURRENCY !== undefined && c.UPSTREAM_TENANT_MAX_CONCURRENCY > c.UPSTREAM_CONNECTIONS) {
     throw new ConfigError('invalid configuration: UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS');
   }
   return Object.freeze({
     ...c,
     UPSTREAM_TENANT_MAX_CONCURRENCY: c.UPSTREAM_TENANT_MAX_CONCURRENCY ?? Math.max(1, Math.floor(c.UPSTREAM_CONNECTIONS / 2)),
-    UPSTREAM_MAX_BODY_BYTES: c.UPSTREAM_MAX_BODY_BYTES ?? Math.max(16 * 1024 * 1024, c.BODY_LIMIT_BYTES + 1024 * 1024),
+    // A prediction echoes its input, and with data: URI delivery that input carries the inlined files (base64: 4/3).
+    UPSTREAM_MAX_BODY_BYTES:
+      c.UPSTREAM_MAX_BODY_BYTES ??
+      Math.max(16 * 1024 * 1024, c.BODY_LIMIT_BYTES + 1024 * 1024 + (c.FILES_DELIVERY === 'data-uri' ? Math.ceil((c.FILES_MAX_BYTES * 4) / 3) : 0)),
   });
 }
 

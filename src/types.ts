@@ -3,6 +3,7 @@ import type { Budgets } from './budget/budgets.js';
 import type { Config } from './config.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
+import type { FileStore } from './store/file-store.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
 import type { UpstreamClient } from './upstream/client.js';
@@ -27,6 +28,8 @@ declare module 'fastify' {
     config: Config;
     metrics: Metrics;
     store: Store;
+    /** Uploaded files (POST /replicate/v1/files). */
+    files: FileStore;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;

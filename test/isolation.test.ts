@@ -251,12 +251,17 @@ describe('the smaller ones (finding 10)', () => {
     expect(poisoned.body.detail).toMatch(/different request body/);
   });
 
-  it('answers /files over BODY_LIMIT_BYTES with 413 before reading it all', async () => {
-    const g = await startGateway({ sim: s, redis: 'memory', env: { BODY_LIMIT_BYTES: '4096' } });
+  it('answers an upload over FILES_MAX_BYTES with 413 while it streams, and a non-multipart /files body with 415 unread', async () => {
+    const g = await startGateway({ sim: s, redis: 'memory', env: { FILES_MAX_BYTES: '4096' } });
     try {
+      const form = new FormData();
+      form.append('content', new Blob(['x'.repeat(100_000)]), 'big.bin');
+      const res = await fetch(`${g.url}/replicate/v1/files`, { method: 'POST', body: form, headers: { authorization: `Bearer ${KEY_A}` } });
+      expect(res.status).toBe(413);
+      expect(((await res.json()) as { detail: string }).detail).toMatch(/FILES_MAX_BYTES/);
       const r = await call(g.url, 'POST', '/replicate/v1/files', { key: KEY_A, rawBody: 'x'.repeat(100_000), headers: { 'content-type': 'application/octet-stream' } });
-      expect(r.status).toBe(413);
-      expect(r.body.detail).toMatch(/BODY_LIMIT_BYTES/);
+      expect(r.status).toBe(415);
+      expect(r.body.detail).toMatch(/multipart\/form-data/);
     } finally {
       await g.close();
     }
@@ -297,7 +302,9 @@ describe('configuration of the bounds', () => {
   });
 
   it('defaults each tenant to half the upstream pool and the answer cap above the body limit', () => {
-    expect(loadConfig(base)).toMatchObject({ UPSTREAM_CONNECTIONS: 128, UPSTREAM_TENANT_MAX_CONCURRENCY: 64, UPSTREAM_MAX_BODY_BYTES: 16 * 1024 * 1024, JSON_MAX_DEPTH: 64 });
-    expect(loadConfig({ ...base, BODY_LIMIT_BYTES: String(32 * 1024 * 1024) }).UPSTREAM_MAX_BODY_BYTES).toBe(33 * 1024 * 1024);
+    // The answer cap leaves room for the body, 1 MiB, and a FILES_MAX_BYTES file inlined as base64 (issue 13).
+    const inlined = Math.ceil((10 * 1024 * 1024 * 4) / 3);
+    expect(loadConfig(base)).toMatchObject({ UPSTREAM_CONNECTIONS: 128, UPSTREAM_TENANT_MAX_CONCURRENCY: 64, UPSTREAM_MAX_BODY_BYTES: 11 * 1024 * 1024 + inlined, JSON_MAX_DEPTH: 64 });
+    expect(loadConfig({ ...base, BODY_LIMIT_BYTES: String(32 * 1024 * 1024) }).UPSTREAM_MAX_BODY_BYTES).toBe(33 * 1024 * 1024 + inlined);
   });
 });

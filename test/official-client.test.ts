@@ -84,13 +84,15 @@ describe('official replicate client through the gateway', () => {
     expect(events).toContain('output:hello');
   });
 
-  it('falls back to a data: URI for a Blob input when POST /files answers 501', async () => {
+  it('uploads a Blob input to POST /files, and the upstream gets its bytes as a data: URI', async () => {
     s.sim.clearRequests();
+    const filesBefore = (await replicate.files.list()).results.length;
     const output = await replicate.run('black-forest-labs/flux-schnell', {
       input: { image: new Blob([Buffer.from('PNGDATA')], { type: 'image/png' }) },
     });
     expect(output).toBeTruthy();
     const create = upstreamCalls(s.sim).find((r) => r.method === 'POST');
     expect((create!.body as { input: { image: string } }).input.image).toBe(`data:image/png;base64,${Buffer.from('PNGDATA').toString('base64')}`);
+    expect((await replicate.files.list()).results).toHaveLength(filesBefore + 1);
   });
 });

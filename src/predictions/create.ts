@@ -13,8 +13,10 @@ import { untilStored } from './store-retry.js';
 export interface CreateInput {
   /** Upstream path: /models/{owner}/{name}/predictions or /predictions. */
   path: string;
-  /** The body exactly as it goes upstream (and as the idempotency fingerprint sees it). */
+  /** The body as the client sent it (and as the idempotency fingerprint sees it). */
   body: string;
+  /** The body that goes upstream (files inlined), made once the create is admitted; default: `body`. */
+  forward?: () => Promise<string>;
   /** The model created, for its price (by version: as the version book knows it); asked only when budgets apply. */
   model?: () => Promise<string | undefined>;
   prefer?: string;
@@ -61,11 +63,12 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       if (!(err instanceof GatewayError && err.code === 'RUNNING_LIMIT') || !(await refreshRunning(deps, caller))) throw err;
       return deps.budgets.reserve(caller.principal, input.model, timeoutMs);
     });
+    const body = input.forward ? await input.forward() : input.body;
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
       method: 'POST',
       path: input.path,
-      body: input.body,
+      body,
       requestId: caller.requestId,
       tenant,
       prefer: prefer.header,

@@ -1,7 +1,9 @@
 // The mirrored /replicate/v1 routes: parse the request, run the use case, render the answer for this request's base.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { checkAllowed, checkVersionAllowed } from '../access/allowlist.js';
-import { GatewayError } from '../errors.js';
+import { inlineFiles } from '../files/inline.js';
+import type { FileUrlSigner } from '../files/signed-urls.js';
+import { publicBase } from '../http/base.js';
 import type { VersionBook } from '../models/versions.js';
 import { parse } from '../http/validate.js';
 import { createPrediction, upstreamDepth } from './create.js';
@@ -17,13 +19,13 @@ const header = (request: FastifyRequest, name: string) => {
   return typeof v === 'string' ? v : undefined;
 };
 
-export async function predictionRoutes(app: FastifyInstance, opts: { versions: VersionBook }): Promise<void> {
+export async function predictionRoutes(app: FastifyInstance, opts: { versions: VersionBook; fileSigner?: FileUrlSigner }): Promise<void> {
   const { config, store, upstream, metrics } = app;
   const facts = new Facts();
   const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
   const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: opts.versions, budgets: app.budgets };
-  /** The gateway's external base: PUBLIC_BASE_URL, else the request's own scheme and host. */
-  const base = (request: FastifyRequest) => config.PUBLIC_BASE_URL ?? `${request.protocol}://${request.host}`;
+  const base = (request: FastifyRequest) => publicBase(config, request);
+  const inlining = { config, files: app.files, signer: opts.fileSigner };
 
   function caller(request: FastifyRequest, route: string): Caller {
     return {
@@ -49,12 +51,15 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
     return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body.render(base(request)));
   }
 
-  function create(request: FastifyRequest, path: string, body: unknown, model: () => Promise<string | undefined>) {
+  function create(request: FastifyRequest, path: string, body: { input: Record<string, unknown> }, model: () => Promise<string | undefined>) {
+    // Exactly the bytes the client sent go upstream (unknown fields included), but for its gateway file URLs.
+    const raw = request.rawBody ?? JSON.stringify(body);
+    const bases = [base(request), `${request.protocol}://${request.host}`];
     return createPrediction(deps, caller(request, 'create'), {
       path,
+      body: raw,
+      forward: () => inlineFiles(inlining, request.principal!, bases, raw, body),
       model,
-      // Exactly the bytes the client sent go upstream (unknown fields included).
-      body: request.rawBody ?? JSON.stringify(body),
       prefer: header(request, 'prefer'),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
@@ -90,14 +95,5 @@ export async function predictionRoutes(app: FastifyInstance, opts: { versions: V
     const { cursor } = parse(ListQuerySchema, request.query, 'query');
     const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request));
     return reply.code(200).type('application/json; charset=utf-8').send(page);
-  });
-
-  // The official client uploads Blob inputs here first (multipart); a 501 makes it fall back to a data: URI.
-  await app.register(async (files) => {
-    // parseAs makes Fastify enforce BODY_LIMIT_BYTES (413) while reading; the bytes are then dropped.
-    files.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, _body, done) => done(null, undefined));
-    files.post('/files', async () => {
-      throw new GatewayError('NOT_IMPLEMENTED', 'file uploads are not supported by this gateway; send the file inline as a data: URI');
-    });
   });
 }

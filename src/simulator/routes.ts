@@ -161,4 +161,15 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       .header('cache-control', 'no-store')
       .send('event: output\ndata: hello\n\nevent: done\ndata: {}\n\n');
   });
+
+  // Stand-in for the output CDN (replicate.delivery/xezq/<id>/out-0.webp): clients that download their images (the
+  // AI SDK's generateImage) get a small WebP here when a test points the CDN's host at this simulator.
+  app.get<{ Params: { id: string; name: string } }>('/delivery/xezq/:id/:name', async (request, reply) => {
+    if (!store.has(request.params.id)) return reply.code(404).send(NOT_FOUND);
+    return reply.header('content-type', 'image/webp').send(OUTPUT_IMAGE);
+  });
 }
+
+/** A 1x1 lossless WebP: the bytes the simulator's output URLs serve. */
+export const OUTPUT_IMAGE = Buffer.from('UklGRhoAAABXRUJQVlA4TA0AAAAvAAAAEAcQERGIiP4HAA==', 'base64');
+

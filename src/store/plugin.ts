@@ -18,6 +18,7 @@ export default fp<{ state?: State }>(
       });
     if (state.store.kind === 'memory') app.log.warn('REDIS_URL is not set: state (ownership, cache, limits, idempotency) lives in this process only and is lost on restart');
     app.decorate('store', state.store);
+    app.decorate('files', state.files);
     app.decorate('rateLimitStore', state.rateLimitStore);
     if (!opts.state) {
       app.addHook('onClose', async () => {
