@@ -52,10 +52,11 @@ async function untilDone(url: string, k: string, id: string): Promise<CallResult
 
 let s: SimHandle;
 const opened: Gateway[] = [];
-async function gateway(tenants: TenantInput[], env: Record<string, string> = {}, now?: () => number): Promise<Gateway> {
+async function gateway(tenants: TenantInput[], env: Record<string, string> = {}, now?: () => number, redis?: 'memory'): Promise<Gateway> {
   const gw = await startGateway({
     sim: s,
     tenants,
+    redis,
     env: { POLL_CACHE_MS: '0', LOG_LEVEL: 'warn', PRICES_FILE: pricesFile(PRICES), TOKEN_SIGNING_SECRET: SECRET, ADMIN_API_KEY: ADMIN, ...env },
     deps: now ? { now } : undefined,
   });
@@ -121,6 +122,31 @@ describe('configuration errors name the field', () => {
   });
 });
 
+describe('reloads and YAML', () => {
+  it('rejects a reloaded tenants file whose cost budget has no price table, and keeps the old tenants', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fgw-reload-'));
+    const file = writeTenants([{ id: 'a', keys: [key('a')] }], dir);
+    const registry = new TenantRegistry(file);
+    registry.addCheck((all) => checkTenantBudgets(all, undefined, false));
+    writeTenants([{ id: 'a', keys: [key('a')], budget: { cost: { max: 1, period: 'day' } } }], dir);
+    expect(registry.reload()).toEqual({ ok: false, error: 'invalid configuration: tenants.0.budget.cost needs PRICES_FILE (a price table) to count money' });
+    expect(registry.get('a')?.budget).toBeUndefined();
+  });
+
+  it('reads a YAML price table and prices models by name, owner and fallback', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'fgw-prices-')), 'prices.yaml');
+    writeFileSync(file, 'currency: USD\nmodels:\n  acme/a: { perImage: 0.01 }\n  acme/*: { perImage: 0.02 }\n  big/b: { perSecond: 0.5, expectedSeconds: 4 }\n');
+    const t = readPricesFile(file, 10);
+    expect(t.estimate('acme/a')).toEqual({ seconds: 10, cost: 0.01 });
+    expect(t.estimate('acme/other')).toEqual({ seconds: 10, cost: 0.02 });
+    // Unknown: the dearest entry (big/b: 0.5 × 4 s).
+    expect(t.estimate('who/knows')).toEqual({ seconds: 4, cost: 2 });
+    expect(t.actual('acme/a', { status: 'succeeded', output: ['x', 'y'], metrics: { predict_time: 3 } })).toEqual({ seconds: 3, cost: 0.02 });
+    expect(t.actual('acme/a', { status: 'succeeded', output: ['x'], metrics: { image_count: 4 } })).toEqual({ seconds: 0, cost: 0.04 });
+    expect(t.actual('big/b', { status: 'failed', metrics: { predict_time: 3 } })).toEqual({ seconds: 3, cost: 1.5 });
+  });
+});
+
 describe('periods', () => {
   it('are UTC days and months by default, and follow BUDGET_TIMEZONE when set', () => {
     const t = Date.parse('2026-12-31T23:30:00Z');
@@ -176,6 +202,16 @@ describe('exact across replicas', () => {
       await Promise.all([a?.stop(), b?.stop()]);
     }
   }, 60_000);
+});
+
+describe('exact in one process too', () => {
+  it('with the memory store: 50 concurrent creates against a budget of 10 → exactly 10 reach the upstream', async () => {
+    const gw = await gateway([{ id: 'solo', keys: [key('solo')], rateLimit: lots, budget: { creates: { max: 10, period: 'day' } } }], {}, undefined, 'memory');
+    const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => create(gw.url, key('solo'), { prompt: `solo ${i}` })));
+    expect(count(rs, 201)).toBe(10);
+    expect(upstreamCalls(s.sim, CREATES)).toHaveLength(10);
+    expect((await usage(gw.url, key('solo'))).budget.creates).toMatchObject({ spent: 10, reserved: 0, remaining: 0 });
+  });
 });
 
 describe('reserve, then settle', () => {
@@ -238,6 +274,18 @@ describe('reserve, then settle', () => {
     u = await usage(gw.url, k);
     expect(u.budget.creates).toMatchObject({ spent: before, reserved: 0 });
     expect(u.budget.cost.reserved).toBe(0);
+    expect(u.running.count).toBe(0);
+  });
+
+  it('spends the estimate of a create that timed out (it may be running upstream)', async () => {
+    const gw = await gateway(tenants, { UPSTREAM_TIMEOUT_MS: '300' });
+    const k = key('sec');
+    const r = await create(gw.url, k, { prompt: 'x', hold_ms: 2000 }, PER_SECOND);
+    expect(r.status).toBe(504);
+    const u = await usage(gw.url, k);
+    expect(u.budget.creates).toMatchObject({ spent: 1, reserved: 0 });
+    expect(u.budget.predictTimeSeconds).toMatchObject({ spent: 1, reserved: 0 });
+    expect(u.budget.cost).toMatchObject({ spent: 2, reserved: 0 });
     expect(u.running.count).toBe(0);
   });
 
