@@ -369,6 +369,19 @@ describe('a token\'s budget inside its tenant\'s', () => {
     const read = await call(gw.url, 'GET', `/replicate/v1/predictions/${rs1[0]!.body.id}`, { key: key('app') });
     expect(read.headers.get('x-budget-remaining-creates')).toBe('0');
   });
+
+  it('gives every token the tenant\'s tokenBudget unless it asks for less, and refuses more', async () => {
+    const gw = await gateway([{ id: 'kiosk', keys: [key('kiosk')], rateLimit: lots, tokenBudget: { creates: 2, cost: 1 } }]);
+    const mint = (body: unknown) => call(gw.url, 'POST', '/gateway/v1/tokens', { key: key('kiosk'), body });
+    const plain = await mint({});
+    expect(plain.body.budget).toEqual({ creates: 2, cost: 1 });
+    expect((await mint({ budget: { cost: 0.5 } })).body.budget).toEqual({ creates: 2, cost: 0.5 });
+    const greedy = await mint({ budget: { creates: 5 } });
+    expect(greedy.status).toBe(403);
+    expect(greedy.body.detail).toBe("budget.creates 5 is above tenant kiosk's tokenBudget.creates of 2");
+    const rs = await Promise.all(Array.from({ length: 5 }, () => create(gw.url, plain.body.token)));
+    expect(count(rs, 201)).toBe(2);
+  });
 });
 
 describe('running-job limit', () => {

@@ -60,6 +60,14 @@ export const TenantSchema = z.strictObject({
   budget: BudgetSchema.optional(),
   /** Predictions starting or processing at once; past it a create gets 429. */
   maxRunning: z.number().int('must be a whole number').positive('must be above 0').optional(),
+  /** What every token this tenant mints may spend over its lifetime at most, and gets when it asks for no budget. */
+  tokenBudget: z
+    .strictObject({
+      creates: z.number().int('must be a whole number').positive('must be above 0').optional(),
+      predictTimeSeconds: z.number().positive('must be above 0').optional(),
+      cost: z.number().positive('must be above 0').optional(),
+    })
+    .optional(),
   /** Weight in the split of UPSTREAM_CREATE_LIMIT between tenants (default 1). */
   share: z.number().positive('must be above 0').max(1_000_000).default(1),
 });
