@@ -11,6 +11,7 @@ import tenantsPlugin from './access/tenants-plugin.js';
 import type { TenantRegistry } from './access/tenants.js';
 import { tokenRoutes } from './access/token-routes.js';
 import { TokenSigner } from './access/tokens.js';
+import budgetsPlugin, { BUDGET_HEADERS, budgetHeaders } from './budget/plugin.js';
 import type { Config } from './config.js';
 import { GatewayError } from './errors.js';
 import { healthRoutes, metricsRoute } from './http/health.js';
@@ -45,6 +46,8 @@ export interface AppDeps {
   pretty?: boolean;
   /** Re-read the tenants file when it changes. */
   watchTenants?: boolean;
+  /** The clock budgets, their periods and the share windows follow (tests move it across a month's end). */
+  now?: () => number;
 }
 
 const REQUEST_ID = /^[\w.:@-]{1,128}$/;
@@ -83,6 +86,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
   await app.register(upstreamPlugin, { upstream: deps.upstream });
+  await app.register(budgetsPlugin, { now: deps.now });
   await app.register(predictionsPlugin);
   await app.register(webhooksPlugin);
 
@@ -106,7 +110,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     origin: (origin, cb) => cb(null, origin ? app.tenants.someAllowOrigin(origin) : false),
     methods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
     allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],
-    exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed'],
+    exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', ...BUDGET_HEADERS],
     maxAge: 600,
   });
 
@@ -124,6 +128,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(rateLimit, { global: false, ...(app.rateLimitStore ? { store: app.rateLimitStore } : {}) });
     await api.register(auth, { signer });
     await api.register(limits);
+    await api.register(budgetHeaders);
     await api.register(metricsRoute);
     const { versions } = app.predictions;
     await api.register(predictionRoutes, { prefix: '/replicate/v1', fileSigner });

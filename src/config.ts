@@ -54,6 +54,15 @@ const hostList = z
   .refine((hosts) => hosts.every((h) => /^[a-z0-9.-]+$|^\[[0-9a-f:.]+\]$/.test(h)), 'must be a comma-separated list of host names or IP addresses (no scheme, port or path)')
   .default([]);
 
+function validTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export const ConfigSchema = z.object({
@@ -118,6 +127,13 @@ export const ConfigSchema = z.object({
   METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').regex(/^\S+$/, 'must not contain spaces').optional(),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: int(0, 60_000).default(1000),
   OVERLOAD_MAX_HEAP_BYTES: int(0, 1024 ** 4).default(0),
+  // Spend control (src/budget/): the price table, the zone budget periods follow, the predict time reserved for a
+  // model the price table gives no expectedSeconds, and the shared account's create rate split between tenants.
+  PRICES_FILE: z.string().min(1).optional(),
+  BUDGET_TIMEZONE: z.string().refine(validTimeZone, 'must be an IANA time zone such as UTC or Europe/Berlin').default('UTC'),
+  BUDGET_EXPECTED_SECONDS: z.coerce.number({ error: 'must be a number' }).positive('must be above 0').max(86_400, 'must be at most 86400').default(10),
+  UPSTREAM_CREATE_LIMIT: int(1, 10_000_000).optional(),
+  UPSTREAM_CREATE_WINDOW: duration.default(60_000),
 });
 
 type Parsed = z.output<typeof ConfigSchema>;

@@ -11,6 +11,9 @@ export const ERRORS = {
   VALIDATION: { status: 422, title: 'Invalid request' },
   IDEMPOTENCY_MISMATCH: { status: 422, title: 'Idempotency key reused' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
+  BUDGET_EXCEEDED: { status: 429, title: 'Budget exceeded' },
+  RUNNING_LIMIT: { status: 429, title: 'Too many running predictions' },
+  SHARE_EXCEEDED: { status: 429, title: 'Over the fair share of the upstream account' },
   INTERNAL: { status: 500, title: 'Internal error' },
   NOT_IMPLEMENTED: { status: 501, title: 'Not implemented' },
   UPSTREAM_ERROR: { status: 502, title: 'Bad gateway' },
@@ -38,8 +41,14 @@ export class GatewayError extends Error {
   readonly headers: Record<string, string>;
   /** For errors made from an upstream answer: the status the upstream gave. */
   readonly upstreamStatus: number | undefined;
+  /** Extra members of the problem JSON (e.g. which budget refused). */
+  readonly extra: Record<string, unknown> | undefined;
 
-  constructor(code: ErrorCode, detail: string, opts: { cause?: unknown; headers?: Record<string, string>; status?: number; upstreamStatus?: number } = {}) {
+  constructor(
+    code: ErrorCode,
+    detail: string,
+    opts: { cause?: unknown; headers?: Record<string, string>; status?: number; upstreamStatus?: number; extra?: Record<string, unknown> } = {},
+  ) {
     super(detail, { cause: opts.cause });
     this.name = 'GatewayError';
     this.code = code;
@@ -47,6 +56,7 @@ export class GatewayError extends Error {
     this.title = ERRORS[code].title;
     this.headers = opts.headers ?? {};
     this.upstreamStatus = opts.upstreamStatus;
+    this.extra = opts.extra;
   }
 
   toProblem(requestId?: string): Problem {
@@ -55,6 +65,7 @@ export class GatewayError extends Error {
       title: this.title,
       status: this.statusCode,
       detail: this.message,
+      ...this.extra,
     };
     if (requestId) problem.request_id = requestId;
     return problem;

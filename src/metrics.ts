@@ -1,5 +1,13 @@
 // Prometheus metrics (prom-client). One registry per app, so several apps in one process (tests) never collide.
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** One tenant's budgets and running count as the store has them (shared by replicas: every replica reports the same). */
+export interface BudgetSample {
+  tenant: string;
+  budgets: { budget: string; max: number; spent: number; reserved: number }[];
+  running: number;
+  maxRunning?: number;
+}
 
 export class Metrics {
   readonly registry = new Registry();
@@ -49,6 +57,44 @@ export class Metrics {
     help: 'Requests that failed because the state store was unavailable',
     registers: [this.registry],
   });
+
+  // Budget gauges are read from the store when scraped; the four share one read per scrape.
+  #budgetSource: (() => Promise<BudgetSample[]>) | undefined;
+  #budgetRead: Promise<void> | undefined;
+  readonly #collectBudgets = () => this.#readBudgets();
+  readonly #gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]) =>
+    new Gauge({ name, help, labelNames, registers: [this.registry], collect: this.#collectBudgets });
+  readonly budgetSpent = this.#gauge('fgw_budget_spent', 'Spent this budget period, by tenant and budget (creates, predictTimeSeconds, cost)', ['tenant', 'budget']);
+  readonly budgetReserved = this.#gauge('fgw_budget_reserved', 'Reserved by predictions not finished yet, by tenant and budget', ['tenant', 'budget']);
+  readonly budgetMax = this.#gauge('fgw_budget_max', 'The budget per period, by tenant and budget (alert on (spent + reserved) / max)', ['tenant', 'budget']);
+  readonly running = this.#gauge('fgw_running_predictions', 'Predictions starting or processing, by tenant (tenants with a budget or maxRunning)', ['tenant']);
+
+  /** Where the budget gauges come from (src/budget/plugin.ts). */
+  watchBudgets(source: () => Promise<BudgetSample[]>): void {
+    this.#budgetSource = source;
+  }
+
+  #readBudgets(): Promise<void> {
+    const source = this.#budgetSource;
+    if (!source) return Promise.resolve();
+    this.#budgetRead ??= source()
+      .then((rows) => {
+        for (const g of [this.budgetSpent, this.budgetReserved, this.budgetMax, this.running]) g.reset();
+        for (const r of rows) {
+          this.running.set({ tenant: r.tenant }, r.running);
+          for (const b of r.budgets) {
+            const labels = { tenant: r.tenant, budget: b.budget };
+            this.budgetSpent.set(labels, b.spent);
+            this.budgetReserved.set(labels, b.reserved);
+            this.budgetMax.set(labels, b.max);
+          }
+        }
+      })
+      // A store outage must not fail the scrape: the gauges keep their last values.
+      .catch(() => {})
+      .finally(() => (this.#budgetRead = undefined));
+    return this.#budgetRead;
+  }
 
   constructor(defaults = true) {
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'fgw_' });

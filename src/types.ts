@@ -1,4 +1,5 @@
 // What the app decorates itself with, and the request fields that its plugins add.
+import type { Budgets } from './budget/budgets.js';
 import type { Config } from './config.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
@@ -14,6 +15,8 @@ export interface TokenGrant {
   exp: number;
   models?: string[];
   maxCreates?: number;
+  /** The token's own budget over its lifetime, inside its tenant's (src/budget/). */
+  budget?: Partial<Record<'creates' | 'predictTimeSeconds' | 'cost', number>>;
 }
 
 export interface Principal {
@@ -34,6 +37,7 @@ declare module 'fastify' {
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;
     upstream: UpstreamClient;
+    budgets: Budgets;
   }
   interface FastifyRequest {
     principal: Principal | null;

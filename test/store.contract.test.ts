@@ -154,3 +154,76 @@ describe('memory store bounds', () => {
     expect(page.entries[0]!.id).toBe('m39');
   });
 });
+
+// Issue 14: budget reservations, the same in both stores.
+describe.each(factories)('%s store: budget reservations', (_kind, make) => {
+  let store: Store;
+  beforeAll(async () => {
+    store = await make();
+  });
+  afterAll(async () => {
+    await store.close();
+  });
+  const now = Date.now();
+  const line = (key: string, field: 'creates' | 'seconds' | 'cost', max: number, amount: number) => ({ key, field, max, amount, ttlSeconds: 3600 });
+  const reserve = (rid: string, lines: ReturnType<typeof line>[], extra: Partial<Parameters<Store['reserve']>[0]> = {}) =>
+    store.reserve({ rid, now, expiresAt: now + 60_000, lines, ...extra });
+
+  it('admits exactly max of many concurrent reservations, and a refusal changes nothing', async () => {
+    const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(`c${i}`, [line('b:c', 'creates', 10, 1), line('b:c', 'cost', 100, 0.5)])));
+    expect(rs.filter((r) => r.ok)).toHaveLength(10);
+    const refused = rs.find((r) => !r.ok);
+    expect(refused).toEqual({ ok: false, reason: 'budget', line: 0, spent: 0, reserved: 10 });
+    const remaining = rs.flatMap((r) => (r.ok ? [r.remaining[0]] : [])).sort((x, y) => x! - y!);
+    expect(remaining).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(await store.budgetGet(['b:c'])).toEqual([{ 'creates:r': 10, 'cost:r': 5 }]);
+  });
+
+  it('binds at create (the create is spent), settles once to the real amounts, and releases a failed create', async () => {
+    const lines = [line('b:s', 'creates', 5, 1), line('b:s', 'seconds', 100, 10), line('b:s', 'cost', 100, 2)];
+    expect((await reserve('s1', lines, { running: { tenant: 'team-s', ttlSeconds: 60 } })).ok).toBe(true);
+    expect(await store.runningGet(['team-s'])).toEqual([1]);
+    await store.recordCreate({ tenant: 'team-s', id: 'bs1', score: NOW, json: pred('bs1'), day: DAY, reservation: { rid: 's1', expiresAt: now + 3_600_000 } });
+    let [h] = await store.budgetGet(['b:s']);
+    expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:r': 10, 'cost:r': 2 });
+    const done = pred('bs1', 'succeeded');
+    for (let i = 0; i < 2; i++) await store.recordTerminal({ id: 'bs1', tenant: 'team-s', json: done, status: 'succeeded', predictTime: 3.5, cost: 0.7, day: DAY });
+    [h] = await store.budgetGet(['b:s']);
+    expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:s': 3.5, 'seconds:r': 0, 'cost:s': 0.7, 'cost:r': 0 });
+    expect(await store.runningGet(['team-s'])).toEqual([0]);
+    // A create that reached nothing gives everything back; a second release is a no-op.
+    expect((await reserve('s2', lines, { running: { tenant: 'team-s', ttlSeconds: 60 } })).ok).toBe(true);
+    await store.releaseReservation('s2');
+    await store.releaseReservation('s2');
+    [h] = await store.budgetGet(['b:s']);
+    expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:s': 3.5, 'seconds:r': 0 });
+    expect(await store.runningGet(['team-s'])).toEqual([0]);
+    // A timed-out create is spent at its estimate.
+    expect((await reserve('s3', lines)).ok).toBe(true);
+    await store.settleReservation('s3', { seconds: 10, cost: 2 });
+    [h] = await store.budgetGet(['b:s']);
+    expect(h).toMatchObject({ 'creates:s': 2, 'creates:r': 0, 'seconds:s': 13.5, 'cost:s': 2.7, 'cost:r': 0 });
+  });
+
+  it('refuses past maxRunning, and sweeps reservations past their expiry before it checks', async () => {
+    const run = { tenant: 'team-r', max: 2, ttlSeconds: 60 };
+    expect((await reserve('r1', [], { running: run, expiresAt: now + 1000 })).ok).toBe(true);
+    expect((await reserve('r2', [], { running: run })).ok).toBe(true);
+    expect(await reserve('r3', [], { running: run })).toEqual({ ok: false, reason: 'running', running: 2 });
+    // Later, r1's lease is over: the next reserve releases it first.
+    expect((await store.reserve({ rid: 'r4', now: now + 2000, expiresAt: now + 60_000, lines: [], running: run })).ok).toBe(true);
+    expect(await store.runningGet(['team-r'])).toEqual([2]);
+  });
+
+  it('splits a shared create rate by weight: under its share a tenant gets through, over it only into what nobody active is owed', async () => {
+    const share = (tenant: string) => ({ tenant, windowKey: 'fs:w1', previousKey: 'fs:w0', windowTtlMs: 60_000, limit: 10, weights: { big: 3 }, defaultWeight: 1, totalWeight: 5 });
+    // Shares: big 6, a 2, b 2. b is active (one create); big bursts.
+    expect((await reserve('f0', [], { share: share('b') })).ok).toBe(true);
+    const big = await Promise.all(Array.from({ length: 12 }, (_, i) => reserve(`f${i + 1}`, [], { share: share('big') })));
+    // big: its 6, then into what is not held for b (1 more owed to it) and not for a (inactive, lent): 10 - 1 - 1 = 8.
+    expect(big.filter((r) => r.ok)).toHaveLength(8);
+    expect(big.find((r) => !r.ok)).toMatchObject({ ok: false, reason: 'share', used: 8, total: 9, share: 6 });
+    expect((await reserve('f20', [], { share: share('b') })).ok).toBe(true);
+    expect(await reserve('f21', [], { share: share('a') })).toMatchObject({ ok: false, reason: 'account', total: 10 });
+  });
+});

@@ -38,6 +38,17 @@ const OriginSchema = z
   .refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'must be an origin such as https://app.example.com (no path), or "*"')
   .transform((o) => o.toLowerCase());
 
+// A budget is a ceiling per UTC (or BUDGET_TIMEZONE) day or calendar month; see src/budget/.
+const BudgetLimitSchema = z.strictObject({
+  max: z.number({ error: 'must be a number' }).positive('must be above 0'),
+  period: z.enum(['day', 'month'], { error: 'must be "day" or "month"' }),
+});
+export const BudgetSchema = z.strictObject({
+  creates: BudgetLimitSchema.extend({ max: z.number().int('must be a whole number').positive('must be above 0') }).optional(),
+  predictTimeSeconds: BudgetLimitSchema.optional(),
+  cost: BudgetLimitSchema.optional(),
+});
+
 export const TenantSchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),
   keys: z.array(KeySchema).min(1, 'needs at least one key'),
@@ -48,6 +59,19 @@ export const TenantSchema = z.strictObject({
   allowedOrigins: z.array(OriginSchema).default([]),
   // Signs the webhooks the gateway delivers to this tenant (Standard Webhooks); unset: generated and shown once.
   webhookSecret: z.string().regex(/^whsec_[A-Za-z0-9+/=]{32,}$/, 'must be a Standard Webhooks secret: whsec_ and at least 24 random bytes in base64').optional(),
+  budget: BudgetSchema.optional(),
+  /** Predictions starting or processing at once; past it a create gets 429. */
+  maxRunning: z.number().int('must be a whole number').positive('must be above 0').optional(),
+  /** What every token this tenant mints may spend over its lifetime at most, and gets when it asks for no budget. */
+  tokenBudget: z
+    .strictObject({
+      creates: z.number().int('must be a whole number').positive('must be above 0').optional(),
+      predictTimeSeconds: z.number().positive('must be above 0').optional(),
+      cost: z.number().positive('must be above 0').optional(),
+    })
+    .optional(),
+  /** Weight in the split of UPSTREAM_CREATE_LIMIT between tenants (default 1). */
+  share: z.number().positive('must be above 0').max(1_000_000).default(1),
 });
 
 export const TenantsFileSchema = z.object({ tenants: z.array(TenantSchema).min(1, 'needs at least one tenant') });
@@ -140,6 +164,8 @@ export class TenantRegistry {
   #snap: Snapshot;
   #watcher: FSWatcher | undefined;
   #debounce: NodeJS.Timeout | undefined;
+  /** Checks of other parts (budgets against the price table) that a reloaded file must pass too. */
+  readonly #checks: ((tenants: readonly Tenant[]) => void)[] = [];
 
   constructor(readonly path: string, snapshot?: Snapshot) {
     this.#snap = snapshot ?? readTenantsFile(path);
@@ -165,10 +191,16 @@ export class TenantRegistry {
     return [...this.#snap.byId.values()];
   }
 
+  addCheck(check: (tenants: readonly Tenant[]) => void): void {
+    this.#checks.push(check);
+  }
+
   /** Re-reads the file. On error the old tenants stay and the error is returned for the caller to log. */
   reload(): { ok: true; tenants: number } | { ok: false; error: string } {
     try {
-      this.#snap = readTenantsFile(this.path);
+      const snap = readTenantsFile(this.path);
+      for (const check of this.#checks) check([...snap.byId.values()]);
+      this.#snap = snap;
       return { ok: true, tenants: this.#snap.byId.size };
     } catch (err) {
       return { ok: false, error: (err as Error).message };

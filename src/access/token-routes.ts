@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
 import { patternWithin } from './allowlist.js';
-import { ModelPatternSchema } from './tenants.js';
+import type { TokenGrant } from '../types.js';
+import { ModelPatternSchema, type Tenant } from './tenants.js';
 import { TOKEN_DEFAULT_TTL_SECONDS, TOKEN_MAX_TTL_SECONDS, type TokenSigner } from './tokens.js';
 
 // Strict: a misspelt field ("ttl") must not quietly give a token with the defaults.
@@ -12,7 +13,31 @@ const TokenRequestSchema = z.strictObject({
   ttl_seconds: z.number({ error: 'must be a number' }).int('must be a whole number').min(30).max(TOKEN_MAX_TTL_SECONDS).optional(),
   models: z.array(ModelPatternSchema).min(1).optional(),
   max_creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+  // The token's own budget for its lifetime, spent and settled like the tenant's, which it stays inside of.
+  budget: z
+    .strictObject({
+      creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+      predict_time_seconds: z.number({ error: 'must be a number' }).positive('must be above 0').optional(),
+      cost: z.number({ error: 'must be a number' }).positive('must be above 0').optional(),
+    })
+    .optional(),
 });
+
+/** The token's budget: what it asks for, within the tenant's `tokenBudget`, which is also the default. */
+function tokenBudget(tenant: Tenant, asked: z.output<typeof TokenRequestSchema>['budget']): TokenGrant['budget'] {
+  const ceiling = tenant.tokenBudget ?? {};
+  const want = { creates: asked?.creates, predictTimeSeconds: asked?.predict_time_seconds, cost: asked?.cost };
+  const out: NonNullable<TokenGrant['budget']> = {};
+  for (const [k, name] of [['creates', 'creates'], ['predictTimeSeconds', 'predict_time_seconds'], ['cost', 'cost']] as const) {
+    const max = ceiling[k];
+    if (want[k] !== undefined && max !== undefined && want[k] > max) {
+      throw new GatewayError('FORBIDDEN', `budget.${name} ${want[k]} is above tenant ${tenant.id}'s tokenBudget.${k} of ${max}`);
+    }
+    const v = want[k] ?? max;
+    if (v !== undefined) out[k] = v;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
 
 export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSigner }): Promise<void> {
   app.post('/tokens', { config: { keyOnly: true } }, async (request, reply) => {
@@ -23,12 +48,21 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
     for (const m of body.models ?? []) {
       if (!patternWithin(m, tenant.models)) throw new GatewayError('FORBIDDEN', `model ${m} is not allowed for tenant ${tenant.id}`);
     }
+    const budget = tokenBudget(tenant, body.budget);
     const { token, expiresAt } = await opts.signer.sign(tenant.id, {
       ttlSeconds: body.ttl_seconds ?? TOKEN_DEFAULT_TTL_SECONDS,
       models: body.models,
       maxCreates: body.max_creates,
+      budget,
     });
     reply.header('cache-control', 'no-store');
-    return reply.code(201).send({ token, expires_at: expiresAt.toISOString(), tenant: tenant.id, models: body.models ?? null, max_creates: body.max_creates ?? null });
+    return reply.code(201).send({
+      token,
+      expires_at: expiresAt.toISOString(),
+      tenant: tenant.id,
+      models: body.models ?? null,
+      max_creates: body.max_creates ?? null,
+      budget: budget ? { creates: budget.creates, predict_time_seconds: budget.predictTimeSeconds, cost: budget.cost } : null,
+    });
   });
 }

@@ -15,18 +15,30 @@ export function looksLikeJwt(credential: string): boolean {
   return /^[\w-]+\.[\w-]+\.[\w-]+$/.test(credential);
 }
 
+/** The `budget` claim: positive numbers for creates, predictTimeSeconds and cost; anything else is left out. */
+function budgetClaim(claim: unknown): TokenGrant['budget'] {
+  if (typeof claim !== 'object' || claim === null) return undefined;
+  const out: NonNullable<TokenGrant['budget']> = {};
+  for (const k of ['creates', 'predictTimeSeconds', 'cost'] as const) {
+    const v = (claim as Record<string, unknown>)[k];
+    if (typeof v === 'number' && v > 0) out[k] = v;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
 export class TokenSigner {
   readonly #secret: Uint8Array;
   constructor(secret: string) {
     this.#secret = new TextEncoder().encode(secret);
   }
 
-  async sign(tenantId: string, opts: { ttlSeconds: number; models?: string[]; maxCreates?: number }): Promise<{ token: string; expiresAt: Date }> {
+  async sign(tenantId: string, opts: { ttlSeconds: number; models?: string[]; maxCreates?: number; budget?: TokenGrant['budget'] }): Promise<{ token: string; expiresAt: Date }> {
     const now = Math.floor(Date.now() / 1000);
     const exp = now + opts.ttlSeconds;
     const claims: Record<string, unknown> = {};
     if (opts.models) claims.models = opts.models;
     if (opts.maxCreates !== undefined) claims.max_creates = opts.maxCreates;
+    if (opts.budget) claims.budget = opts.budget;
     const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
       .setSubject(tenantId)
@@ -48,7 +60,8 @@ export class TokenSigner {
       }
       const models = Array.isArray(payload.models) ? payload.models.filter((m): m is string => typeof m === 'string') : undefined;
       const maxCreates = typeof payload.max_creates === 'number' ? payload.max_creates : undefined;
-      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates } };
+      const budget = budgetClaim(payload.budget);
+      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates, ...(budget && { budget }) } };
     } catch (err) {
       if (err instanceof GatewayError) throw err;
       if (err instanceof joseErrors.JWTExpired) throw new GatewayError('UNAUTHENTICATED', 'the token has expired; request a new one');

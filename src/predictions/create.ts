@@ -6,6 +6,7 @@ import { today } from '../usage/day.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
 import { PredictionBody } from './prediction.js';
+import { refreshRunning } from './paging.js';
 import { normalizePrefer } from './prefer.js';
 import { untilStored } from './store-retry.js';
 
@@ -16,6 +17,8 @@ export interface CreateInput {
   body: string;
   /** The body that goes upstream (files inlined), made once the create is admitted; default: `body`. */
   forward?: () => Promise<string>;
+  /** The model created, for its price (by version: as the version book knows it); asked only when budgets apply. */
+  model?: () => Promise<string | undefined>;
   prefer?: string;
   cancelAfter?: string;
   idempotencyKey?: unknown;
@@ -52,7 +55,14 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   }
 
   let res;
+  let reservation;
   try {
+    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) atomically, or a 429.
+    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs).catch(async (err) => {
+      // At the running cap, predictions that ended unseen may hold slots: look once, then try again.
+      if (!(err instanceof GatewayError && err.code === 'RUNNING_LIMIT') || !(await refreshRunning(deps, caller))) throw err;
+      return deps.budgets.reserve(caller.principal, input.model, timeoutMs);
+    });
     const body = input.forward ? await input.forward() : input.body;
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
@@ -70,13 +80,15 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
     // retry cannot start it a second time. Any other failure created nothing.
-    if (idem && !(err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT')) await idem.release();
+    const timedOut = err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT';
+    if (idem && !timedOut) await idem.release();
+    if (reservation) await deps.budgets.end(reservation, timedOut);
     throw err;
   }
   const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   const id = body.id;
   deps.versions.learnFromPrediction(body.prediction);
-  const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body) } : undefined;
+  const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body), cost: deps.budgets.actual(body.prediction).cost } : undefined;
   // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
   // into a second job. Keep trying to record it; only if the store stays down is the job canceled.
   let recorded: boolean;
@@ -90,6 +102,8 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         day: today(),
         terminal,
         idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
+        // Settled when anything sees the prediction end, or released after PREDICTION_TTL_SECONDS.
+        reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_TTL_SECONDS * 1000 },
       }),
     );
   } catch (err) {
@@ -100,10 +114,11 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   if (!recorded) {
     // A deduplicating or confused upstream answered with a prediction another tenant owns: never hand it over.
     if (idem) await idem.release();
+    if (reservation) await deps.budgets.end(reservation, false);
     caller.log.error({ prediction: id }, 'the upstream answered a create with an id another tenant owns; refused');
     throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
   }
   facts.owners.set(id, tenant);
   if (terminal) facts.setTerminal(id, body);
-  return { status: res.status, body, created: id };
+  return { status: res.status, body, created: id, headers: reservation?.headers };
 }

@@ -1,5 +1,6 @@
 // What the prediction use cases work with: the shared clients, this process's memory, and who is calling.
 import type { FastifyBaseLogger } from 'fastify';
+import type { Budgets } from '../budget/budgets.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
@@ -18,6 +19,7 @@ export interface PredictionDeps {
   facts: Facts;
   poller: Poller;
   versions: VersionBook;
+  budgets: Budgets;
 }
 
 export interface Caller {
@@ -38,4 +40,6 @@ export interface Answer {
   replayed?: boolean;
   /** The id a create started, for the access log. */
   created?: string;
+  /** A create's x-budget-remaining-* as its reservation left them. */
+  headers?: Record<string, string>;
 }

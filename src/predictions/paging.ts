@@ -73,6 +73,17 @@ async function refreshed(deps: PredictionDeps, caller: Caller, bodies: Predictio
   return out;
 }
 
+/**
+ * At the running cap: the tenant's newest listed predictions still running, asked again upstream as a list would,
+ * so that those which ended unseen (webhook users seldom poll) settle and free their slots. How many ended.
+ */
+export async function refreshRunning(deps: PredictionDeps, caller: Caller): Promise<number> {
+  const { entries } = await deps.store.listPage(caller.principal.tenant.id, { limit: PAGE_SIZE });
+  const before = entries.map((e) => new PredictionBody(e.json));
+  const after = await refreshed(deps, caller, before);
+  return after.filter((b, i) => b.terminal && !before[i]!.terminal).length;
+}
+
 /** One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim). */
 export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string): Promise<string> {
   const q = decodeCursor(cursor);

@@ -25,8 +25,9 @@ export default fp(
       facts: new Facts(),
       poller: new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config)),
       versions: new VersionBook(store, app.log),
+      budgets: app.budgets,
     };
     app.decorate('predictions', deps);
   },
-  { name: 'predictions', dependencies: ['config', 'metrics', 'store', 'upstream'] },
+  { name: 'predictions', dependencies: ['config', 'metrics', 'store', 'upstream', 'budgets'] },
 );

@@ -40,6 +40,8 @@ export async function keepTerminal(deps: PredictionDeps, tenant: string, body: P
     json: body.raw,
     status: body.prediction.status as string,
     predictTime: predictTimeOf(body),
+    // Settles the prediction's budget reservation, if it still has one (once: a second settle finds none).
+    cost: deps.budgets.actual(body.prediction).cost,
     day: today(),
   });
   deps.facts.setTerminal(body.id, body);

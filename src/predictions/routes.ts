@@ -45,12 +45,18 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       reply.header('x-cache', answer.cache === 'HIT' ? 'HIT' : 'MISS');
     }
     if (answer.replayed) reply.header('idempotent-replayed', 'true');
+    if (answer.headers) reply.headers(answer.headers);
     // The access line names the prediction a create started: one log line per create, not two.
     if (answer.created) request.createdPrediction = answer.created;
     return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body.render(base(request)));
   }
 
-  async function create(request: FastifyRequest, path: string, body: { input: Record<string, unknown>; webhook?: string; webhook_events_filter?: EventName[] }): Promise<Answer> {
+  async function create(
+    request: FastifyRequest,
+    path: string,
+    body: { input: Record<string, unknown>; webhook?: string; webhook_events_filter?: EventName[] },
+    model: () => Promise<string | undefined>,
+  ): Promise<Answer> {
     // Exactly the bytes the client sent go upstream (unknown fields included), but for its gateway file URLs and its
     // webhook, which stays with the gateway: the upstream would sign with the account's secret and point at itself.
     const raw = request.rawBody ?? JSON.stringify(body);
@@ -71,6 +77,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       path,
       body: raw,
       forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
+      model,
       prefer: header(request, 'prefer'),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
@@ -92,13 +99,14 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
     const { owner, name } = parse(ModelParamsSchema, request.params, 'path');
     const body = parse(CreateByModelSchema, request.body, 'body');
     checkAllowed(request.principal!, `${owner}/${name}`);
-    return send(request, reply, await create(request, `/models/${owner}/${name}/predictions`, body));
+    return send(request, reply, await create(request, `/models/${owner}/${name}/predictions`, body, async () => `${owner}/${name}`));
   });
 
   app.post('/predictions', { config: { create: true } }, async (request, reply) => {
     const body = parse(CreateByVersionSchema, request.body, 'body');
     await checkVersionAllowed(request.principal!, body.version, (v) => versions.modelOf(v));
-    return send(request, reply, await create(request, '/predictions', body));
+    // The price of a create by version is its model's, as the gateway has seen the version belong to one.
+    return send(request, reply, await create(request, '/predictions', body, () => versions.modelOf(body.version)));
   });
 
   app.get('/predictions/:id', async (request, reply) => {

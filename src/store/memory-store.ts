@@ -1,8 +1,14 @@
 // In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL, entry count and
 // bytes (the prediction bodies, which can carry whole images as data: URIs, share MEMORY_STORE_MAX_BYTES).
 import { BoundedMap } from '../lib/bounded-map.js';
-import type { CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import type { BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
+
+interface Reservation {
+  lines: { key: string; field: 'creates' | 'seconds' | 'cost'; amount: number; committed: boolean }[];
+  run: string | undefined;
+  expiresAt: number;
+}
 
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
@@ -18,6 +24,12 @@ export class MemoryStore implements Store {
   /** Per tenant, entries sorted by score descending (newest first). */
   readonly #index = new Map<string, { id: string; score: number }[]>();
   readonly #maxEntries: number;
+  // Budgets: hashes per tenant/token and period, running counts, share windows, and reservations by key
+  // (`r:<rid>` until bound, then `p:<id>`), as redis-store.ts keeps them.
+  readonly #budgets: BoundedMap<BudgetTotals>;
+  readonly #running = new Map<string, number>();
+  readonly #share: BoundedMap<Record<string, number>>;
+  readonly #reservations = new Map<string, Reservation>();
 
   constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
     this.#opts = opts;
@@ -33,6 +45,8 @@ export class MemoryStore implements Store {
     this.#counters = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#usage = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#versions = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#budgets = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#share = new BoundedMap({ maxEntries: 16 });
   }
 
   isReady(): boolean {
@@ -60,6 +74,7 @@ export class MemoryStore implements Store {
       if (list.length > this.#maxEntries) list.length = this.#maxEntries;
       this.#addUsage(r.tenant, r.day, 'creates', 1);
     }
+    if (r.reservation) this.#bind(r.reservation.rid, r.id, r.reservation.expiresAt);
     if (r.terminal) this.#terminalSeen({ id: r.id, tenant: r.tenant, json: r.json, day: r.day, ...r.terminal });
     if (r.idem) this.#idem.set(r.idem.key, r.idem.record, r.idem.ttlSeconds * 1000);
     return true;
@@ -70,6 +85,7 @@ export class MemoryStore implements Store {
   }
 
   #terminalSeen(rec: TerminalRecord): void {
+    this.#release(`p:${rec.id}`, { seconds: rec.predictTime, cost: rec.cost ?? 0 });
     this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
     if (this.#seen.get(rec.id)) return;
     this.#seen.set(rec.id, true, this.#opts.predictionTtlSeconds * 1000);
@@ -144,7 +160,100 @@ export class MemoryStore implements Store {
     return out;
   }
 
+  async reserve(r: ReserveRequest): Promise<ReserveResult> {
+    for (const [k, v] of this.#reservations) if (v.expiresAt <= r.now) this.#release(k, undefined);
+    const remaining: number[] = [];
+    for (const [i, l] of r.lines.entries()) {
+      const h = this.#budgets.get(l.key) ?? {};
+      const spent = h[`${l.field}:s`] ?? 0;
+      const reserved = h[`${l.field}:r`] ?? 0;
+      if (spent + reserved + l.amount > l.max + 1e-9 || (l.amount === 0 && spent + reserved >= l.max - 1e-9)) {
+        return { ok: false, reason: 'budget', line: i, spent, reserved };
+      }
+      remaining.push(l.max - spent - reserved - l.amount);
+    }
+    const running = r.running ? this.#running.get(r.running.tenant) ?? 0 : 0;
+    if (r.running?.max !== undefined && running >= r.running.max) return { ok: false, reason: 'running', running };
+    const sh = r.share;
+    if (sh) {
+      const used = this.#share.get(sh.windowKey) ?? {};
+      const active = new Set([...Object.keys(used), ...Object.keys(this.#share.get(sh.previousKey) ?? {})]);
+      const total = Object.values(used).reduce((a, b) => a + b, 0);
+      const shareOf = (t: string) => (sh.limit * (sh.weights[t] ?? sh.defaultWeight)) / sh.totalWeight;
+      const mine = used[sh.tenant] ?? 0;
+      const refuse = (reason: 'share' | 'account') => ({ ok: false as const, reason, used: mine, total, share: shareOf(sh.tenant) });
+      if (total >= sh.limit) return refuse('account');
+      if (mine >= shareOf(sh.tenant)) {
+        let held = 0;
+        for (const t of active) if (t !== sh.tenant && shareOf(t) > (used[t] ?? 0)) held += Math.ceil(shareOf(t) - (used[t] ?? 0) - 1e-9);
+        if (total + held >= sh.limit) return refuse('share');
+      }
+      this.#share.set(sh.windowKey, { ...used, [sh.tenant]: mine + 1 }, this.#share.has(sh.windowKey) ? this.#share.expiresIn(sh.windowKey) : sh.windowTtlMs);
+    }
+    for (const l of r.lines) this.#addBudget(l.key, `${l.field}:r`, l.amount, l.ttlSeconds * 1000);
+    if (r.running) this.#running.set(r.running.tenant, running + 1);
+    if (r.lines.length || r.running) {
+      this.#reservations.set(`r:${r.rid}`, {
+        lines: r.lines.map((l) => ({ key: l.key, field: l.field, amount: l.amount, committed: false })),
+        run: r.running?.tenant,
+        expiresAt: r.expiresAt,
+      });
+    }
+    return { ok: true, remaining, running: running + (r.running ? 1 : 0) };
+  }
+
+  async releaseReservation(rid: string): Promise<void> {
+    this.#release(`r:${rid}`, undefined);
+  }
+
+  async settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void> {
+    this.#release(`r:${rid}`, actual);
+  }
+
+  async budgetGet(keys: string[]): Promise<BudgetTotals[]> {
+    return keys.map((k) => ({ ...this.#budgets.get(k) }));
+  }
+
+  async runningGet(tenants: string[]): Promise<number[]> {
+    return tenants.map((t) => this.#running.get(t) ?? 0);
+  }
+
   async close(): Promise<void> {}
+
+  #addBudget(key: string, field: string, by: number, ttlMs?: number): void {
+    const h = this.#budgets.get(key) ?? {};
+    h[field] = (h[field] ?? 0) + by;
+    this.#budgets.set(key, h, ttlMs ?? (this.#budgets.has(key) ? this.#budgets.expiresIn(key) : USAGE_TTL_SECONDS * 1000));
+  }
+
+  /** The create is now a prediction: its create counts as spent, the rest stays reserved until it ends. */
+  #bind(rid: string, id: string, expiresAt: number): void {
+    const rec = this.#reservations.get(`r:${rid}`);
+    if (!rec) return;
+    this.#reservations.delete(`r:${rid}`);
+    for (const l of rec.lines) {
+      if (l.field !== 'creates' || l.committed) continue;
+      this.#addBudget(l.key, 'creates:r', -l.amount);
+      this.#addBudget(l.key, 'creates:s', l.amount);
+      l.amount = 0;
+      l.committed = true;
+    }
+    this.#reservations.set(`p:${id}`, { ...rec, expiresAt });
+  }
+
+  /** Release (no `actual`) or settle a reservation; the first call deletes it, so a second one does nothing. */
+  #release(key: string, actual: { seconds: number; cost: number } | undefined): void {
+    const rec = this.#reservations.get(key);
+    if (!rec) return;
+    this.#reservations.delete(key);
+    for (const l of rec.lines) {
+      if (l.amount !== 0) this.#addBudget(l.key, `${l.field}:r`, -l.amount);
+      if (!actual) continue;
+      const add = l.field === 'creates' ? (l.committed ? 0 : 1) : actual[l.field];
+      if (add > 0) this.#addBudget(l.key, `${l.field}:s`, add);
+    }
+    if (rec.run !== undefined) this.#running.set(rec.run, Math.max(0, (this.#running.get(rec.run) ?? 0) - 1));
+  }
 
   #addUsage(tenant: string, day: string, field: string, by: number): void {
     const key = `${tenant}:${day}`;

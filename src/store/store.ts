@@ -30,6 +30,8 @@ export interface TerminalRecord {
   json: string;
   status: string;
   predictTime: number;
+  /** What the prediction cost by the price table (0 without one): settles its budget reservation, if any. */
+  cost?: number;
   day: string;
 }
 
@@ -40,9 +42,59 @@ export interface CreateRecord {
   score: number;
   json: string;
   day: string;
-  terminal?: { status: string; predictTime: number };
+  terminal?: { status: string; predictTime: number; cost?: number };
   idem?: { key: string; record: IdempotencyRecord; ttlSeconds: number };
+  /** The budget reservation this create made: now bound to the prediction id, its create spent, until `expiresAt`. */
+  reservation?: { rid: string; expiresAt: number };
 }
+
+/** What a budget counts: creates, seconds of predict_time, and money by the price table. */
+export type BudgetField = 'creates' | 'seconds' | 'cost';
+
+/** One ceiling a create must fit under: a field of a budget hash (one per tenant or token, per period). */
+export interface BudgetLine {
+  key: string;
+  field: BudgetField;
+  max: number;
+  /** What this create reserves: 1 create, the expected seconds or cost. */
+  amount: number;
+  ttlSeconds: number;
+}
+
+/** The tenant's place in the split of the upstream account's create rate (UPSTREAM_CREATE_LIMIT). */
+export interface ShareRequest {
+  tenant: string;
+  /** Keys of this fixed window's and the previous window's per-tenant create counts. */
+  windowKey: string;
+  previousKey: string;
+  windowTtlMs: number;
+  limit: number;
+  /** Weights that are not `defaultWeight`, and the sum over every tenant. */
+  weights: Record<string, number>;
+  defaultWeight: number;
+  totalWeight: number;
+}
+
+export interface ReserveRequest {
+  /** The reservation's own id until the upstream names the prediction (recordCreate binds it). */
+  rid: string;
+  now: number;
+  /** Released at this time if nothing binds or settles it first (a process that died mid-create). */
+  expiresAt: number;
+  lines: BudgetLine[];
+  /** Count the create as running for this tenant; with `max`, refuse past it. */
+  running?: { tenant: string; max?: number; ttlSeconds: number };
+  share?: ShareRequest;
+}
+
+export type ReserveResult =
+  | { ok: true; remaining: number[]; running: number }
+  | { ok: false; reason: 'budget'; line: number; spent: number; reserved: number }
+  | { ok: false; reason: 'running'; running: number }
+  | { ok: false; reason: 'share' | 'account'; used: number; total: number; share: number };
+
+/** A budget hash: `<field>:s` spent and `<field>:r` reserved. */
+export type BudgetTotals = Record<string, number>;
 
 export type UsageDay = Record<string, number>;
 
@@ -81,6 +133,19 @@ export interface Store {
   /** Atomic counter with an expiry set on first use; returns the new count. */
   incrCounter(key: string, ttlMs: number): Promise<number>;
   usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>>;
+  /**
+   * Admission, in one atomic step: first releases reservations past their expiry; then refuses if any line would
+   * pass its max (spent + reserved + amount), the running count is at its max, or the tenant is over its share of
+   * the upstream create rate while the rest is held for others; else reserves every line, counts the create as
+   * running and in the share window, and keeps a reservation record for the settle.
+   */
+  reserve(r: ReserveRequest): Promise<ReserveResult>;
+  /** A create that reached no prediction: its reservation is dropped as if never made. */
+  releaseReservation(rid: string): Promise<void>;
+  /** A create whose outcome is unknown (timed out): its reservation becomes spent, at the amounts given. */
+  settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void>;
+  budgetGet(keys: string[]): Promise<BudgetTotals[]>;
+  runningGet(tenants: string[]): Promise<number[]>;
   close(): Promise<void>;
 }
 

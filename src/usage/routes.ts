@@ -34,19 +34,21 @@ function withTotals(days: Record<string, UsageDay>) {
 }
 
 export async function usageRoutes(app: FastifyInstance): Promise<void> {
-  const { store, tenants } = app;
+  const { store, tenants, budgets } = app;
 
   // Usage is the tenant's chargeback figure, for its servers: a browser token cannot read it.
   app.get('/usage', { config: { keyOnly: true } }, async (request) => {
-    const tenant = request.principal!.tenant.id;
-    return { tenant, ...withTotals(await store.usageGet(tenant, daysOf(request.query))) };
+    const tenant = request.principal!.tenant;
+    const [usage, budget] = await Promise.all([store.usageGet(tenant.id, daysOf(request.query)), budgets.status(tenant)]);
+    // budget (this period's max, spent, reserved, remaining) and running appear for tenants that have them.
+    return { tenant: tenant.id, ...withTotals(usage), ...budget };
   });
 
   app.get('/admin/usage', { config: { auth: 'admin' } }, async (request) => {
     const days = daysOf(request.query);
     // All tenants at once: Redis gets them in one pipeline rather than one round trip after another.
     const all = tenants.all();
-    const usage = await Promise.all(all.map((t) => store.usageGet(t.id, days)));
-    return { from: days[0], to: days.at(-1), tenants: Object.fromEntries(all.map((t, i) => [t.id, withTotals(usage[i]!)])) };
+    const [usage, status] = await Promise.all([Promise.all(all.map((t) => store.usageGet(t.id, days))), Promise.all(all.map((t) => budgets.status(t)))]);
+    return { from: days[0], to: days.at(-1), tenants: Object.fromEntries(all.map((t, i) => [t.id, { ...withTotals(usage[i]!), ...status[i] }])) };
   });
 }

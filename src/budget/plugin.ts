@@ -1,0 +1,71 @@
+// `app.budgets`: the price table (PRICES_FILE), the budget checks of the tenants file, the budget gauges; and, on
+// API routes, the x-budget-remaining-* headers of every authenticated response.
+import fp from 'fastify-plugin';
+import type { Tenant } from '../access/tenants.js';
+import { ConfigError } from '../config.js';
+import type { BudgetSample } from '../metrics.js';
+import { BUDGET_HEADERS, Budgets } from './budgets.js';
+import { type PriceTable, readPricesFile } from './prices.js';
+
+/**
+ * What the tenants file asks of the price table: a cost budget needs one, and a model a cost-budgeted tenant lists
+ * by name needs a price unless the table has a default (wildcards and unlisted models fall back to the default or
+ * the dearest price). Throws naming the field.
+ */
+export function checkTenantBudgets(tenants: readonly Tenant[], prices: PriceTable | undefined, hasDefault: boolean): void {
+  tenants.forEach((t, i) => {
+    if (!t.budget?.cost) return;
+    if (!prices) throw new ConfigError(`invalid configuration: tenants.${i}.budget.cost needs PRICES_FILE (a price table) to count money`);
+    if (hasDefault) return;
+    t.models?.forEach((m, j) => {
+      if (!m.endsWith('/*') && !prices.knows(m)) {
+        throw new ConfigError(`invalid configuration: tenants.${i}.models.${j}: model ${m} has no price in PRICES_FILE (tenant ${t.id} has a cost budget, and the file has no default)`);
+      }
+    });
+  });
+}
+
+export default fp<{ now?: () => number }>(
+  async (app, opts) => {
+    const { config, store, tenants, metrics } = app;
+    const prices = config.PRICES_FILE ? readPricesFile(config.PRICES_FILE, config.BUDGET_EXPECTED_SECONDS) : undefined;
+    const hasDefault = prices?.hasDefault ?? false;
+    checkTenantBudgets(tenants.all(), prices, hasDefault);
+    // A reloaded tenants file that fails the same checks is rejected like any invalid one.
+    tenants.addCheck((all) => checkTenantBudgets(all, prices, hasDefault));
+    const budgets = new Budgets({
+      config,
+      store,
+      tenants: () => tenants.all(),
+      prices,
+      now: opts.now,
+      onRefused: (tenant, what) => metrics.rateLimited.inc({ tenant, limit: what }),
+    });
+    app.decorate('budgets', budgets);
+
+    metrics.watchBudgets(async () => {
+      const counted = tenants.all().filter((t) => t.budget || t.maxRunning !== undefined);
+      const statuses = await Promise.all(counted.map((t) => budgets.status(t)));
+      return counted.map((t, i): BudgetSample => {
+        const s = statuses[i]!;
+        const lines = Object.entries(s.budget ?? {}) as [string, { max: number; spent: number; reserved: number }][];
+        return { tenant: t.id, running: s.running?.count ?? 0, budgets: lines.map(([budget, l]) => ({ budget, max: l.max, spent: l.spent, reserved: l.reserved })) };
+      });
+    });
+  },
+  { name: 'budgets', dependencies: ['config', 'metrics', 'store', 'tenants'] },
+);
+
+/** On API routes: the caller's remaining budgets as headers (a store failure only costs the headers). */
+export const budgetHeaders = fp(
+  async (app) => {
+    app.addHook('onRequest', async (request, reply) => {
+      if (!request.principal) return;
+      const headers = await app.budgets.remainingHeaders(request.principal).catch(() => undefined);
+      if (headers) reply.headers(headers);
+    });
+  },
+  { name: 'budget-headers', dependencies: ['auth', 'limits', 'budgets'] },
+);
+
+export { BUDGET_HEADERS };
