@@ -194,6 +194,38 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
   });
 });
 
+describe('webhooks and spend control', () => {
+  const KEY_W = 'team-w-key-0123456789abcdef';
+  let gw: Gateway;
+  beforeAll(async () => {
+    gw = await startGateway({
+      sim: s,
+      tenants: [{ id: 'team-w', keys: [KEY_W], maxRunning: 1, budget: { predictTimeSeconds: { max: 1000, period: 'month' } } }],
+      env: WEBHOOK_ENV,
+    });
+  });
+  afterAll(async () => {
+    await gw.close();
+  });
+
+  it('settles the budget and frees the running slot when the watcher sees the end, with no client poll', async () => {
+    const first = await createWithHook(gw.url, KEY_W, { webhook: `${receiver.url}/budget`, webhook_events_filter: ['completed'] }, { prompt: 'first', duration_ms: 1500 });
+    expect(first.status).toBe(201);
+    // At maxRunning 1 a second create waits for the first to end.
+    const blocked = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'second', duration_ms: 5000 } } });
+    expect(blocked.status).toBe(429);
+    expect(blocked.body.detail).toMatch(/maxRunning 1/);
+    await waitFor(() => receiver.delivered(first.body.id).length === 1, 10_000, 'the completed event');
+    const usage = await call(gw.url, 'GET', '/gateway/v1/usage', { key: KEY_W });
+    expect(usage.body.running.count).toBe(0);
+    expect(usage.body.budget.predictTimeSeconds).toMatchObject({ reserved: 0, spent: expect.any(Number) });
+    expect(usage.body.budget.predictTimeSeconds.spent).toBeGreaterThan(0);
+    expect(usage.body.totals.succeeded).toBe(1);
+    const second = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'second' } } });
+    expect(second.status).toBe(201);
+  });
+});
+
 describe('across gateway processes on one Redis', () => {
   afterAll(async () => {
     await stopAllGatewayProcesses();
