@@ -7,6 +7,7 @@ import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
+import type { Tracing } from './tracing.js';
 import type { UpstreamClient } from './upstream/client.js';
 
 /** A short-lived token's narrowing, when the caller presented a token rather than a key. */
@@ -38,6 +39,8 @@ declare module 'fastify' {
     tenants: TenantRegistry;
     upstream: UpstreamClient;
     budgets: Budgets;
+    /** OpenTelemetry (src/tracing.ts); undefined unless OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+    tracing: Tracing | undefined;
   }
   interface FastifyRequest {
     principal: Principal | null;
@@ -46,6 +49,10 @@ declare module 'fastify' {
     /** For the access log: upstream latency and cache outcome. */
     upstreamMs: number | undefined;
     cacheResult: 'HIT' | 'MISS' | 'COALESCED' | undefined;
+    /** The request span's context, the parent of its upstream attempts (opaque; set only while tracing is on). */
+    traceContext: unknown;
+    /** The gateway's own time as `Server-Timing` gave it (total − upstream), for the access log. */
+    gatewayMs: number | undefined;
     /** The id of the prediction a create started, for the access log. */
     createdPrediction: string | undefined;
   }
