@@ -19,6 +19,8 @@ import jsonBody from './http/json-body.js';
 import problems, { makeClientErrorHandler, makeFailureHandler } from './http/problems.js';
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
+import dashboardStats from './dashboard/plugin.js';
+import { dashboardRoutes } from './dashboard/routes.js';
 import { Metrics } from './metrics.js';
 import { accountRoutes } from './account/routes.js';
 import { fileRoutes, signedFileRoutes } from './files/routes.js';
@@ -101,6 +103,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(problems, { fail });
   await app.register(jsonBody);
   await app.register(requestLog);
+  await app.register(dashboardStats);
 
   await app.register(underPressure, {
     maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS || undefined,
@@ -145,6 +148,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
+    await api.register(dashboardRoutes, { prefix: '/gateway/admin', stats: app.opsStats });
   });
 
   return app;
