@@ -148,7 +148,7 @@ describe('Server-Timing', () => {
     expect(line.upstreamMs).toBe(t.upstream!.dur);
     expect(line.gatewayMs).toBe(t.gateway!.dur);
     // Measured as the answer is handed over; the access line's total comes once it is written, a little later.
-    expect(t.gateway!.dur + t.upstream!.dur).toBeLessThanOrEqual(line.responseTime + 0.02);
+    expect(t.gateway!.dur! + t.upstream!.dur!).toBeLessThanOrEqual(line.responseTime + 0.02);
   });
 
   it('has no upstream entry on a cache hit, says HIT, and is exposed to browsers; other routes have none', async () => {

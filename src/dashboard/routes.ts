@@ -22,7 +22,8 @@ const SECURITY_HEADERS = {
   'content-security-policy': CSP,
   'x-content-type-options': 'nosniff',
   'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
+  // Not no-referrer: with it, Chromium sends `Origin: null` on the page's own form POST.
+  'referrer-policy': 'same-origin',
   'cross-origin-opener-policy': 'same-origin',
   'cross-origin-resource-policy': 'same-origin',
   'cache-control': 'no-store',
@@ -104,8 +105,10 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     const origin = request.headers.origin;
     const own = `${request.protocol}://${request.host}`.toLowerCase();
     const sameSite = site === undefined || site === 'same-origin' || site === 'none';
-    // Scripts and curl send no Origin; a browser always does on a POST.
-    const sameOrigin = origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase());
+    // Scripts and curl send no Origin; a browser always does on a POST ("null" from some pages, when
+    // Sec-Fetch-Site, which no page can forge, still says same-origin).
+    const sameOrigin =
+      origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase()) || (origin === 'null' && site === 'same-origin');
     if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused');
   }
 

@@ -95,7 +95,8 @@
     const width = Math.max(300, el.clientWidth || 380);
     if (!charts[id] || charts[id].key !== key) {
       charts[id]?.plot.destroy();
-      const series = [{}, ...labels.map((label, i) => ({ label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: opts.spanGaps ?? false, ...(opts.bars ? { fill: `${PALETTE[i % PALETTE.length]}33` } : {}) }))];
+      // Points too: a series with gaps (ten seconds without upstream calls) may have single values to show.
+      const series = [{}, ...labels.map((label, i) => ({ label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: opts.spanGaps ?? false, points: { show: true, size: 4 } }))];
       const plot = new uPlot({ width, height: 200, series, scales: { x: { time: true }, y: opts.y ?? {} }, axes: [{}, { size: 50 }], legend: { live: false } }, data, el);
       charts[id] = { key, plot };
     } else {
