@@ -2,16 +2,16 @@
 // its creates (a screenshot is kept in test/artifacts/), a wrong key refused without a cookie, the key in no URL, the
 // CSP obeyed (no console violation), CSRF-safe sign-out; and over HTTP, the JSON for scripts and a second replica's
 // traffic on the first one's page.
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { CSP } from '../src/dashboard/routes.js';
+import { launchChromium } from './helpers/chromium.js';
 import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, startGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(150);
-const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'admin-key-for-the-dashboard-0123456789';
 const ARTIFACTS = join(import.meta.dirname, 'artifacts');
 const lots = { max: 10_000, timeWindow: '1 minute' };
@@ -25,13 +25,8 @@ let gw: Gateway;
 let browser: Browser;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install it with "apt-get install -y chromium" (.ci/run does this)`);
   gw = await startGateway({ sim: s, tenants: TENANTS, env: { ADMIN_API_KEY: ADMIN, LOG_LEVEL: 'warn' } });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: 10_000,
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
