@@ -68,7 +68,10 @@ describe('the dashboard in a browser', () => {
 
       // Traffic after the page is open: the next refresh (every 3 s) shows it.
       for (let i = 0; i < 3; i++) await createPrediction(gw.url, KEY_A, { prompt: `a ${i}`, duration_ms: 60_000 });
-      await createPrediction(gw.url, KEY_B, { prompt: 'b' });
+      const bId = await createPrediction(gw.url, KEY_B, { prompt: 'b', duration_ms: 50 });
+      // Polls until it ends (misses), then once more from the terminal cache (a hit).
+      await waitFor(async () => (await call(gw.url, 'GET', `/replicate/v1/predictions/${bId}`, { key: KEY_B })).body.status === 'succeeded', 5000, 'team-b\'s prediction to end');
+      expect((await call(gw.url, 'GET', `/replicate/v1/predictions/${bId}`, { key: KEY_B })).headers.get('x-cache')).toBe('HIT');
       expect((await call(gw.url, 'POST', MODEL_PATH, { key: KEY_B, body: { input: { prompt: 'too many' } } })).status).toBe(429);
       s.sim.injectFault({ kind: 'status', status: 502 }, { match: (m) => m === 'POST' });
       const failed = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'fails' } } });
@@ -86,6 +89,7 @@ describe('the dashboard in a browser', () => {
       expect(await page.locator('#failures td[data-field="request-id"]').allInnerTexts()).toContain(failedId);
       expect(await page.locator('#breaker').innerText()).toBe('closed');
       expect(await page.locator('#latency').innerText()).toMatch(/^[\d.,]+ ms$/);
+      expect(await page.locator('#hit-rate').innerText()).toMatch(/^[\d.,]+ %$/);
       // Three uPlot charts, drawn with the gateway's own copy of the library.
       expect(await page.locator('.chart canvas').count()).toBe(3);
 
