@@ -242,7 +242,8 @@ export class UpstreamClient {
     return Math.floor(Math.random() * Math.min(2000, 100 * 2 ** (attempt - 1)));
   }
 
-  async #once(req: UpstreamRequest, signal: AbortSignal, attempt: number): Promise<UpstreamResponse> {
+  /** One attempt; not async itself, so that with tracing off it adds no promise to the call. */
+  #once(req: UpstreamRequest, signal: AbortSignal, attempt: number): Promise<UpstreamResponse> {
     const headers: Record<string, string> = {
       authorization: this.#auth,
       accept: 'application/json',
@@ -255,14 +256,16 @@ export class UpstreamClient {
     const path = this.#basePath + req.path;
     if (this.#tracing && req.trace !== undefined) {
       const end = this.#tracing.attempt(req.trace, { method: req.method, path, host: this.#host, attempt }, headers);
-      try {
-        const res = await this.#exchange(req, path, headers, signal);
-        end(res.status);
-        return res;
-      } catch (err) {
-        end(undefined, err);
-        throw err;
-      }
+      return this.#exchange(req, path, headers, signal).then(
+        (res) => {
+          end(res.status);
+          return res;
+        },
+        (err: unknown) => {
+          end(undefined, err);
+          throw err;
+        },
+      );
     }
     return this.#exchange(req, path, headers, signal);
   }
