@@ -94,6 +94,23 @@ describe('tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set)', () => {
     }
   });
 
+  it('shows a retried upstream GET as two attempt spans, the failed one marked as an error', async () => {
+    const id = await createPrediction(gw.url, KEY_A, { prompt: 'slow', duration_ms: 60_000 });
+    s.sim.injectFault({ kind: 'status', status: 503 }, { match: (m) => m === 'GET' });
+    const r = await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A, headers: { traceparent: `00-${'ab'.repeat(16)}-${CLIENT_SPAN}-01` } });
+    expect(r.status).toBe(200);
+    await gw.app.tracing!.flush();
+    await waitFor(() => otlp.spans.some((sp) => sp.traceId === 'ab'.repeat(16) && sp.kind === 2), 3000, 'the GET span');
+    const server = otlp.spans.find((sp) => sp.traceId === 'ab'.repeat(16) && sp.kind === 2)!;
+    const attempts = otlp.spans.filter((sp) => sp.parentSpanId === server.spanId).map((sp) => ({ ...attrs(sp), status: (sp as unknown as { status?: { code?: number } }).status?.code }));
+    attempts.sort((x, y) => Number(x['http.request.resend_count']) - Number(y['http.request.resend_count']));
+    expect(attempts).toMatchObject([
+      { 'http.request.resend_count': 0, 'http.response.status_code': 503, 'error.type': '503', status: 2 },
+      { 'http.request.resend_count': 1, 'http.response.status_code': 200 },
+    ]);
+    expect(attrs(server)).toMatchObject({ 'fgw.cache': 'MISS', 'fgw.prediction_id': id });
+  });
+
   it('starts a new trace without a traceparent, and marks a cache hit on the request span', async () => {
     const id = await createPrediction(gw.url, KEY_A, { prompt: 'quick', duration_ms: 50 });
     await waitFor(async () => (await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A })).body.status === 'succeeded', 5000, 'the prediction to end');
