@@ -102,7 +102,9 @@ describe('tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set)', () => {
     await gw.app.tracing!.flush();
     await waitFor(() => otlp.spans.some((sp) => sp.traceId === 'ab'.repeat(16) && sp.kind === 2), 3000, 'the GET span');
     const server = otlp.spans.find((sp) => sp.traceId === 'ab'.repeat(16) && sp.kind === 2)!;
-    const attempts = otlp.spans.filter((sp) => sp.parentSpanId === server.spanId).map((sp) => ({ ...attrs(sp), status: (sp as unknown as { status?: { code?: number } }).status?.code }));
+    const attempts: Record<string, unknown>[] = otlp.spans
+      .filter((sp) => sp.parentSpanId === server.spanId)
+      .map((sp) => ({ ...attrs(sp), status: (sp as OtlpSpan & { status?: { code?: number } }).status?.code }));
     attempts.sort((x, y) => Number(x['http.request.resend_count']) - Number(y['http.request.resend_count']));
     expect(attempts).toMatchObject([
       { 'http.request.resend_count': 0, 'http.response.status_code': 503, 'error.type': '503', status: 2 },
