@@ -19,6 +19,8 @@ import jsonBody from './http/json-body.js';
 import problems, { makeClientErrorHandler, makeFailureHandler } from './http/problems.js';
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
+import dashboardStats from './dashboard/plugin.js';
+import { dashboardRoutes } from './dashboard/routes.js';
 import { Metrics } from './metrics.js';
 import { accountRoutes } from './account/routes.js';
 import { fileRoutes, signedFileRoutes } from './files/routes.js';
@@ -83,6 +85,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // The shared clients, each a named plugin that closes what it opened.
   await app.register(fp(async (a) => void a.decorate('config', config), { name: 'config' }));
   await app.register(fp(async (a) => void a.decorate('metrics', metrics), { name: 'metrics' }));
+  // Tracing first, so that a request's span covers every other hook; off, it costs nothing (not even the import).
+  await app.register(
+    fp(async (a) => void a.decorate('tracing', config.OTEL_EXPORTER_OTLP_ENDPOINT ? (await import('./tracing.js')).startTracing(a, config) : undefined), {
+      name: 'tracing',
+      dependencies: ['config'],
+    }),
+  );
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
   await app.register(upstreamPlugin, { upstream: deps.upstream });
@@ -94,6 +103,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(problems, { fail });
   await app.register(jsonBody);
   await app.register(requestLog);
+  await app.register(dashboardStats);
 
   await app.register(underPressure, {
     maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS || undefined,
@@ -110,7 +120,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     origin: (origin, cb) => cb(null, origin ? app.tenants.someAllowOrigin(origin) : false),
     methods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
     allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],
-    exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', ...BUDGET_HEADERS],
+    exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', 'server-timing', ...BUDGET_HEADERS],
     maxAge: 600,
   });
 
@@ -138,6 +148,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
+    await api.register(dashboardRoutes, { prefix: '/gateway/admin', stats: app.opsStats });
   });
 
   return app;

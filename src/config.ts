@@ -134,6 +134,9 @@ export const ConfigSchema = z.object({
   BUDGET_EXPECTED_SECONDS: z.coerce.number({ error: 'must be a number' }).positive('must be above 0').max(86_400, 'must be at most 86400').default(10),
   UPSTREAM_CREATE_LIMIT: int(1, 10_000_000).optional(),
   UPSTREAM_CREATE_WINDOW: duration.default(60_000),
+  // OpenTelemetry traces (src/tracing.ts): off unless the collector's OTLP/HTTP base URL is set (`/v1/traces` is appended).
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl.optional(),
+  OTEL_SERVICE_NAME: z.string().min(1).max(200).default('fuhu-gateway'),
 });
 
 type Parsed = z.output<typeof ConfigSchema>;

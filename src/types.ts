@@ -7,6 +7,8 @@ import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
+import type { OpsStats } from './dashboard/stats.js';
+import type { Tracing } from './tracing.js';
 import type { UpstreamClient } from './upstream/client.js';
 
 /** A short-lived token's narrowing, when the caller presented a token rather than a key. */
@@ -38,6 +40,12 @@ declare module 'fastify' {
     tenants: TenantRegistry;
     upstream: UpstreamClient;
     budgets: Budgets;
+    /** Counts a failed authentication from the request's address: throws 401 (`detail`), or 429 past AUTH_FAILURE_LIMIT. */
+    authFailure(request: FastifyRequest, detail: string): Promise<never>;
+    /** What the dashboard counts in this process and publishes for the others (src/dashboard/); undefined without ADMIN_API_KEY. */
+    opsStats: OpsStats | undefined;
+    /** OpenTelemetry (src/tracing.ts); undefined unless OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+    tracing: Tracing | undefined;
   }
   interface FastifyRequest {
     principal: Principal | null;
@@ -46,15 +54,21 @@ declare module 'fastify' {
     /** For the access log: upstream latency and cache outcome. */
     upstreamMs: number | undefined;
     cacheResult: 'HIT' | 'MISS' | 'COALESCED' | undefined;
+    /** The request span's context, the parent of its upstream attempts (opaque; set only while tracing is on). */
+    traceContext: unknown;
+    /** The code and detail of the error this request failed with, for the dashboard's recent failures. */
+    failure: { code: string; detail?: string } | undefined;
+    /** The gateway's own time as `Server-Timing` gave it (total − upstream), for the access log. */
+    gatewayMs: number | undefined;
     /** The id of the prediction a create started, for the access log. */
     createdPrediction: string | undefined;
   }
   interface FastifyContextConfig {
     /**
      * On API routes: 'tenant' (default), a key or token; 'admin', ADMIN_API_KEY; 'metrics', METRICS_TOKEN when set.
-     * Routes outside the API need none.
+     * 'session', the dashboard's own check (a session cookie or ADMIN_API_KEY). Routes outside the API need none.
      */
-    auth?: 'tenant' | 'admin' | 'metrics';
+    auth?: 'tenant' | 'admin' | 'metrics' | 'session';
     /** Creates are counted by the create limit and token budgets. */
     create?: boolean;
     /** Tokens may not mint tokens. */

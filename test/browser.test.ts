@@ -2,10 +2,10 @@
 // real browser. There headless Chromium loads a page from another origin, which gets a short-lived token from its
 // own backend, then creates and polls a prediction through the gateway with CORS. The same page from an origin the
 // tenant does not allow fails, and says so.
-import { existsSync } from 'node:fs';
-import { type Browser, type Page, chromium } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { beforeAll, afterAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
+import { launchChromium } from './helpers/chromium.js';
 import { freePort } from './support/processes.js';
 import { type DemoBackend, startDemoBackend } from './fixtures/browser/backend.js';
 import { type Gateway, KEY_A, MODEL_PATH, call, expectProblem, startGateway, upstreamCalls, useGateway, useSimulator } from './helpers/stack.js';
@@ -63,7 +63,6 @@ describe('browser origins', () => {
 });
 
 describe('a browser page on another origin', () => {
-  const CHROMIUM = '/usr/bin/chromium';
   const BROWSER_KEY = 'browser-tenant-key-0123456789abcdef';
   const OTHER_KEY = 'other-tenant-key-0123456789abcdef';
 
@@ -75,10 +74,6 @@ describe('a browser page on another origin', () => {
   let nobodys: string; // http://localhost:<port>: allowed for no tenant
 
   beforeAll(async () => {
-    // No skipping: on a machine without Chromium these tests fail, with the fix in the message.
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} is missing: install it with "apt-get install -y chromium" (.ci/run does this)`);
-    }
     const [p1, p2, p3] = await Promise.all([freePort(), freePort(), freePort()]);
     // Both names are loopback, but to the browser and the gateway they are different origins.
     allowed = `http://127.0.0.1:${p1}`;
@@ -93,11 +88,7 @@ describe('a browser page on another origin', () => {
       env: { TOKEN_SIGNING_SECRET: 'browser-test-signing-secret-0123456789abcdef', LOG_LEVEL: 'warn' },
     });
     for (const port of [p1, p2, p3]) backends.push(await startDemoBackend({ port, gatewayUrl: gw.url, tenantKey: BROWSER_KEY }));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      timeout: 10_000,
-    });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

@@ -48,9 +48,13 @@ export default fp<AuthOptions>(
     }
 
     app.decorateRequest('principal', null);
+    // The dashboard's login counts its wrong guesses in the same window as every other credential.
+    app.decorate('authFailure', fail);
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
       const mode = request.routeOptions.config.auth ?? 'tenant';
+      // The dashboard checks its own session cookie or the admin key (src/dashboard/routes.ts).
+      if (mode === 'session') return;
       const credential = credentialOf(request);
       if (mode === 'metrics') {
         if (!config.METRICS_TOKEN) return;

@@ -76,4 +76,6 @@ A short-lived browser token:
   curl -s -X POST ${gw}/gateway/v1/tokens -H 'Authorization: Bearer ${DEMO_KEY}' \\
     -H 'Content-Type: application/json' -d '{"ttl_seconds":600,"max_creates":5}'
 
+The operators' dashboard: open ${gw}/gateway/admin/ and sign in with ${ADMIN_KEY}
+
 `);

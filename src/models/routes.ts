@@ -35,6 +35,7 @@ export async function modelRoutes(app: FastifyInstance, opts: { versions: Versio
         requestId: request.id,
         tenant: request.principal!.tenant.id,
         retry: true,
+        trace: request.traceContext,
         observe: (ms, outcome) => {
           request.upstreamMs = (request.upstreamMs ?? 0) + ms;
           metrics.upstreamDuration.observe({ route: 'model', outcome }, ms / 1000);

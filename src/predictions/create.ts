@@ -76,6 +76,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       retry: false,
       timeoutMs,
       observe: caller.observe,
+      trace: caller.trace,
     });
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a

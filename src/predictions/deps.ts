@@ -28,6 +28,8 @@ export interface Caller {
   log: FastifyBaseLogger;
   /** Told the upstream time and outcome of each upstream call made for this request. */
   observe: (latencyMs: number, outcome: string) => void;
+  /** The request's trace context while tracing is on: upstream attempts become its child spans. */
+  trace?: unknown;
 }
 
 /** A use case's answer; the route renders it for the request's base URL. */

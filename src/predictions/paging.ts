@@ -50,7 +50,7 @@ async function refreshed(deps: PredictionDeps, caller: Caller, bodies: Predictio
   async function worker(): Promise<void> {
     while (next < stale.length && Date.now() < until) {
       const [old, i] = stale[next++]!;
-      const fresh = deps.poller.get(old.id, { requestId: caller.requestId, tenant, observe: caller.observe }).then(async ({ body, shared }) => {
+      const fresh = deps.poller.get(old.id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace }).then(async ({ body, shared }) => {
         if (body.terminal && !shared) {
           deps.poller.forget(body.id);
           await keepTerminal(deps, tenant, body);

@@ -27,7 +27,7 @@ export class Poller {
    */
   async get(
     id: string,
-    caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void },
+    caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void; trace?: unknown },
     opts: { skipMicroCache?: boolean } = {},
   ): Promise<{ body: PredictionBody; shared: boolean }> {
     const cached = opts.skipMicroCache ? undefined : this.peek(id);
@@ -35,7 +35,7 @@ export class Poller {
     const pending = this.#inflight.get(id);
     if (pending) return { body: await pending, shared: true };
     const p = this.upstream
-      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe })
+      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace })
       .then((res) => sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id));
     this.#inflight.set(id, p);
     try {

@@ -57,7 +57,7 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
   const { terminal, fresh } = await known(deps, tenant, id, true);
   if (terminal) return hit(deps, terminal);
   deps.metrics.cache.inc({ result: 'miss' });
-  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe });
+  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace });
   if (shared) deps.metrics.coalesced.inc();
   if (body.terminal) {
     deps.poller.forget(id);
@@ -81,6 +81,7 @@ export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id:
       tenant,
       retry: true,
       observe: caller.observe,
+      trace: caller.trace,
     });
   } finally {
     deps.poller.forget(id);

@@ -32,6 +32,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       principal: request.principal!,
       requestId: request.id,
       log: request.log,
+      trace: request.traceContext,
       observe: (ms, outcome) => {
         request.upstreamMs = (request.upstreamMs ?? 0) + ms;
         metrics.upstreamDuration.observe({ route, outcome }, ms / 1000);

@@ -22,6 +22,18 @@ export interface UpstreamOptions {
   tenantMaxConcurrency?: number;
   /** Largest upstream answer read; a larger one is cut off (502). */
   maxBodyBytes?: number;
+  /** OpenTelemetry, when on: a span per attempt, and its traceparent/tracestate go upstream (never otherwise). */
+  tracing?: UpstreamTracing;
+}
+
+/** A client span per upstream attempt (src/tracing.ts); `parent` is the request's trace context, opaque here. */
+export interface UpstreamTracing {
+  /** Starts the attempt's span and writes its context into `headers`; the returned function ends it. */
+  attempt(
+    parent: unknown,
+    info: { method: string; path: string; host: string; attempt: number },
+    headers: Record<string, string>,
+  ): (status: number | undefined, error?: unknown) => void;
 }
 
 export interface UpstreamRequest {
@@ -40,6 +52,8 @@ export interface UpstreamRequest {
   timeoutMs?: number;
   /** Called once per call with the time spent on it (every attempt and the pauses between) and its outcome. */
   observe?: (latencyMs: number, outcome: string) => void;
+  /** The request's trace context (only while tracing is on): each attempt becomes a child span. */
+  trace?: unknown;
 }
 
 export interface UpstreamResponse {
@@ -68,7 +82,9 @@ export class UpstreamClient {
   readonly #basePath: string;
   readonly #auth: string;
   readonly #secrets: readonly string[];
-  readonly #opts: Required<UpstreamOptions>;
+  readonly #opts: Required<Omit<UpstreamOptions, 'tracing'>>;
+  readonly #tracing: UpstreamTracing | undefined;
+  readonly #host: string;
   /** Opens on connection failures, or when several tenants' breakers open at once: the upstream as a whole. */
   readonly #global: CircuitBreakerPolicy;
   /** One tenant's failing model or predictions (5xx, timeouts) pause that tenant only. */
@@ -88,7 +104,9 @@ export class UpstreamClient {
       maxBodyBytes: 16 * 1024 * 1024,
       ...opts,
     };
+    this.#tracing = opts.tracing;
     const url = new URL(opts.baseUrl);
+    this.#host = url.host;
     this.#basePath = url.pathname.replace(/\/+$/, '');
     this.#secrets = [opts.apiKey];
     this.#auth = `Bearer ${opts.apiKey}`;
@@ -184,7 +202,7 @@ export class UpstreamClient {
         // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
         // (for as long as the probe's deadline); fail fast instead, as while open.
         if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
-        res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal)));
+        res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal, attempt)));
       } catch (err) {
         failure = err;
       }
@@ -224,7 +242,8 @@ export class UpstreamClient {
     return Math.floor(Math.random() * Math.min(2000, 100 * 2 ** (attempt - 1)));
   }
 
-  async #once(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResponse> {
+  /** One attempt; not async itself, so that with tracing off it adds no promise to the call. */
+  #once(req: UpstreamRequest, signal: AbortSignal, attempt: number): Promise<UpstreamResponse> {
     const headers: Record<string, string> = {
       authorization: this.#auth,
       accept: 'application/json',
@@ -234,7 +253,25 @@ export class UpstreamClient {
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
-    const res = await this.#pool.request({ path: this.#basePath + req.path, method: req.method, headers, body: req.body, signal });
+    const path = this.#basePath + req.path;
+    if (this.#tracing && req.trace !== undefined) {
+      const end = this.#tracing.attempt(req.trace, { method: req.method, path, host: this.#host, attempt }, headers);
+      return this.#exchange(req, path, headers, signal).then(
+        (res) => {
+          end(res.status);
+          return res;
+        },
+        (err: unknown) => {
+          end(undefined, err);
+          throw err;
+        },
+      );
+    }
+    return this.#exchange(req, path, headers, signal);
+  }
+
+  async #exchange(req: UpstreamRequest, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+    const res = await this.#pool.request({ path, method: req.method, headers, body: req.body, signal });
     let body = await this.#read(res.body, Number(res.headers['content-length'] ?? 0));
     // A reseller may echo the Authorization header into logs, errors or URLs: no answer leaves with the key in it.
     if (body.includes(this.#secrets[0]!)) body = scrub(body, this.#secrets);

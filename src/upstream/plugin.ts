@@ -15,9 +15,10 @@ export default fp<{ upstream?: UpstreamClient }>(
         connections: config.UPSTREAM_CONNECTIONS,
         tenantMaxConcurrency: config.UPSTREAM_TENANT_MAX_CONCURRENCY,
         maxBodyBytes: config.UPSTREAM_MAX_BODY_BYTES,
+        tracing: app.tracing,
       });
     app.decorate('upstream', upstream);
     if (!opts.upstream) app.addHook('onClose', async () => upstream.close());
   },
-  { name: 'upstream', dependencies: ['config'] },
+  { name: 'upstream', dependencies: ['config', 'tracing'] },
 );

@@ -1,0 +1,85 @@
+// The dashboard's one JSON answer: per tenant this day's and month's usage (store), budgets and running jobs
+// (budgets, else the tenant's recent index), 429s and 5xx (every replica's reports), and the upstream's health, the
+// cache and the last failures.
+import type { FastifyInstance } from 'fastify';
+import type { Tenant } from '../access/tenants.js';
+import { TERMINAL_STATUSES } from '../predictions/prediction.js';
+import type { UsageDay } from '../store/store.js';
+import { daysBetween, today } from '../usage/day.js';
+import { type OpsStats, mergeReports } from './stats.js';
+
+/** Index entries looked at for a tenant without a running count of its own; older than a day counts as stale. */
+const INDEX_LOOKBACK = 100;
+const RUNNING_MAX_AGE_MS = 86_400_000;
+
+function sum(days: Record<string, UsageDay>): UsageDay {
+  const totals: UsageDay = {};
+  for (const d of Object.values(days)) for (const [k, v] of Object.entries(d)) totals[k] = (totals[k] ?? 0) + v;
+  if (totals.predict_time !== undefined) totals.predict_time = Math.round(totals.predict_time * 1000) / 1000;
+  return totals;
+}
+
+/** Predictions of the tenant's newest INDEX_LOOKBACK, created in the last day, not seen terminal (as last seen). */
+async function runningFromIndex(app: FastifyInstance, tenant: Tenant, now: number): Promise<number> {
+  const { entries } = await app.store.listPage(tenant.id, { limit: INDEX_LOOKBACK });
+  let n = 0;
+  for (const e of entries) {
+    if (e.score / 1000 < now - RUNNING_MAX_AGE_MS) continue;
+    try {
+      const status = (JSON.parse(e.json) as { status?: string }).status;
+      if (!status || !TERMINAL_STATUSES.has(status)) n++;
+    } catch {
+      // An entry that does not parse is not counted.
+    }
+  }
+  return n;
+}
+
+export async function buildOverview(app: FastifyInstance, stats: OpsStats, now = Date.now()) {
+  const { store, tenants, budgets, upstream } = app;
+  const day = today(now);
+  const monthDays = daysBetween(`${day.slice(0, 7)}-01`, day, 31)!;
+  const all = tenants.all();
+  const [usage, statuses, reports] = await Promise.all([
+    Promise.all(all.map((t) => store.usageGet(t.id, monthDays))),
+    Promise.all(all.map((t) => budgets.status(t))),
+    stats.reports(now),
+  ]);
+  const running = await Promise.all(
+    all.map(async (t, i) => {
+      const s = statuses[i]!.running;
+      if (s) return { count: s.count, max: s.max, counted: 'exact' as const };
+      return { count: await runningFromIndex(app, t, now), max: null, counted: 'index' as const };
+    }),
+  );
+  const merged = mergeReports(reports, now);
+  const traffic = (id: string) => merged.counts[id] ?? { today: { requests: 0, creates: 0, rateLimited: 0, errors: 0 }, month: { requests: 0, creates: 0, rateLimited: 0, errors: 0 } };
+  return {
+    now: new Date(now).toISOString(),
+    day,
+    month: day.slice(0, 7),
+    currency: budgets.prices?.currency ?? null,
+    tenants: all.map((t, i) => {
+      const u = usage[i]!;
+      const { rateLimited: rlToday, errors: errToday } = traffic(t.id).today;
+      const { rateLimited: rlMonth, errors: errMonth } = traffic(t.id).month;
+      return {
+        id: t.id,
+        today: { ...sum(u[day] ? { [day]: u[day] } : {}), rate_limited: rlToday, errors: errToday },
+        month: { ...sum(u), rate_limited: rlMonth, errors: errMonth },
+        budget: statuses[i]!.budget ?? null,
+        running: running[i],
+      };
+    }),
+    upstream: {
+      // This process's view; each replica's own is under `replicas`.
+      breaker: upstream.breakerOpen ? 'open' : 'closed',
+      tenantBreakersOpen: upstream.openTenantBreakers(),
+      latencyMs: merged.latency,
+    },
+    cache: merged.cache,
+    series: merged.series,
+    failures: merged.failures,
+    replicas: merged.replicas.map((r) => ({ ...r, self: r.id === stats.replica })),
+  };
+}

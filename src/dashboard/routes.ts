@@ -1,0 +1,178 @@
+// The operator's dashboard under /gateway/admin: a login form that trades ADMIN_API_KEY for a session cookie (the
+// session lives in the shared kv, so any replica serves it), the page and its static files (uPlot included, from
+// node_modules, no CDN), and the JSON it refreshes from. Strict CSP, no inline script or style, CSRF-safe POSTs.
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { credentialOf, sameSecret } from '../access/credentials.js';
+import { GatewayError } from '../errors.js';
+import { buildOverview } from './overview.js';
+import type { OpsStats } from './stats.js';
+
+export const SESSION_COOKIE = 'fgw_admin';
+const SESSION_TTL_MS = 8 * 3_600_000;
+const OVERVIEW_REUSE_MS = 1000;
+
+export const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const SECURITY_HEADERS = {
+  'content-security-policy': CSP,
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  // Not no-referrer: with it, Chromium sends `Origin: null` on the page's own form POST.
+  'referrer-policy': 'same-origin',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin',
+  'cache-control': 'no-store',
+};
+
+interface Asset {
+  body: Buffer;
+  type: string;
+}
+
+/** The page's files, read once at boot: ours next to this module (copied into dist by the build), uPlot's from its package. */
+function loadAssets(): { pages: Record<'dashboard' | 'login', string>; assets: Map<string, Asset> } {
+  const here = join(dirname(fileURLToPath(import.meta.url)), 'static');
+  const uplot = join(dirname(createRequire(import.meta.url).resolve('uplot/package.json')), 'dist');
+  const file = (dir: string, name: string) => readFileSync(join(dir, name));
+  const assets = new Map<string, Asset>([
+    ['dashboard.js', { body: file(here, 'dashboard.js'), type: 'text/javascript; charset=utf-8' }],
+    ['dashboard.css', { body: file(here, 'dashboard.css'), type: 'text/css; charset=utf-8' }],
+    ['uPlot.iife.min.js', { body: file(uplot, 'uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8' }],
+    ['uPlot.min.css', { body: file(uplot, 'uPlot.min.css'), type: 'text/css; charset=utf-8' }],
+  ]);
+  return { pages: { dashboard: file(here, 'dashboard.html').toString('utf8'), login: file(here, 'login.html').toString('utf8') }, assets };
+}
+
+const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
+
+interface Session {
+  csrf: string;
+  /** Which admin key made it: rotating ADMIN_API_KEY ends every session. */
+  key: string;
+}
+
+export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsStats | undefined }): Promise<void> {
+  const { config, kv } = app;
+  const adminKey = config.ADMIN_API_KEY;
+  const stats = opts.stats;
+
+  app.addHook('onRequest', async (_request, reply) => {
+    reply.headers(SECURITY_HEADERS);
+  });
+  if (!adminKey || !stats) {
+    app.get('/*', { config: { auth: 'session' } }, async () => {
+      throw new GatewayError('FORBIDDEN', 'the dashboard is disabled: set ADMIN_API_KEY');
+    });
+    return;
+  }
+  const keyTag = sha256(`fgw-dashboard:${adminKey}`).slice(0, 16);
+  const { pages, assets } = loadAssets();
+  const sessionKey = (sid: string) => `dash:sess:${sha256(sid)}`;
+  const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
+
+  // The login form posts application/x-www-form-urlencoded; only here, and small.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_request, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)));
+  });
+
+  async function sessionOf(request: FastifyRequest): Promise<Session | undefined> {
+    const sid = cookieValue(request.headers.cookie, SESSION_COOKIE);
+    if (!sid || !/^[A-Za-z0-9_-]{43}$/.test(sid)) return undefined;
+    const text = await kv.get(sessionKey(sid));
+    if (!text) return undefined;
+    const s = JSON.parse(text) as Session;
+    return s.key === keyTag ? s : undefined;
+  }
+
+  /** A POST must come from this gateway's own pages: SameSite=Strict already keeps the cookie off others, this is the second lock. */
+  function checkSameOrigin(request: FastifyRequest): void {
+    const site = request.headers['sec-fetch-site'];
+    const origin = request.headers.origin;
+    const own = `${request.protocol}://${request.host}`.toLowerCase();
+    const sameSite = site === undefined || site === 'same-origin' || site === 'none';
+    // Scripts and curl send no Origin; a browser always does on a POST ("null" from some pages, when
+    // Sec-Fetch-Site, which no page can forge, still says same-origin).
+    const sameOrigin =
+      origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase()) || (origin === 'null' && site === 'same-origin');
+    if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused');
+  }
+
+  function page(reply: FastifyReply, name: 'dashboard' | 'login', status = 200, message = ''): FastifyReply {
+    const html = pages[name].replace('<!--message-->', message ? `<p class="refused" role="alert">${escapeHtml(message)}</p>` : '');
+    return reply.code(status).type('text/html; charset=utf-8').send(html);
+  }
+
+  const cookie = (request: FastifyRequest, sid: string, maxAgeS: number) =>
+    `${SESSION_COOKIE}=${sid}; Path=/gateway/admin; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
+
+  app.get('/', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'dashboard' : 'login'));
+
+  app.get('/assets/:name', { config: { auth: 'session' } }, async (request, reply) => {
+    const asset = assets.get((request.params as { name: string }).name);
+    if (!asset) throw new GatewayError('NOT_FOUND', 'no such dashboard file');
+    return reply.header('cache-control', 'public, max-age=300').type(asset.type).send(asset.body);
+  });
+
+  app.post('/login', { config: { auth: 'session' } }, async (request, reply) => {
+    checkSameOrigin(request);
+    const key = (request.body as { key?: unknown } | undefined)?.key;
+    if (typeof key !== 'string' || !sameSecret(key, adminKey)) {
+      try {
+        await app.authFailure(request, 'that is not the admin key');
+      } catch (err) {
+        const e = err as GatewayError;
+        for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
+        return page(reply, 'login', e.statusCode ?? 401, e.message);
+      }
+    }
+    const sid = randomBytes(32).toString('base64url');
+    await kv.set(sessionKey(sid), JSON.stringify({ csrf: randomBytes(24).toString('base64url'), key: keyTag } satisfies Session), SESSION_TTL_MS);
+    return reply.code(303).header('set-cookie', cookie(request, sid, SESSION_TTL_MS / 1000)).header('location', '/gateway/admin/').send();
+  });
+
+  app.post('/logout', { config: { auth: 'session' } }, async (request, reply) => {
+    checkSameOrigin(request);
+    const session = await sessionOf(request);
+    if (!session) throw new GatewayError('UNAUTHENTICATED', 'not logged in to the dashboard');
+    const token = request.headers['x-csrf-token'] ?? (request.body as { csrf?: unknown } | undefined)?.csrf;
+    if (typeof token !== 'string' || !sameSecret(token, session.csrf)) throw new GatewayError('FORBIDDEN', 'the logout needs the CSRF token of this session');
+    await kv.set(sessionKey(cookieValue(request.headers.cookie, SESSION_COOKIE)!), '', 1);
+    return reply.code(204).header('set-cookie', cookie(request, '', 0)).send();
+  });
+
+  // Concurrent page refreshes on one replica share one read of the store.
+  let last: { at: number; value: Promise<Awaited<ReturnType<typeof buildOverview>>> } | undefined;
+  app.get('/api/overview', { config: { auth: 'session' } }, async (request) => {
+    let csrf: string | undefined;
+    const credential = credentialOf(request);
+    if (credential !== undefined) {
+      if (!sameSecret(credential, adminKey)) await app.authFailure(request, 'the admin key is not valid');
+    } else {
+      const session = await sessionOf(request);
+      if (!session) throw new GatewayError('UNAUTHENTICATED', 'log in at /gateway/admin/ or send "Authorization: Bearer <ADMIN_API_KEY>"');
+      csrf = session.csrf;
+    }
+    const now = Date.now();
+    if (!last || now - last.at > OVERVIEW_REUSE_MS) {
+      last = { at: now, value: buildOverview(app, stats, now) };
+      last.value.catch(() => (last = undefined));
+    }
+    const overview = await last.value;
+    return csrf ? { ...overview, csrf } : overview;
+  });
+}
