@@ -88,7 +88,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       // The prediction exists upstream now: a store blip must not lose its webhooks, so keep trying briefly.
       try {
         if (receiver) await untilStored(() => app.kv.set(receiverKey(receiver), id, config.PREDICTION_TTL_SECONDS * 1000));
-        await untilStored(() => webhooks.watch({ id, tenant: request.principal!.tenant.id, url: body.webhook!, events: body.webhook_events_filter, base: base(request) }));
+        await untilStored(() => webhooks.watch({ id, tenant: request.principal!.tenant.id, url: body.webhook!, events: body.webhook_events_filter, base: base(request), created: answer.body }));
       } catch (err) {
         request.log.error({ prediction: id, err }, 'created the prediction but could not start watching it for its webhook');
       }

@@ -97,11 +97,13 @@ export class Webhooks {
   }
 
   /** Starts watching a prediction a tenant created with `webhook`. The first look is immediate (the start event). */
-  async watch(w: { id: string; tenant: string; url: string; events?: EventName[]; base: string }): Promise<void> {
+  async watch(w: { id: string; tenant: string; url: string; events?: EventName[]; base: string; created?: PredictionBody }): Promise<void> {
     const events = w.events?.length ? [...new Set(w.events)] : [...EVENTS];
     // With the upstream calling back, polling is only the safety net for a lost call: it starts slow.
     const pollMs = this.#config.WEBHOOK_MODE === 'upstream' ? this.#config.WEBHOOK_POLL_MAX_MS : this.#config.WEBHOOK_POLL_MIN_MS;
     const state: WatchState = { id: w.id, tenant: w.tenant, url: w.url, events, base: w.base, createdAt: Date.now(), pollMs, seq: 0, seen: {}, outbox: [] };
+    // The create's own answer is the start event (as Replicate sends it, however late the first look comes).
+    if (w.created) this.#observe(state, w.created);
     await this.#queue.add(w.id, state, 0);
   }
 
