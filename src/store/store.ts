@@ -76,6 +76,8 @@ export interface ShareRequest {
 }
 
 export interface ReserveRequest {
+  /** Whose reservation it is: every key it holds is under this tenant's hash tag. */
+  tenant: string;
   /** The reservation's own id until the upstream names the prediction (recordCreate binds it). */
   rid: string;
   now: number;
@@ -141,9 +143,9 @@ export interface Store {
    */
   reserve(r: ReserveRequest): Promise<ReserveResult>;
   /** A create that reached no prediction: its reservation is dropped as if never made. */
-  releaseReservation(rid: string): Promise<void>;
+  releaseReservation(tenant: string, rid: string): Promise<void>;
   /** A create whose outcome is unknown (timed out): its reservation becomes spent, at the amounts given. */
-  settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void>;
+  settleReservation(tenant: string, rid: string, actual: { seconds: number; cost: number }): Promise<void>;
   budgetGet(keys: string[]): Promise<BudgetTotals[]>;
   runningGet(tenants: string[]): Promise<number[]>;
   close(): Promise<void>;
