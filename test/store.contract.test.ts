@@ -1,24 +1,25 @@
-// One contract, two stores: the in-memory store and the Redis store must behave the same.
+// One contract, every store: in memory, and Redis as one server, behind Sentinel and as a 3-master Cluster.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { MemoryStore } from '../src/store/memory-store.js';
-import { RedisStore, createRedisClient } from '../src/store/redis-store.js';
+import { createRedisClient } from '../src/store/redis-client.js';
+import { RedisStore } from '../src/store/redis-store.js';
 import { keys } from '../src/store/keys.js';
 import type { Store } from '../src/store/store.js';
-import { waitFor } from './helpers/stack.js';
+import { redisTargets, waitFor } from './helpers/stack.js';
 
 const opts = { predictionTtlSeconds: 3600, cacheTtlSeconds: 3600 };
 const factories: [string, () => Promise<Store>][] = [
   ['memory', async () => new MemoryStore({ ...opts, maxEntries: 1000 })],
-  [
-    'redis',
+  ...redisTargets().map(([kind, target]): [string, () => Promise<Store>] => [
+    kind,
     async () => {
-      const store = new RedisStore(createRedisClient(inject('redisUrl'), `contract:${randomUUID()}:`), opts);
-      await waitFor(() => store.isReady(), 5000, 'redis');
+      const store = new RedisStore(createRedisClient(target, `contract:${randomUUID()}:`), opts);
+      await waitFor(() => store.isReady(), 10_000, kind);
       return store;
     },
-  ],
+  ]),
 ];
 
 const pred = (id: string, status = 'starting', extra: Record<string, unknown> = {}) => JSON.stringify({ id, status, ...extra });
@@ -110,13 +111,13 @@ describe.each(factories)('%s store', (_kind, make) => {
 
   it('records a create that is already terminal, and its idempotency record, in the same step, counting it once', async () => {
     const done = pred('t1', 'succeeded', { metrics: { predict_time: 0.25 } });
-    const idem = { key: 'k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
+    const idem = { key: 'team-x:k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
     const rec = { tenant: 'team-x', id: 't1', score: NOW, json: done, day: DAY, terminal: { status: 'succeeded', predictTime: 0.25 }, idem };
     expect(await store.recordCreate(rec)).toBe(true);
     // A retry of the same write (its answer was lost) changes nothing.
     expect(await store.recordCreate(rec)).toBe(true);
     expect(await store.lookup('t1')).toEqual({ owner: 'team-x', terminal: done });
-    expect(await store.idemGet('k-create')).toEqual(idem.record);
+    expect(await store.idemGet('team-x:k-create')).toEqual(idem.record);
     expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 0.25 } });
     expect((await store.listPage('team-x', { limit: 10 })).entries.map((e) => e.id)).toEqual(['t1']);
   });
