@@ -212,6 +212,8 @@ function unavailable(err: unknown): never {
 
 /** How long a write waits for REDIS_WAIT_REPLICAS replicas to confirm it (then it goes on: see README). */
 const WAIT_MS = 500;
+/** After a wait that timed out (no replica left, as after a failover), writes go on unconfirmed for this long. */
+const WAIT_BACKOFF_MS = 5000;
 
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
@@ -219,6 +221,7 @@ export class RedisStore implements Store {
   readonly #opts: StoreOptions;
   readonly #owned: boolean;
   readonly #waitReplicas: number;
+  #waitSkippedUntil = 0;
 
   /**
    * `owned`: this store created the client and so closes it. `waitReplicas`: replicas that must hold a create's
@@ -251,7 +254,10 @@ export class RedisStore implements Store {
 
   /** Waits (a moment at most) until the configured replicas hold what this connection wrote. */
   async #replicated(): Promise<void> {
-    if (this.#waitReplicas > 0) await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(unavailable);
+    if (this.#waitReplicas === 0 || Date.now() < this.#waitSkippedUntil) return;
+    const acked = Number(await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(unavailable));
+    // Fewer replicas than asked (the primary lost its replica): do not stall every write by WAIT_MS meanwhile.
+    if (acked < this.#waitReplicas) this.#waitSkippedUntil = Date.now() + WAIT_BACKOFF_MS;
   }
 
   async lookup(id: string) {
