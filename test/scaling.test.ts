@@ -2,6 +2,8 @@
 // upstream create per Idempotency-Key, owners and the cache seen from either), and a Sentinel failover under
 // traffic (503 while no primary is known, then on against the promoted replica, nothing lost, no create twice).
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { type CallResult, type GatewayProcess, MODEL_PATH, call, startGatewayProcess, stopAllGatewayProcesses, upstreamCalls, useSimulator, writeTenants } from './helpers/stack.js';
@@ -46,7 +48,19 @@ describe('Redis Cluster (3 masters): two gateway processes', () => {
       { id: 'cl-idem', keys: [key('cl-idem')] },
       { id: 'cl-other', keys: [key('cl-other')] },
     ]);
-    const env = { REDIS_CLUSTER_NODES: inject('redisCluster') };
+    // Webhooks too: the watch queue is BullMQ on the Cluster (its prefix a hash tag).
+    const env = { REDIS_CLUSTER_NODES: inject('redisCluster'), WEBHOOK_ALLOW_HTTP_HOSTS: '127.0.0.1', WEBHOOK_ALLOW_PRIVATE_HOSTS: '127.0.0.1', WEBHOOK_POLL_MIN_MS: '50', WEBHOOK_POLL_MAX_MS: '200' };
+    const hooks: { id: string; status: string }[] = [];
+    const receiver = createServer((req, res) => {
+      let body = '';
+      req.setEncoding('utf8').on('data', (d: string) => (body += d));
+      req.on('end', () => {
+        hooks.push(JSON.parse(body));
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    const hookUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
     const prefix = `cluster:${randomUUID()}:`;
     let a: GatewayProcess | undefined;
     let b: GatewayProcess | undefined;
@@ -78,8 +92,13 @@ describe('Redis Cluster (3 masters): two gateway processes', () => {
         expect(list.body.results.map((p: { id: string }) => p.id)).toEqual([id]);
         const usage = await call(a.url, 'GET', '/gateway/v1/usage', { key: key('cl-idem') });
         expect(Object.values(usage.body.days as Record<string, { creates: number; succeeded: number }>)).toEqual([expect.objectContaining({ creates: 1, succeeded: 1 })]);
+        // A webhook, watched through BullMQ on the Cluster by whichever process takes the job, delivered once.
+        const hooked = await call(a.url, 'POST', MODEL_PATH, { key: key('cl-other'), body: { input: { prompt: 'hooked' }, webhook: hookUrl, webhook_events_filter: ['completed'] } });
+        expect(hooked.status).toBe(201);
+        for (let i = 0; i < 200 && !hooks.some((h) => h.id === hooked.body.id); i++) await sleep(50);
+        expect(hooks.filter((h) => h.id === hooked.body.id).map((h) => h.status)).toEqual(['succeeded']);
       },
-    ).finally(() => Promise.all([a?.stop(), b?.stop()]));
+    ).finally(() => Promise.all([a?.stop(), b?.stop(), new Promise((r) => receiver.close(r))]));
   });
 });
 
