@@ -1,10 +1,11 @@
 // `npm run bench:redis`: what each Redis mode costs in latency. One gateway process in front of the simulator on
 // loopback, on one redis-server, on a primary + replica behind three sentinels (with and without
 // REDIS_WAIT_REPLICAS=1), and on a 3-master Cluster: cached GETs and creates one at a time (latency, to the
-// microsecond) and with autocannon at BENCH_CONNECTIONS (16; throughput), BENCH_SECONDS (4) each after 1 s warm-up.
+// microsecond) and with autocannon at BENCH_CONNECTIONS (16; throughput), BENCH_SECONDS (3) each after 1 s warm-up,
+// BENCH_ROUNDS (3) rounds through all modes; each figure is the median of its rounds.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import autocannon from 'autocannon';
 import { Pool } from 'undici';
 import { intFromEnv } from '../src/config.js';
@@ -12,7 +13,8 @@ import { startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '..
 import { RedisServer } from '../test/support/redis.js';
 import { RedisCluster, RedisSentinelGroup } from '../test/support/redis-topologies.js';
 
-const SECONDS = intFromEnv(process.env, 'BENCH_SECONDS', 4, 1, 600);
+const SECONDS = intFromEnv(process.env, 'BENCH_SECONDS', 3, 1, 600);
+const ROUNDS = intFromEnv(process.env, 'BENCH_ROUNDS', 3, 1, 100);
 const CONNECTIONS = intFromEnv(process.env, 'BENCH_CONNECTIONS', 16, 1, 1024);
 const UPSTREAM_KEY = 'sim-bench-key';
 const TENANT_KEY = 'bench-tenant-key-0123456789abcdef';
@@ -64,16 +66,21 @@ async function main(): Promise<void> {
   writeFileSync(tenantsFile, JSON.stringify({ tenants: [{ id: 'bench', keys: [TENANT_KEY], rateLimit: { max: 1e9, timeWindow: '1 minute' } }] }));
   const sim = await startSimulatorProcess({ apiKey: UPSTREAM_KEY, stepMs: 50, quiet: true });
   const [single, group, cluster] = await Promise.all([RedisServer.start(), RedisSentinelGroup.start(), RedisCluster.start()]);
-  const modes: [string, Record<string, string>][] = [
+  const modes: [string, Record<string, string>, string[]?][] = [
     ['one server', { REDIS_URL: single.url }],
     ['sentinel', { REDIS_SENTINELS: group.sentinels, REDIS_SENTINEL_NAME: group.name }],
     ['sentinel, WAIT 1', { REDIS_SENTINELS: group.sentinels, REDIS_SENTINEL_NAME: group.name, REDIS_WAIT_REPLICAS: '1' }],
     ['cluster (3 masters)', { REDIS_CLUSTER_NODES: cluster.nodes }],
   ];
+  // BENCH_GATEWAY: another checkout's src/server.ts (e.g. before Cluster support) on the one server, in the same rounds.
+  if (process.env.BENCH_GATEWAY) modes.unshift([`one server, ${process.env.BENCH_GATEWAY}`, { REDIS_URL: single.url }, ['--import', 'tsx', resolve(process.env.BENCH_GATEWAY)]]);
   const rows: Row[] = [];
   try {
-    for (const [mode, env] of modes) {
-      const gw = await startGatewayProcess({ upstreamUrl: sim.url, upstreamKey: UPSTREAM_KEY, tenantsFile, env: { LOG_LEVEL: 'warn', NODE_ENV: 'production', ...env }, quiet: true });
+    // Every mode's gateway stays up, and the rounds go through the modes in turn: the machine's noise (it is shared)
+    // then falls on every mode alike, and each figure is the median of its rounds.
+    const gateways: { mode: string; targets: [string, autocannon.Options][] }[] = [];
+    for (const [mode, env, args] of modes) {
+      const gw = await startGatewayProcess({ args, upstreamUrl: sim.url, upstreamKey: UPSTREAM_KEY, tenantsFile, env: { LOG_LEVEL: 'warn', NODE_ENV: 'production', ...env }, quiet: true });
       // A terminal prediction to GET (cached), then creates.
       const created = (await (await fetch(`${gw.url}${MODEL}`, { method: 'POST', headers, body: JSON.stringify({ input: { prompt: 'b' } }) })).json()) as { id: string };
       for (let i = 0; i < 100; i++) {
@@ -81,24 +88,37 @@ async function main(): Promise<void> {
         if (p.status === 'succeeded') break;
         await new Promise((r) => setTimeout(r, 50));
       }
-      const targets: [string, autocannon.Options][] = [
-        ['cached GET', { url: `${gw.url}/replicate/v1/predictions/${created.id}`, headers }],
-        ['create', { url: `${gw.url}${MODEL}`, method: 'POST', headers, body: JSON.stringify({ input: { prompt: 'bench' } }) }],
-      ];
-      for (const [target, opts] of targets) {
-        for (const c of [1, CONNECTIONS]) {
-          const r = await measure(opts, c);
-          rows.push({ mode, target, ...r });
-          process.stderr.write(`${mode} / ${target} / ${c} conn: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms\n`);
+      gateways.push({
+        mode,
+        targets: [
+          ['cached GET', { url: `${gw.url}/replicate/v1/predictions/${created.id}`, headers }],
+          ['create', { url: `${gw.url}${MODEL}`, method: 'POST', headers, body: JSON.stringify({ input: { prompt: 'bench' } }) }],
+        ],
+      });
+    }
+    const runs = new Map<string, Omit<Row, 'mode' | 'target'>[]>();
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const { mode, targets } of gateways) {
+        for (const [target, opts] of targets) {
+          for (const c of [1, CONNECTIONS]) {
+            const r = await measure(opts, c);
+            const k = `${mode}\t${target}\t${c}`;
+            runs.set(k, [...(runs.get(k) ?? []), r]);
+            process.stderr.write(`round ${round}: ${mode} / ${target} / ${c} conn: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms\n`);
+          }
         }
       }
-      await gw.stop();
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    for (const [k, rs] of runs) {
+      const [mode, target] = k.split('\t') as [string, string];
+      rows.push({ mode, target, connections: rs[0]!.connections, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)) });
     }
   } finally {
     await stopAllProcesses();
     await Promise.all([single.destroy(), group.destroy(), cluster.destroy()]);
   }
-  process.stdout.write(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, 1 connection: undici, sequential; ${CONNECTIONS}: autocannon; ${SECONDS} s per target\n\n`);
+  process.stdout.write(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, 1 connection: undici, sequential; ${CONNECTIONS}: autocannon; ${SECONDS} s per target, median of ${ROUNDS} rounds\n\n`);
   process.stdout.write('| mode | target | connections | req/s | p50 ms | p99 ms |\n|---|---|---:|---:|---:|---:|\n');
   for (const r of rows) process.stdout.write(`| ${r.mode} | ${r.target} | ${r.connections} | ${r.rps} | ${r.p50} | ${r.p99} |\n`);
 }

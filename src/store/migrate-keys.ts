@@ -130,6 +130,10 @@ export async function migrateKeys(client: Redis, prefix: string, opts: { dryRun:
     }
     opts.log?.(`${rule.kind}: ${tally.found} found, ${tally.moved} ${opts.dryRun ? 'would move' : 'moved'}`);
   }
+  // The old reservations' expiry index is the one old key without an expiry of its own (reservations, running
+  // counts and windows expire by themselves): dropped rather than left for ever.
+  const stale = (report.kinds['old reservation index (dropped)'] = { found: await client.exists(`${prefix}rsvx`), moved: 0 });
+  if (stale.found && !opts.dryRun) stale.moved = await client.del(`${prefix}rsvx`);
   return report;
 }
 

@@ -74,32 +74,60 @@ const RECORD_TERMINAL = `${COUNTED_FN}
 counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
 return 1`;
 
-// {p:} KEYS: own, rec. ARGV: tenant, json, predictionTtl.
-// The first step of a create: the owner is set only if absent (0 and nothing written when another tenant has it),
-// so a retry after a lost answer is harmless and a reused id never changes hands.
-const CLAIM_PREDICTION = `
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+// Not on a Cluster: the same, then the cache, in one trip. KEYS: the four above, term. ARGV: the five, json, cacheTtl.
+const RECORD_TERMINAL_AND_CACHE = `${COUNTED_FN}
+counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
+redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
 return 1`;
 
-// {t:} KEYS: idx, usage, seen, idem, reservation (by rid), reservation (by id), rsvx.
-// ARGV: id, score, predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal), predictTime,
-// idem record ('' for none), idem ttl, reservation expiry ('' for none), cost.
-// The second step, the tenant's side: every part is idempotent (ZADD counts the create only when the id is new,
-// the reservation is bound only while unbound, the terminal usage once by its marker), so running it again after
-// a failure between the steps repeats nothing.
-const RECORD_CREATE = `${COUNTED_FN}
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'creates', 1)
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
+// The two steps of a create, as functions over their own keys (K) and arguments (A).
+// claim, {p:}: K own, rec. A tenant, json, predictionTtl. The owner is set only if absent (false and nothing written
+// when another tenant has it), so a retry after a lost answer is harmless and a reused id never changes hands.
+// tenantSide, {t:}: K idx, usage, seen, idem, reservation (by rid), reservation (by id), rsvx. A id, score,
+// predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal), predictTime, idem record ('' for
+// none), idem ttl, reservation expiry ('' for none), cost. Every part is idempotent (ZADD counts the create only when
+// the id is new, the reservation is bound only while unbound, the terminal usage once by its marker), so running it
+// again after a failure between the steps repeats nothing.
+const CREATE_FN = `${COUNTED_FN}
+local function claim(K, A)
+  if not redis.call('SET', K[1], A[1], 'NX', 'EX', A[3]) then
+    if redis.call('GET', K[1]) ~= A[1] then return false end
+  end
+  redis.call('SET', K[2], A[2], 'EX', A[3])
+  return true
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[10] ~= '' then bind(KEYS[5], KEYS[6], KEYS[7], ARGV[10], tonumber(ARGV[3]) + RECORD_MARGIN) end
-if ARGV[6] ~= '' then counted(KEYS[3], KEYS[2], ARGV[3], ARGV[6], ARGV[7], ARGV[4], KEYS[6], KEYS[7], ARGV[11]) end
-if ARGV[8] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[9]) end
+local function tenantSide(K, A)
+  if redis.call('ZADD', K[1], A[2], A[1]) == 1 then
+    redis.call('HINCRBY', K[2], 'creates', 1)
+    redis.call('EXPIRE', K[2], A[4])
+  end
+  redis.call('ZREMRANGEBYSCORE', K[1], '-inf', '(' .. A[5])
+  redis.call('EXPIRE', K[1], A[3])
+  if A[10] ~= '' then bind(K[5], K[6], K[7], A[10], tonumber(A[3]) + RECORD_MARGIN) end
+  if A[6] ~= '' then counted(K[3], K[2], A[3], A[6], A[7], A[4], K[6], K[7], A[11]) end
+  if A[8] ~= '' then redis.call('SET', K[4], A[8], 'EX', A[9]) end
+end
+local function slice(t, from, n)
+  local out = {}
+  for i = 1, n do out[i] = t[from + i - 1] end
+  return out
+end
+`;
+
+// On a Cluster, one step per script (each within one slot): the claim, then the tenant's side.
+const CLAIM_PREDICTION = `${CREATE_FN}
+return claim(KEYS, ARGV) and 1 or 0`;
+const RECORD_CREATE = `${CREATE_FN}
+tenantSide(KEYS, ARGV)
+return 1`;
+
+// Elsewhere (one server, Sentinel) keys of many slots may share a script: both steps and the terminal cache in one
+// trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term. ARGV: the three of claim, the eleven
+// of tenantSide, cacheTtl ('' when the create is not terminal).
+const CREATE_ALL = `${CREATE_FN}
+if not claim(slice(KEYS, 1, 2), slice(ARGV, 1, 3)) then return 0 end
+tenantSide(slice(KEYS, 3, 7), slice(ARGV, 4, 11))
+if ARGV[15] ~= '' then redis.call('SET', KEYS[10], ARGV[2], 'EX', ARGV[15]) end
 return 1`;
 
 // {t:} KEYS: reservation, rsvx, running counter, then one hash per line (the tenant's and its token's).
@@ -196,6 +224,8 @@ return n`;
 
 interface ScriptedRedis extends Redis {
   fgwRecordTerminal(...args: (string | number)[]): Promise<number>;
+  fgwRecordTerminalAndCache(...args: (string | number)[]): Promise<number>;
+  fgwCreateAll(...args: (string | number)[]): Promise<number>;
   fgwClaimPrediction(...args: (string | number)[]): Promise<number>;
   fgwRecordCreate(...args: (string | number)[]): Promise<number>;
   fgwIdemBegin(...args: (string | number)[]): Promise<string | null>;
@@ -221,6 +251,8 @@ export class RedisStore implements Store {
   readonly #opts: StoreOptions;
   readonly #owned: boolean;
   readonly #waitReplicas: number;
+  /** A Cluster runs a script only over keys of one slot: the create and terminal writes go step by step. */
+  readonly #stepwise: boolean;
   #waitSkippedUntil = 0;
 
   /**
@@ -232,12 +264,15 @@ export class RedisStore implements Store {
     this.#opts = opts;
     this.#owned = owned;
     this.#waitReplicas = waitReplicas;
+    this.#stepwise = (client as { isCluster?: boolean }).isCluster === true;
     // ioredis runs these with EVALSHA and falls back to EVAL on NOSCRIPT: a promoted replica or a new Cluster
     // node, which has no script cache yet, costs one extra round trip and no error.
     const define = (name: string, numberOfKeys: number, lua: string) => {
       if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
     };
     define('fgwRecordTerminal', 4, RECORD_TERMINAL);
+    define('fgwRecordTerminalAndCache', 5, RECORD_TERMINAL_AND_CACHE);
+    define('fgwCreateAll', 10, CREATE_ALL);
     define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
     define('fgwRecordCreate', 7, RECORD_CREATE);
     define('fgwSettle', 2, SETTLE);
@@ -268,36 +303,49 @@ export class RedisStore implements Store {
   async recordCreate(r: CreateRecord): Promise<boolean> {
     const ttl = this.#opts.predictionTtlSeconds;
     const oldest = (Date.now() - ttl * 1000) * 1000;
+    const claimKeys = [keys.owner(r.id), keys.record(r.id)];
+    const claimArgs = [r.tenant, r.json, ttl];
+    const tenantKeys = [
+      keys.index(r.tenant), keys.usage(r.tenant, r.day), keys.seen(r.tenant, r.id), r.idem ? keys.idem(r.idem.key) : keys.idem(`${r.tenant}:-`),
+      keys.reservation(r.tenant, r.reservation?.rid ?? '-'), keys.reservationOf(r.tenant, r.id), keys.reservations(r.tenant),
+    ];
+    const tenantArgs = [
+      r.id, r.score, ttl, USAGE_TTL_SECONDS, oldest,
+      r.terminal?.status ?? '', r.terminal?.predictTime ?? 0,
+      r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
+      r.reservation?.expiresAt ?? '', r.terminal?.cost ?? 0,
+    ];
+    if (!this.#stepwise) {
+      const cacheTtl = r.terminal ? this.#opts.cacheTtlSeconds : '';
+      const written = await this.#client.fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...claimArgs, ...tenantArgs, cacheTtl).catch(unavailable);
+      if (Number(written) !== 1) return false;
+      await this.#replicated();
+      return true;
+    }
     // Step 1, the prediction's slot: the owner (only if absent) and the create-time record.
-    const claimed = await this.#client.fgwClaimPrediction(keys.owner(r.id), keys.record(r.id), r.tenant, r.json, ttl).catch(unavailable);
-    if (Number(claimed) !== 1) return false;
+    if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(unavailable)) !== 1) return false;
     // Step 2, the tenant's slot: index, usage, the budget binding and settling, the idempotency record.
-    await this.#client
-      .fgwRecordCreate(
-        keys.index(r.tenant), keys.usage(r.tenant, r.day), keys.seen(r.tenant, r.id), r.idem ? keys.idem(r.idem.key) : keys.idem(`${r.tenant}:-`),
-        keys.reservation(r.tenant, r.reservation?.rid ?? '-'), keys.reservationOf(r.tenant, r.id), keys.reservations(r.tenant),
-        r.id, r.score, ttl, USAGE_TTL_SECONDS, oldest,
-        r.terminal?.status ?? '', r.terminal?.predictTime ?? 0,
-        r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
-        r.reservation?.expiresAt ?? '', r.terminal?.cost ?? 0,
-      )
-      .catch(unavailable);
+    await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(unavailable);
     // Step 3, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
     // miss (the next GET fetches and caches it, and the usage marker keeps it counted once).
     if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
-    await this.#replicated();
     return true;
   }
 
   async recordTerminal(rec: TerminalRecord): Promise<void> {
-    await this.#client
-      .fgwRecordTerminal(
-        keys.seen(rec.tenant, rec.id), keys.usage(rec.tenant, rec.day), keys.reservationOf(rec.tenant, rec.id), keys.reservations(rec.tenant),
-        this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0,
-      )
-      .catch(unavailable);
+    const counted = [
+      keys.seen(rec.tenant, rec.id), keys.usage(rec.tenant, rec.day), keys.reservationOf(rec.tenant, rec.id), keys.reservations(rec.tenant),
+      this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0,
+    ] as const;
+    if (!this.#stepwise) {
+      const [k1, k2, k3, k4, ...args] = counted;
+      await this.#client.fgwRecordTerminalAndCache(k1, k2, k3, k4, keys.terminal(rec.id), ...args, rec.json, this.#opts.cacheTtlSeconds).catch(unavailable);
+      await this.#replicated();
+      return;
+    }
+    // The usage once and the budget settle on the tenant's slot, then the cache on the prediction's (see README).
+    await this.#client.fgwRecordTerminal(...counted).catch(unavailable);
     await this.#client.set(keys.terminal(rec.id), rec.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
-    await this.#replicated();
   }
 
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {

@@ -71,6 +71,24 @@ class Node {
   }
 }
 
+/** A free port can be taken by someone else before the server binds it: start again on new ports, twice at most. */
+async function withRetries<T>(start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt === 3 || /cannot start/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+/** Free ports, none twice: the OS may hand the same just-released port to two asks in a row. */
+async function distinctPorts(n: number): Promise<number[]> {
+  const ports = new Set<number>();
+  while (ports.size < n) ports.add(await freePort());
+  return [...ports];
+}
+
 const serverArgs = (port: number, dir: string, extra: string[] = []) => ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...extra];
 
 /** Three masters, no replicas, every slot assigned: `nodes` is the REDIS_CLUSTER_NODES value. */
@@ -83,11 +101,15 @@ export class RedisCluster {
   }
 
   static async start(masters = 3): Promise<RedisCluster> {
+    return withRetries(() => RedisCluster.#start(masters));
+  }
+
+  static async #start(masters: number): Promise<RedisCluster> {
     const c = new RedisCluster();
+    const ports = await distinctPorts(2 * masters);
     for (let i = 0; i < masters; i++) {
-      const port = await freePort();
       // cluster-port (Redis 7): the bus on a free port of its own, not port + 10000.
-      const bus = await freePort();
+      const [port, bus] = [ports[2 * i]!, ports[2 * i + 1]!];
       c.#nodes.push(new Node(port, 'redis-server', serverArgs(port, c.#dir, ['--cluster-enabled', 'yes', '--cluster-config-file', join(c.#dir, `nodes-${port}.conf`), '--cluster-port', String(bus), '--cluster-node-timeout', '3000'])));
     }
     try {
@@ -136,12 +158,17 @@ export class RedisSentinelGroup {
   }
 
   static async start(): Promise<RedisSentinelGroup> {
+    return withRetries(() => RedisSentinelGroup.#start());
+  }
+
+  static async #start(): Promise<RedisSentinelGroup> {
     const g = new RedisSentinelGroup();
-    const [p, r] = [await freePort(), await freePort()];
+    const ports = await distinctPorts(5);
+    const [p, r] = [ports[0]!, ports[1]!];
     g.#primary = new Node(p, 'redis-server', serverArgs(p, g.#dir, ['--dbfilename', `dump-${p}.rdb`]));
     g.#replica = new Node(r, 'redis-server', serverArgs(r, g.#dir, ['--dbfilename', `dump-${r}.rdb`, '--replicaof', '127.0.0.1', String(p)]));
     for (let i = 0; i < 3; i++) {
-      const port = await freePort();
+      const port = ports[2 + i]!;
       const conf = join(g.#dir, `sentinel-${port}.conf`);
       // Sentinel rewrites its own file (what it learns of replicas and peers): one writable file each.
       writeFileSync(
