@@ -176,6 +176,10 @@ describe('Redis Sentinel: a failover under traffic', () => {
           stop = true;
           await Promise.all(clients);
           console.log(`sentinel failover: promoted after ${promotedAfterMs} ms, gateway ready after ${readyAfterMs} ms; ${tally.served} requests served, ${tally.unavailable} answered 503, ${tally.other.length} other; ${during.length} creates during the run, ${during.filter((p) => p.id).length} answered 201`);
+          // The promoted replica had no script cache: each script's first EVALSHA met NOSCRIPT and ioredis sent EVAL.
+          const stats = await group.replicaInfo('commandstats');
+          expect(stats).toMatch(/cmdstat_eval:calls=[1-9]/);
+          expect(stats).toMatch(/cmdstat_evalsha:calls=[1-9]/);
           expect(tally.other).toEqual([]);
           expect(tally.unavailable).toBeGreaterThan(0);
           expect(tally.served).toBeGreaterThan(servedAtRecovery);

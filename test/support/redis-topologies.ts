@@ -216,6 +216,11 @@ export class RedisSentinelGroup {
     return Number(port);
   }
 
+  /** INFO <section> of the (first) replica. */
+  async replicaInfo(section: string): Promise<string> {
+    return String(await ask(this.#replica.port, 'INFO', section));
+  }
+
   /** SIGKILL the primary: no shutdown, no last write, as a lost machine. */
   async killPrimary(): Promise<void> {
     await this.#primary.kill();
