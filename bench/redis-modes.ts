@@ -11,7 +11,7 @@ import { Pool } from 'undici';
 import { intFromEnv } from '../src/config.js';
 import { startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
-import { RedisCluster, RedisSentinelGroup } from '../test/support/redis-topologies.js';
+import { RedisCluster, RedisSentinelGroup, startAll } from '../test/support/redis-topologies.js';
 
 const SECONDS = intFromEnv(process.env, 'BENCH_SECONDS', 3, 1, 600);
 const ROUNDS = intFromEnv(process.env, 'BENCH_ROUNDS', 3, 1, 100);
@@ -65,7 +65,13 @@ async function main(): Promise<void> {
   const tenantsFile = join(dir, 'tenants.json');
   writeFileSync(tenantsFile, JSON.stringify({ tenants: [{ id: 'bench', keys: [TENANT_KEY], rateLimit: { max: 1e9, timeWindow: '1 minute' } }] }));
   const sim = await startSimulatorProcess({ apiKey: UPSTREAM_KEY, stepMs: 50, quiet: true });
-  const [single, group, cluster] = await Promise.all([RedisServer.start(), RedisSentinelGroup.start(), RedisCluster.start()]);
+  const [single, group, cluster] = await startAll<[RedisServer, RedisSentinelGroup, RedisCluster]>(
+    [() => RedisServer.start(), () => RedisSentinelGroup.start(), () => RedisCluster.start()],
+    async (s) => (s as { destroy(): Promise<void> }).destroy(),
+  ).catch(async (err) => {
+    await stopAllProcesses();
+    throw err;
+  });
   const modes: [string, Record<string, string>, string[]?][] = [
     ['one server', { REDIS_URL: single.url }],
     ['sentinel', { REDIS_SENTINELS: group.sentinels, REDIS_SENTINEL_NAME: group.name }],

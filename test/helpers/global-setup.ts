@@ -3,7 +3,7 @@
 // key prefix. (The Sentinel failover test starts a group of its own: it kills the primary.)
 import type { TestProject } from 'vitest/node';
 import { RedisServer } from '../support/redis.js';
-import { RedisCluster, RedisSentinelGroup } from '../support/redis-topologies.js';
+import { RedisCluster, RedisSentinelGroup, startAll } from '../support/redis-topologies.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -17,11 +17,10 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject) {
-  const [server, cluster, group] = await Promise.all([
-    process.env.REDIS_URL ? undefined : RedisServer.start(),
-    RedisCluster.start(),
-    RedisSentinelGroup.start(),
-  ]);
+  const [server, cluster, group] = await startAll<[RedisServer | undefined, RedisCluster, RedisSentinelGroup]>(
+    [async () => (process.env.REDIS_URL ? undefined : RedisServer.start()), () => RedisCluster.start(), () => RedisSentinelGroup.start()],
+    async (s) => (s as { destroy(): Promise<void> } | undefined)?.destroy(),
+  );
   project.provide('redisUrl', process.env.REDIS_URL ?? server!.url);
   project.provide('redisCluster', cluster.nodes);
   project.provide('redisSentinels', group.sentinels);

@@ -71,6 +71,17 @@ class Node {
   }
 }
 
+/** Starts servers side by side; if one fails, the others are torn down before the error goes on (none is left running). */
+export async function startAll<T extends readonly unknown[]>(starts: { [K in keyof T]: () => Promise<T[K]> }, destroy: (started: unknown) => Promise<void>): Promise<T> {
+  const settled = await Promise.allSettled(starts.map((start) => start()));
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(settled.map((r) => (r.status === 'fulfilled' ? destroy(r.value) : undefined)));
+    throw failed.reason;
+  }
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
 /** A free port can be taken by someone else before the server binds it: start again on new ports, twice at most. */
 async function withRetries<T>(start: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
