@@ -261,15 +261,15 @@ body=${waited%$'\n'*}
 [ "$(json status <<<"$body")" = succeeded ] || die "create with Prefer: wait answered status '$(json status <<<"$body")': $body"
 say "Prefer: wait create answered $(json id <<<"$body") succeeded (HTTP $code)"
 
-say "checking Redis key fgw:term:$ID"
+say "checking Redis key fgw:term:{p:$ID}"
 deadline=$((SECONDS + $(left 20)))
 term=
 while [ "$SECONDS" -lt "$deadline" ]; do
-  term=$(compose 10 exec -T redis redis-cli -p "$SMOKE_REDIS_PORT" GET "fgw:term:$ID" 2>/dev/null) || term=
+  term=$(compose 10 exec -T redis redis-cli -p "$SMOKE_REDIS_PORT" GET "fgw:term:{p:$ID}" 2>/dev/null) || term=
   [[ $term == *'"status":"succeeded"'* ]] && break
   sleep 1
 done
-[[ $term == *'"status":"succeeded"'* ]] || die "Redis has no succeeded terminal record under fgw:term:$ID (got: ${term:0:200})"
+[[ $term == *'"status":"succeeded"'* ]] || die "Redis has no succeeded terminal record under fgw:term:{p:$ID} (got: ${term:0:200})"
 say "Redis holds the terminal prediction (${#term} bytes)"
 
 # ---------------------------------------------------------------------------------------------------------

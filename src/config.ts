@@ -12,6 +12,27 @@ const int = (min: number, max: number) =>
     .min(min, `must be at least ${min}`)
     .max(max, `must be at most ${max}`);
 
+/** "host:port,host:port" → [{host, port}]; IPv6 hosts in brackets ("[::1]:6379"). */
+const hostPorts = z
+  .string()
+  .transform((v, ctx) => {
+    const out: { host: string; port: number }[] = [];
+    for (const part of v.split(',').map((p) => p.trim()).filter(Boolean)) {
+      const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(part);
+      const port = m ? Number(m[3]) : 0;
+      if (!m || port < 1 || port > 65535) {
+        ctx.addIssue({ code: 'custom', message: 'must be a comma-separated list of host:port' });
+        return z.NEVER;
+      }
+      out.push({ host: (m[1] ?? m[2])!, port });
+    }
+    if (!out.length) {
+      ctx.addIssue({ code: 'custom', message: 'must be a comma-separated list of host:port' });
+      return z.NEVER;
+    }
+    return out;
+  });
+
 const httpUrl = z
   .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
   .transform((u) => u.replace(/\/+$/, ''));
@@ -73,7 +94,22 @@ export const ConfigSchema = z.object({
   PUBLIC_BASE_URL: httpUrl.optional(),
   TENANTS_FILE: z.string({ error: 'is required (path to the tenants file)' }).min(1),
   REDIS_URL: z.url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' }).optional(),
-  REDIS_KEY_PREFIX: z.string().min(1).default('fgw:'),
+  // Past one Redis (see README "Scaling"): Sentinel (a host:port list and the monitored name) or Cluster (seed
+  // nodes). Exactly one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES.
+  REDIS_SENTINELS: hostPorts.optional(),
+  REDIS_SENTINEL_NAME: z.string().min(1).optional(),
+  REDIS_CLUSTER_NODES: hostPorts.optional(),
+  // Credentials and TLS of the Redis servers in Sentinel and Cluster modes (a REDIS_URL carries its own), and of
+  // the sentinels themselves.
+  REDIS_USERNAME: z.string().min(1).optional(),
+  REDIS_PASSWORD: z.string().min(1).optional(),
+  REDIS_SENTINEL_PASSWORD: z.string().min(1).optional(),
+  REDIS_TLS: bool.default(false),
+  // Replicas that must have a create's records (owner, cache, idempotency) before the client gets its answer
+  // (Redis WAIT, 500 ms at most): with Sentinel, 1 keeps a failover from losing what the client was told.
+  REDIS_WAIT_REPLICAS: int(0, 16).default(0),
+  // The first {...} of a key is its Cluster hash slot: a prefix with a brace would put every key in one slot.
+  REDIS_KEY_PREFIX: z.string().min(1).regex(/^[^{}]+$/, 'must not contain { or } (they would decide the Redis Cluster hash slot)').default('fgw:'),
   UPSTREAM_TIMEOUT_MS: int(100, 600_000).default(30_000),
   UPSTREAM_RETRIES: int(0, 10).default(2),
   // Sockets to the upstream per process, and how many of them one tenant may hold at once (default: half).
@@ -161,6 +197,16 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     throw new ConfigError(`invalid configuration: ${name} ${issue.message}`);
   }
   const c = parsed.data;
+  const redisVars = (['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_NODES'] as const).filter((k) => c[k] !== undefined);
+  if (redisVars.length > 1) {
+    throw new ConfigError(`invalid configuration: ${redisVars[0]} and ${redisVars[1]} are both set; choose one Redis mode (one server, Sentinel or Cluster)`);
+  }
+  if (c.REDIS_SENTINELS && !c.REDIS_SENTINEL_NAME) {
+    throw new ConfigError('invalid configuration: REDIS_SENTINELS needs REDIS_SENTINEL_NAME (the name the sentinels monitor)');
+  }
+  if (c.REDIS_SENTINEL_NAME && !c.REDIS_SENTINELS) {
+    throw new ConfigError('invalid configuration: REDIS_SENTINEL_NAME is set without REDIS_SENTINELS');
+  }
   if (c.UPSTREAM_MAX_BODY_BYTES !== undefined && c.UPSTREAM_MAX_BODY_BYTES <= c.BODY_LIMIT_BYTES) {
     throw new ConfigError('invalid configuration: UPSTREAM_MAX_BODY_BYTES must be larger than BODY_LIMIT_BYTES (a prediction echoes its input)');
   }
@@ -187,6 +233,14 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       c.UPSTREAM_MAX_BODY_BYTES ??
       Math.max(16 * 1024 * 1024, c.BODY_LIMIT_BYTES + 1024 * 1024 + (c.FILES_DELIVERY === 'data-uri' ? Math.ceil((c.FILES_MAX_BYTES * 4) / 3) : 0)),
   });
+}
+
+/** Which Redis the gateway uses, if any: one server, a Sentinel-watched primary, or a Cluster. */
+export function redisMode(config: Config): 'single' | 'sentinel' | 'cluster' | undefined {
+  if (config.REDIS_URL) return 'single';
+  if (config.REDIS_SENTINELS) return 'sentinel';
+  if (config.REDIS_CLUSTER_NODES) return 'cluster';
+  return undefined;
 }
 
 /**

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, intFromEnv, loadConfig } from '../src/config.js';
 import { TenantRegistry, TenantsError, generateKey, hashKey, readTenantsFile } from '../src/access/tenants.js';
+import { redisTarget } from '../src/store/redis-client.js';
 import { KEY_A, call, startGateway, startGatewayProcess, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
 
 const run = promisify(execFile);
@@ -39,6 +40,11 @@ describe('loadConfig', () => {
     [{ RATE_LIMIT_LEASE_MAX: '0' }, /RATE_LIMIT_LEASE_MAX must be at least 1/],
     [{ POLL_CACHE_MS: '1.5' }, /POLL_CACHE_MS must be a whole number/],
     [{ ACCESS_LOG: 'sometimes' }, /ACCESS_LOG must be true or false/],
+    [{ REDIS_URL: 'redis://r:6379', REDIS_SENTINELS: 's1:26379', REDIS_SENTINEL_NAME: 'm' }, /REDIS_URL and REDIS_SENTINELS are both set/],
+    [{ REDIS_SENTINELS: 's1:26379', REDIS_CLUSTER_NODES: 'c1:6379' }, /REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set/],
+    [{ REDIS_SENTINELS: 's1:26379' }, /REDIS_SENTINELS needs REDIS_SENTINEL_NAME/],
+    [{ REDIS_CLUSTER_NODES: 'c1:6379,c2' }, /REDIS_CLUSTER_NODES must be a comma-separated list of host:port/],
+    [{ REDIS_KEY_PREFIX: '{fgw}:' }, /REDIS_KEY_PREFIX must not contain \{ or \}/],
   ])('names the variable for %o', (env, message) => {
     expect(() => loadConfig({ ...base, ...env })).toThrow(message);
     try {
@@ -46,6 +52,16 @@ describe('loadConfig', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
     }
+  });
+
+  it('reads the Redis modes: one server, Sentinel (hosts, name, passwords, TLS) or Cluster', () => {
+    expect(redisTarget(loadConfig(base))).toBeUndefined();
+    expect(redisTarget(loadConfig({ ...base, REDIS_URL: 'rediss://:pw@r:6380' }))).toEqual({ mode: 'single', url: 'rediss://:pw@r:6380' });
+    const sentinel = { REDIS_SENTINELS: 's1:26379, [::1]:26380', REDIS_SENTINEL_NAME: 'mymaster', REDIS_PASSWORD: 'pw', REDIS_SENTINEL_PASSWORD: 'spw', REDIS_TLS: 'true' };
+    expect(redisTarget(loadConfig({ ...base, ...sentinel }))).toEqual({
+      mode: 'sentinel', name: 'mymaster', sentinels: [{ host: 's1', port: 26379 }, { host: '::1', port: 26380 }], password: 'pw', sentinelPassword: 'spw', tls: true, username: undefined,
+    });
+    expect(redisTarget(loadConfig({ ...base, REDIS_CLUSTER_NODES: 'c1:7000,c2:7001' }))).toMatchObject({ mode: 'cluster', nodes: [{ host: 'c1', port: 7000 }, { host: 'c2', port: 7001 }], tls: false });
   });
 
   it('reads true/false settings in the usual spellings', () => {
@@ -246,7 +262,8 @@ describe('tenants hot reload', () => {
       writeFileSync(file, JSON.stringify({ tenants: [{ id: 'team-c', keys: [NEW_KEY] }] }));
       child.kill('SIGHUP');
       await waitFor(async () => (await call(url, 'GET', '/replicate/v1/predictions', { key: NEW_KEY })).status === 200, 5000, 'the SIGHUP reload');
-      expect(server.output()).toMatch(/tenants file reloaded/);
+      // The log is asynchronous: the line may follow the reload by a moment on a loaded machine.
+      await waitFor(() => /tenants file reloaded/.test(server.output()), 5000, 'the reload log line');
       expect((await call(url, 'GET', '/replicate/v1/predictions', { key: KEY_A })).status).toBe(401);
     } finally {
       await server.stop();

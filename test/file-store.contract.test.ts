@@ -1,24 +1,24 @@
-// One contract, two file stores: the in-memory one and the Redis one must behave the same.
+// One contract, every file store: in memory, and Redis as one server, behind Sentinel and as a Cluster.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { FileMeta, FileStore } from '../src/store/file-store.js';
 import { MemoryFileStore } from '../src/store/memory-file-store.js';
 import { RedisFileStore } from '../src/store/redis-file-store.js';
-import { createRedisClient } from '../src/store/redis-store.js';
-import { waitFor } from './helpers/stack.js';
+import { createRedisClient } from '../src/store/redis-client.js';
+import { redisTargets, waitFor } from './helpers/stack.js';
 
 const clients: { quit(): Promise<unknown> }[] = [];
 const factories: [string, () => Promise<FileStore>][] = [
   ['memory', async () => new MemoryFileStore({ maxBytes: 64 * 1024 * 1024 })],
-  [
-    'redis',
+  ...redisTargets().map(([kind, target]): [string, () => Promise<FileStore>] => [
+    kind,
     async () => {
-      const client = createRedisClient(inject('redisUrl'), `files-contract:${randomUUID()}:`);
+      const client = createRedisClient(target, `files-contract:${randomUUID()}:`);
       clients.push(client);
-      await waitFor(() => client.status === 'ready', 5000, 'redis');
+      await waitFor(() => client.status === 'ready', 10_000, kind);
       return new RedisFileStore(client);
     },
-  ],
+  ]),
 ];
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.quit()));

@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createRedisClient } from '../src/store/redis-store.js';
+import { keys } from '../src/store/keys.js';
 import { leasedRedisStore } from '../src/store/rate-limit-store.js';
 import { waitFor } from './helpers/stack.js';
 
@@ -22,7 +23,7 @@ afterAll(async () => {
 });
 
 function storeWith(leaseMax: number) {
-  const Store = leasedRedisStore(redis, 'rl:', leaseMax);
+  const Store = leasedRedisStore(redis, leaseMax);
   const store = new Store();
   const incr = (key: string, windowMs: number, max: number) =>
     new Promise<Result>((resolve, reject) => store.incr(key, (err, r) => (err ? reject(err) : resolve(r!)), windowMs, max));
@@ -30,7 +31,7 @@ function storeWith(leaseMax: number) {
 }
 
 /** What Redis has counted for a key: the permits granted to every process together. */
-const counted = async (key: string) => Number((await redis.get(`rl:${key}`)) ?? 0);
+const counted = async (key: string) => Number((await redis.get(keys.rate(key))) ?? 0);
 
 describe('leased rate-limit store', () => {
   it('takes permits from Redis in leases: 100 requests cost Redis two grants of 64, not 100 increments', async () => {
@@ -83,7 +84,7 @@ describe('leased rate-limit store', () => {
     for (let i = 0; i < 5; i++) expect((await incr('spent', 2000, 5)).current).toBeLessThanOrEqual(5);
     expect((await incr('spent', 2000, 5)).current).toBe(6);
     // Gone from Redis, the local memory of the spent window still refuses until that window's end.
-    await redis.del('rl:spent');
+    await redis.del(keys.rate('spent'));
     const refused = await incr('spent', 2000, 5);
     expect(refused.current).toBe(6);
     expect(refused.ttl).toBeGreaterThan(0);
@@ -111,7 +112,7 @@ describe('leased rate-limit store', () => {
   it('passes a Redis failure to every waiting request', async () => {
     const client = createRedisClient(inject('redisUrl'), prefix);
     await waitFor(() => client.status === 'ready', 5000, 'redis');
-    const Store = leasedRedisStore(client, 'rl:', 64);
+    const Store = leasedRedisStore(client, 64);
     const store = new Store();
     client.disconnect();
     const incr = () => new Promise<Result>((resolve, reject) => store.incr('down', (err, r) => (err ? reject(err) : resolve(r!)), 60_000, 100));

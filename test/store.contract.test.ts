@@ -1,23 +1,25 @@
-// One contract, two stores: the in-memory store and the Redis store must behave the same.
+// One contract, every store: in memory, and Redis as one server, behind Sentinel and as a 3-master Cluster.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { MemoryStore } from '../src/store/memory-store.js';
-import { RedisStore, createRedisClient } from '../src/store/redis-store.js';
+import { createRedisClient } from '../src/store/redis-client.js';
+import { RedisStore } from '../src/store/redis-store.js';
+import { keys } from '../src/store/keys.js';
 import type { Store } from '../src/store/store.js';
-import { waitFor } from './helpers/stack.js';
+import { redisTargets, waitFor } from './helpers/stack.js';
 
 const opts = { predictionTtlSeconds: 3600, cacheTtlSeconds: 3600 };
 const factories: [string, () => Promise<Store>][] = [
   ['memory', async () => new MemoryStore({ ...opts, maxEntries: 1000 })],
-  [
-    'redis',
+  ...redisTargets().map(([kind, target]): [string, () => Promise<Store>] => [
+    kind,
     async () => {
-      const store = new RedisStore(createRedisClient(inject('redisUrl'), `contract:${randomUUID()}:`), opts);
-      await waitFor(() => store.isReady(), 5000, 'redis');
+      const store = new RedisStore(createRedisClient(target, `contract:${randomUUID()}:`), opts);
+      await waitFor(() => store.isReady(), 10_000, kind);
       return store;
     },
-  ],
+  ]),
 ];
 
 const pred = (id: string, status = 'starting', extra: Record<string, unknown> = {}) => JSON.stringify({ id, status, ...extra });
@@ -109,13 +111,13 @@ describe.each(factories)('%s store', (_kind, make) => {
 
   it('records a create that is already terminal, and its idempotency record, in the same step, counting it once', async () => {
     const done = pred('t1', 'succeeded', { metrics: { predict_time: 0.25 } });
-    const idem = { key: 'k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
+    const idem = { key: 'team-x:k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
     const rec = { tenant: 'team-x', id: 't1', score: NOW, json: done, day: DAY, terminal: { status: 'succeeded', predictTime: 0.25 }, idem };
     expect(await store.recordCreate(rec)).toBe(true);
     // A retry of the same write (its answer was lost) changes nothing.
     expect(await store.recordCreate(rec)).toBe(true);
     expect(await store.lookup('t1')).toEqual({ owner: 'team-x', terminal: done });
-    expect(await store.idemGet('k-create')).toEqual(idem.record);
+    expect(await store.idemGet('team-x:k-create')).toEqual(idem.record);
     expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 0.25 } });
     expect((await store.listPage('team-x', { limit: 10 })).entries.map((e) => e.id)).toEqual(['t1']);
   });
@@ -166,42 +168,45 @@ describe.each(factories)('%s store: budget reservations', (_kind, make) => {
   });
   const now = Date.now();
   const line = (key: string, field: 'creates' | 'seconds' | 'cost', max: number, amount: number) => ({ key, field, max, amount, ttlSeconds: 3600 });
+  // Budget hashes are the tenant's (one hash slot with its reservations, as src/budget/ names them).
   const reserve = (rid: string, lines: ReturnType<typeof line>[], extra: Partial<Parameters<Store['reserve']>[0]> = {}) =>
-    store.reserve({ rid, now, expiresAt: now + 60_000, lines, ...extra });
+    store.reserve({ tenant: extra.running?.tenant ?? extra.share?.tenant ?? 'team-c', rid, now, expiresAt: now + 60_000, lines, ...extra });
+  const bc = keys.budgetTenant('team-c', 'p');
+  const bs = keys.budgetTenant('team-s', 'p');
 
   it('admits exactly max of many concurrent reservations, and a refusal changes nothing', async () => {
-    const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(`c${i}`, [line('b:c', 'creates', 10, 1), line('b:c', 'cost', 100, 0.5)])));
+    const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(`c${i}`, [line(bc, 'creates', 10, 1), line(bc, 'cost', 100, 0.5)])));
     expect(rs.filter((r) => r.ok)).toHaveLength(10);
     const refused = rs.find((r) => !r.ok);
     expect(refused).toEqual({ ok: false, reason: 'budget', line: 0, spent: 0, reserved: 10 });
     const remaining = rs.flatMap((r) => (r.ok ? [r.remaining[0]] : [])).sort((x, y) => x! - y!);
     expect(remaining).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    expect(await store.budgetGet(['b:c'])).toEqual([{ 'creates:r': 10, 'cost:r': 5 }]);
+    expect(await store.budgetGet([bc])).toEqual([{ 'creates:r': 10, 'cost:r': 5 }]);
   });
 
   it('binds at create (the create is spent), settles once to the real amounts, and releases a failed create', async () => {
-    const lines = [line('b:s', 'creates', 5, 1), line('b:s', 'seconds', 100, 10), line('b:s', 'cost', 100, 2)];
+    const lines = [line(bs, 'creates', 5, 1), line(bs, 'seconds', 100, 10), line(bs, 'cost', 100, 2)];
     expect((await reserve('s1', lines, { running: { tenant: 'team-s', ttlSeconds: 60 } })).ok).toBe(true);
     expect(await store.runningGet(['team-s'])).toEqual([1]);
     await store.recordCreate({ tenant: 'team-s', id: 'bs1', score: NOW, json: pred('bs1'), day: DAY, reservation: { rid: 's1', expiresAt: now + 3_600_000 } });
-    let [h] = await store.budgetGet(['b:s']);
+    let [h] = await store.budgetGet([bs]);
     expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:r': 10, 'cost:r': 2 });
     const done = pred('bs1', 'succeeded');
     for (let i = 0; i < 2; i++) await store.recordTerminal({ id: 'bs1', tenant: 'team-s', json: done, status: 'succeeded', predictTime: 3.5, cost: 0.7, day: DAY });
-    [h] = await store.budgetGet(['b:s']);
+    [h] = await store.budgetGet([bs]);
     expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:s': 3.5, 'seconds:r': 0, 'cost:s': 0.7, 'cost:r': 0 });
     expect(await store.runningGet(['team-s'])).toEqual([0]);
     // A create that reached nothing gives everything back; a second release is a no-op.
     expect((await reserve('s2', lines, { running: { tenant: 'team-s', ttlSeconds: 60 } })).ok).toBe(true);
-    await store.releaseReservation('s2');
-    await store.releaseReservation('s2');
-    [h] = await store.budgetGet(['b:s']);
+    await store.releaseReservation('team-s', 's2');
+    await store.releaseReservation('team-s', 's2');
+    [h] = await store.budgetGet([bs]);
     expect(h).toMatchObject({ 'creates:s': 1, 'creates:r': 0, 'seconds:s': 3.5, 'seconds:r': 0 });
     expect(await store.runningGet(['team-s'])).toEqual([0]);
     // A timed-out create is spent at its estimate.
-    expect((await reserve('s3', lines)).ok).toBe(true);
-    await store.settleReservation('s3', { seconds: 10, cost: 2 });
-    [h] = await store.budgetGet(['b:s']);
+    expect((await reserve('s3', lines, { tenant: 'team-s' })).ok).toBe(true);
+    await store.settleReservation('team-s', 's3', { seconds: 10, cost: 2 });
+    [h] = await store.budgetGet([bs]);
     expect(h).toMatchObject({ 'creates:s': 2, 'creates:r': 0, 'seconds:s': 13.5, 'cost:s': 2.7, 'cost:r': 0 });
   });
 
@@ -211,12 +216,12 @@ describe.each(factories)('%s store: budget reservations', (_kind, make) => {
     expect((await reserve('r2', [], { running: run })).ok).toBe(true);
     expect(await reserve('r3', [], { running: run })).toEqual({ ok: false, reason: 'running', running: 2 });
     // Later, r1's lease is over: the next reserve releases it first.
-    expect((await store.reserve({ rid: 'r4', now: now + 2000, expiresAt: now + 60_000, lines: [], running: run })).ok).toBe(true);
+    expect((await store.reserve({ tenant: 'team-r', rid: 'r4', now: now + 2000, expiresAt: now + 60_000, lines: [], running: run })).ok).toBe(true);
     expect(await store.runningGet(['team-r'])).toEqual([2]);
   });
 
   it('splits a shared create rate by weight: under its share a tenant gets through, over it only into what nobody active is owed', async () => {
-    const share = (tenant: string) => ({ tenant, windowKey: 'fs:w1', previousKey: 'fs:w0', windowTtlMs: 60_000, limit: 10, weights: { big: 3 }, defaultWeight: 1, totalWeight: 5 });
+    const share = (tenant: string) => ({ tenant, windowKey: keys.shareWindow('w1'), previousKey: keys.shareWindow('w0'), windowTtlMs: 60_000, limit: 10, weights: { big: 3 }, defaultWeight: 1, totalWeight: 5 });
     // Shares: big 6, a 2, b 2. b is active (one create); big bursts.
     expect((await reserve('f0', [], { share: share('b') })).ok).toBe(true);
     const big = await Promise.all(Array.from({ length: 12 }, (_, i) => reserve(`f${i + 1}`, [], { share: share('big') })));

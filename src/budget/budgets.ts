@@ -7,6 +7,7 @@ import type { Config } from '../config.js';
 import { GatewayError } from '../errors.js';
 import { BoundedMap } from '../lib/bounded-map.js';
 import type { BudgetField, BudgetLine, ReserveRequest, Store } from '../store/store.js';
+import { keys } from '../store/keys.js';
 import { USAGE_TTL_SECONDS } from '../store/store.js';
 import type { Principal, TokenGrant } from '../types.js';
 import { type Period, periodOf } from './period.js';
@@ -38,6 +39,7 @@ interface Scope {
 }
 
 export interface Reservation {
+  tenant: string;
   rid: string;
   estimate: Amounts;
   headers: Record<string, string>;
@@ -82,12 +84,12 @@ export class Budgets {
       const b = tenant.budget?.[dim.name];
       if (b) {
         const w = periodOf(b.period, now, this.#config.BUDGET_TIMEZONE);
-        out.push({ dim, token: false, key: `bud:t:${tenant.id}:${w.key}`, max: b.max, period: b.period, periodKey: w.key, resetsAt: w.endsAt, ttlSeconds: USAGE_TTL_SECONDS });
+        out.push({ dim, token: false, key: keys.budgetTenant(tenant.id, w.key), max: b.max, period: b.period, periodKey: w.key, resetsAt: w.endsAt, ttlSeconds: USAGE_TTL_SECONDS });
       }
       const t = token?.budget?.[dim.name];
       if (t !== undefined && token) {
         const ttlSeconds = Math.max(60, Math.ceil(token.exp - now / 1000) + 86_400);
-        out.push({ dim, token: true, key: `bud:k:${token.jti}`, max: t, period: 'token', periodKey: token.jti, resetsAt: token.exp * 1000, ttlSeconds });
+        out.push({ dim, token: true, key: keys.budgetToken(tenant.id, token.jti), max: t, period: 'token', periodKey: token.jti, resetsAt: token.exp * 1000, ttlSeconds });
       }
     }
     return out;
@@ -119,6 +121,7 @@ export class Budgets {
     const amountOf = (f: BudgetField) => (f === 'creates' ? 1 : f === 'seconds' ? estimate.seconds : estimate.cost);
     const lines: BudgetLine[] = scopes.map((s) => ({ key: s.key, field: s.dim.field, max: s.max, amount: amountOf(s.dim.field), ttlSeconds: s.ttlSeconds }));
     const req: ReserveRequest = {
+      tenant: tenant.id,
       rid: randomUUID(),
       now,
       // A create that never comes back (its process died) frees its reservation after its deadline and a minute.
@@ -140,7 +143,7 @@ export class Budgets {
         total += t.share;
         if (t.share !== 1) weights[t.id] = t.share;
       }
-      req.share = { tenant: tenant.id, windowKey: `fs:${id}`, previousKey: `fs:${id - 1}`, windowTtlMs: 2 * windowMs, limit, weights, defaultWeight: 1, totalWeight: total || 1 };
+      req.share = { tenant: tenant.id, windowKey: keys.shareWindow(id), previousKey: keys.shareWindow(id - 1), windowTtlMs: 2 * windowMs, limit, weights, defaultWeight: 1, totalWeight: total || 1 };
     }
     const r = await this.#store.reserve(req);
     // This process's next answers show the change at once (other replicas' within a second): the figures a
@@ -151,7 +154,7 @@ export class Budgets {
       const headers: Record<string, string> = {};
       r.remaining.forEach((rem, i) => this.#tighter(headers, scopes[i]!.dim, rem));
       if (scopes.length) this.#headers.set(token?.budget ? `k:${token.jti}` : `t:${tenant.id}`, headers);
-      return { rid: req.rid, estimate, headers };
+      return { tenant: tenant.id, rid: req.rid, estimate, headers };
     }
     this.#refused(tenant.id, r.reason === 'budget' ? `budget-${scopes[r.line]!.dim.name}` : r.reason);
     if (r.reason === 'budget') {
@@ -190,7 +193,7 @@ export class Budgets {
 
   /** A create that started nothing gives its reservation back; one that timed out (it may run) spends the estimate. */
   async end(r: Reservation, timedOut: boolean): Promise<void> {
-    await (timedOut ? this.#store.settleReservation(r.rid, r.estimate) : this.#store.releaseReservation(r.rid)).catch(() => {
+    await (timedOut ? this.#store.settleReservation(r.tenant, r.rid, r.estimate) : this.#store.releaseReservation(r.tenant, r.rid)).catch(() => {
       // The store is down: the reservation is released when its lease ends.
     });
   }

@@ -57,7 +57,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   let res;
   let reservation;
   try {
-    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) atomically, or a 429.
+    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a 429.
     reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs).catch(async (err) => {
       // At the running cap, predictions that ended unseen may hold slots: look once, then try again.
       if (!(err instanceof GatewayError && err.code === 'RUNNING_LIMIT') || !(await refreshRunning(deps, caller))) throw err;

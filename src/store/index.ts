@@ -1,4 +1,5 @@
-// The one place that chooses the state: Redis when REDIS_URL is set, else in-memory. The rate-limit store comes with
+// The one place that chooses the state: Redis (one server, Sentinel or Cluster: src/store/redis-client.ts) when
+// the config names one, else in-memory. The rate-limit store comes with
 // it, so nothing else needs to know which kind it got (or reach into the Redis client).
 import type { Config } from '../config.js';
 import type { FileStore } from './file-store.js';
@@ -7,7 +8,8 @@ import { MemoryFileStore } from './memory-file-store.js';
 import { MemoryStore } from './memory-store.js';
 import { leasedRedisStore } from './rate-limit-store.js';
 import { RedisFileStore } from './redis-file-store.js';
-import { RedisStore, createRedisClient } from './redis-store.js';
+import { createRedisClient, redisTarget } from './redis-client.js';
+import { RedisStore } from './redis-store.js';
 import type { Store } from './store.js';
 
 export type { Store } from './store.js';
@@ -24,18 +26,21 @@ export interface State {
 
 export function createState(config: Config, onRedisEvent?: (event: string, detail?: string) => void): State {
   const opts = { predictionTtlSeconds: config.PREDICTION_TTL_SECONDS, cacheTtlSeconds: config.CACHE_TTL_SECONDS };
-  if (!config.REDIS_URL) {
+  const target = redisTarget(config);
+  if (!target) {
     return {
       store: new MemoryStore({ ...opts, maxEntries: config.MEMORY_STORE_MAX_ENTRIES, maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       files: new MemoryFileStore({ maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       kv: new MemoryKvStore(),
     };
   }
-  const client = createRedisClient(config.REDIS_URL, config.REDIS_KEY_PREFIX, onRedisEvent);
+  const client = createRedisClient(target, config.REDIS_KEY_PREFIX, onRedisEvent);
+  // WAIT is per connection and node: on a Cluster there is no one primary to ask.
+  const waitReplicas = target.mode === 'cluster' ? 0 : config.REDIS_WAIT_REPLICAS;
   return {
-    store: new RedisStore(client, opts),
+    store: new RedisStore(client, opts, true, waitReplicas),
     files: new RedisFileStore(client),
     kv: new RedisKvStore(client),
-    rateLimitStore: leasedRedisStore(client, 'rl:', config.RATE_LIMIT_LEASE_MAX),
+    rateLimitStore: leasedRedisStore(client, config.RATE_LIMIT_LEASE_MAX),
   };
 }

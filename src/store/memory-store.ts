@@ -202,11 +202,11 @@ export class MemoryStore implements Store {
     return { ok: true, remaining, running: running + (r.running ? 1 : 0) };
   }
 
-  async releaseReservation(rid: string): Promise<void> {
+  async releaseReservation(_tenant: string, rid: string): Promise<void> {
     this.#release(`r:${rid}`, undefined);
   }
 
-  async settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void> {
+  async settleReservation(_tenant: string, rid: string, actual: { seconds: number; cost: number }): Promise<void> {
     this.#release(`r:${rid}`, actual);
   }
 

@@ -16,7 +16,7 @@ export default fp<{ state?: State }>(
         if (event === 'ready') app.log.info('redis connected');
         else if (event === 'error') app.log.warn({ reason: detail }, 'redis unavailable: requests that need state get 503 until it is back; reconnecting with backoff');
       });
-    if (state.store.kind === 'memory') app.log.warn('REDIS_URL is not set: state (ownership, cache, limits, idempotency) lives in this process only and is lost on restart');
+    if (state.store.kind === 'memory') app.log.warn('no Redis is configured (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES): state (ownership, cache, limits, idempotency) lives in this process only and is lost on restart');
     app.decorate('store', state.store);
     app.decorate('files', state.files);
     app.decorate('kv', state.kv);

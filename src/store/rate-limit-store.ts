@@ -14,6 +14,7 @@
 import type { Redis } from 'ioredis';
 import { storeUnavailable } from '../errors.js';
 import { BoundedMap } from '../lib/bounded-map.js';
+import { keys } from './keys.js';
 
 // KEYS: counter. ARGV: window ms, max, permits wanted now, lease cap.
 // Returns {count after the grant, permits granted, remaining ttl ms}. The window starts with its first grant.
@@ -67,9 +68,10 @@ const MAX_BUCKETS = 50_000;
 
 /**
  * Returns a store class for @fastify/rate-limit's `store` option (it constructs the class itself).
- * `leaseMax` is the most permits one trip may take; 1 means a round trip per request.
+ * `leaseMax` is the most permits one trip may take; 1 means a round trip per request. Each window is one key
+ * (`keyOf`: by default `rl:{r:<key>}`, a hash tag of its own), so the one-key script is Cluster-safe.
  */
-export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number) {
+export function leasedRedisStore(redis: Redis, leaseMax: number, keyOf: (key: string) => string = keys.rate) {
   const client = redis as LeaseRedis;
   if (!client.fgwRateLease) client.defineCommand('fgwRateLease', { numberOfKeys: 1, lua: LEASE });
   // Least recently used buckets go first past the cap. One evicted mid-trip still serves its waiters (the callback
@@ -103,7 +105,7 @@ export function leasedRedisStore(redis: Redis, prefix: string, leaseMax: number)
     for (const w of b.waiting) if (w.max === max) need++;
     b.fetching = true;
     const asked = performance.now();
-    client.fgwRateLease(prefix + key, windowMs, max, need, leaseMax, (err, r) => {
+    client.fgwRateLease(keyOf(key), windowMs, max, need, leaseMax, (err, r) => {
       b.fetching = false;
       if (err || !r) {
         const waiting = b.waiting;

@@ -1,48 +1,48 @@
-// Files in Redis, shared by every replica: `file:<id>` is a hash (meta JSON, data bytes) that expires with the
-// file; per tenant, `files:<tenant>` orders its ids by upload time and `filesizes:<tenant>` holds "size expiresAt"
-// per id, so the quota check and the write are one script.
+// Files in Redis, shared by every replica: `file:{f:<id>}` is a hash (meta JSON, data bytes) that expires with the
+// file; per tenant, `files:{t:<tenant>}` orders its ids by upload time and `filesizes:{t:<tenant>}` holds
+// "size expiresAt" per id, so the quota check and the claim of the bytes are one script. A file is read by its id
+// alone (the signed-link route knows no tenant), so it has its own hash tag, and an upload is two steps: the
+// tenant's quota (claims the size), then the file. A failure between them leaves a size counted for a file that is
+// not there, until that file's expiry; it can only make the quota stricter, never looser.
 import type { Redis } from 'ioredis';
 import { storeUnavailable } from '../errors.js';
 import type { FileMeta, FilePage, FileStore } from './file-store.js';
+import { keys } from './keys.js';
 
-// KEYS: file, index, sizes. ARGV: meta, data, ttl ms, id, createdAt, size, quota, now, expiresAt.
-// Forgets the tenant's expired files first, then refuses (returning the bytes in use) or stores.
-const PUT = `
+// {t:} KEYS: index, sizes. ARGV: id, createdAt, size, quota, now, expiresAt, ttl ms.
+// Forgets the tenant's expired files first, then refuses (returning the bytes in use) or claims the size.
+const QUOTA = `
 local used = 0
-local sizes = redis.call('HGETALL', KEYS[3])
+local sizes = redis.call('HGETALL', KEYS[2])
 for i = 1, #sizes, 2 do
   local size, exp = string.match(sizes[i + 1], '^(%d+) (%d+)$')
-  if not size or tonumber(exp) <= tonumber(ARGV[8]) then
-    redis.call('HDEL', KEYS[3], sizes[i])
-    redis.call('ZREM', KEYS[2], sizes[i])
-  else
+  if not size or tonumber(exp) <= tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[2], sizes[i])
+    redis.call('ZREM', KEYS[1], sizes[i])
+  elseif sizes[i] ~= ARGV[1] then
     used = used + tonumber(size)
   end
 end
-if used + tonumber(ARGV[6]) > tonumber(ARGV[7]) then return used end
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'data', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[6] .. ' ' .. ARGV[9])
-redis.call('PEXPIRE', KEYS[2], ARGV[3], 'GT')
-redis.call('PEXPIRE', KEYS[3], ARGV[3], 'GT')
-if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
-if redis.call('PTTL', KEYS[3]) < 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+if used + tonumber(ARGV[3]) > tonumber(ARGV[4]) then return used end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ' ' .. ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7], 'GT')
+redis.call('PEXPIRE', KEYS[2], ARGV[7], 'GT')
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
 return -1`;
 
-// KEYS: file, index, sizes. ARGV: tenant, id. Deletes only the tenant's own file.
+// {f:} KEYS: file. ARGV: tenant. Deletes only the tenant's own file (the tenant's index entries follow).
 const DELETE = `
 local meta = redis.call('HGET', KEYS[1], 'meta')
 if not meta then return 0 end
 local ok, m = pcall(cjson.decode, meta)
 if not ok or m.tenant ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
 return 1`;
 
 type ScriptedRedis = Redis & {
-  fgwFilePut(...args: (string | number | Buffer)[]): Promise<number>;
+  fgwFileQuota(...args: (string | number)[]): Promise<number>;
   fgwFileDelete(...args: string[]): Promise<number>;
 };
 
@@ -63,30 +63,37 @@ export class RedisFileStore implements FileStore {
   /** Shares the state store's client (that store closes it). */
   constructor(client: Redis) {
     this.#client = client as ScriptedRedis;
-    if (!('fgwFilePut' in client)) client.defineCommand('fgwFilePut', { numberOfKeys: 3, lua: PUT });
-    if (!('fgwFileDelete' in client)) client.defineCommand('fgwFileDelete', { numberOfKeys: 3, lua: DELETE });
+    if (!('fgwFileQuota' in client)) client.defineCommand('fgwFileQuota', { numberOfKeys: 2, lua: QUOTA });
+    if (!('fgwFileDelete' in client)) client.defineCommand('fgwFileDelete', { numberOfKeys: 1, lua: DELETE });
   }
 
   async put(meta: FileMeta, bytes: Buffer, quotaBytes: number) {
     const now = Date.now();
+    const ttl = Math.max(1, meta.expiresAt - now);
     const used = await this.#client
-      .fgwFilePut(`file:${meta.id}`, `files:${meta.tenant}`, `filesizes:${meta.tenant}`, JSON.stringify(meta), bytes, Math.max(1, meta.expiresAt - now), meta.id, meta.createdAt, meta.size, quotaBytes, now, meta.expiresAt)
+      .fgwFileQuota(keys.files(meta.tenant), keys.fileSizes(meta.tenant), meta.id, meta.createdAt, meta.size, quotaBytes, now, meta.expiresAt, ttl)
       .catch(unavailable);
-    return used < 0 ? { stored: true as const } : { stored: false as const, usedBytes: used };
+    if (used >= 0) return { stored: false as const, usedBytes: used };
+    // One key: a MULTI is slot-safe.
+    await this.#client.multi().hset(keys.file(meta.id), 'meta', JSON.stringify(meta), 'data', bytes).pexpire(keys.file(meta.id), ttl).exec().catch(unavailable);
+    return { stored: true as const };
   }
 
   async meta(id: string) {
-    return parseMeta(await this.#client.hget(`file:${id}`, 'meta').catch(unavailable));
+    return parseMeta(await this.#client.hget(keys.file(id), 'meta').catch(unavailable));
   }
 
   async content(id: string) {
-    const [meta, data] = await this.#client.hmgetBuffer(`file:${id}`, 'meta', 'data').catch(unavailable);
+    const [meta, data] = await this.#client.hmgetBuffer(keys.file(id), 'meta', 'data').catch(unavailable);
     const m = parseMeta(meta);
     return m && data ? { meta: m, bytes: data } : null;
   }
 
   async delete(id: string, tenant: string) {
-    return (await this.#client.fgwFileDelete(`file:${id}`, `files:${tenant}`, `filesizes:${tenant}`, tenant, id).catch(unavailable)) === 1;
+    if ((await this.#client.fgwFileDelete(keys.file(id), tenant).catch(unavailable)) !== 1) return false;
+    // Both keys are the tenant's (one slot). Lost in a failure, the entries only count until the file's expiry.
+    await this.#client.multi().zrem(keys.files(tenant), id).hdel(keys.fileSizes(tenant), id).exec().catch(unavailable);
+    return true;
   }
 
   async list(tenant: string, q: { limit: number; before?: number }): Promise<FilePage> {
@@ -94,13 +101,14 @@ export class RedisFileStore implements FileStore {
     let before = q.before === undefined ? '+inf' : `(${q.before}`;
     // Ids whose file expired stay in the index until the next upload prunes it: skip them and read on.
     for (let round = 0; round < 5; round++) {
-      const ids = await this.#client.zrevrangebyscore(`files:${tenant}`, before, '-inf', 'WITHSCORES', 'LIMIT', 0, q.limit + 1).catch(unavailable);
+      const ids = await this.#client.zrevrangebyscore(keys.files(tenant), before, '-inf', 'WITHSCORES', 'LIMIT', 0, q.limit + 1).catch(unavailable);
       if (ids.length === 0) return { files, hasMore: false };
-      const pipe = this.#client.pipeline();
-      for (let i = 0; i < ids.length; i += 2) pipe.hget(`file:${ids[i]}`, 'meta');
-      const metas = (await pipe.exec().catch(unavailable)) ?? [];
-      for (const [err, json] of metas) {
-        const m = err ? null : parseMeta(json as string | null);
+      // One HGET each (every file is its own slot); auto-pipelining sends them together.
+      const reads: Promise<string | null>[] = [];
+      for (let i = 0; i < ids.length; i += 2) reads.push(this.#client.hget(keys.file(ids[i]!), 'meta'));
+      const metas = await Promise.all(reads).catch(unavailable);
+      for (const json of metas) {
+        const m = parseMeta(json);
         if (!m) continue;
         if (files.length === q.limit) return { files, hasMore: true };
         files.push(m);

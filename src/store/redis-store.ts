@@ -1,15 +1,17 @@
-// Redis store (ioredis): everything replicas must agree on. Multi-step updates are single Lua scripts, so two
-// replicas can never interleave between a check and an update.
+// Redis store (ioredis): everything replicas must agree on. Multi-step updates are Lua scripts, so two replicas can
+// never interleave between a check and an update; each script touches one hash slot (src/store/keys.ts), so the same
+// code runs on one Redis, behind Sentinel and on a Cluster.
 import { Redis } from 'ioredis';
 import { storeUnavailable } from '../errors.js';
 import type { BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import { keys } from './keys.js';
 import { USAGE_TTL_SECONDS } from './store.js';
 
 // Budget reservations. A record (JSON) lists its lines as {hash key, field, amount, create spent?} and the running
-// counter it holds a slot of; `rsvx` orders every record by expiry. Release takes the reserved amounts back; settle
+// counter it holds a slot of; `rsvx` orders the tenant's records by expiry (every key here is the tenant's tag). Release takes the reserved amounts back; settle
 // does the same and adds what was really spent; a record is deleted by the first of them, so a second is a no-op.
 // Key names inside records are full names (KEYS as Lua sees them, prefix included). Only a reserve sweeps, up to 20
-// records a call, so a reservation is released at the first reserve after its expiry.
+// records a call, so a reservation is released at the tenant's first reserve after its expiry.
 const BUDGET_FN = `
 -- A record outlives its expiry by a week, so the sweep (run by every reserve) finds it before Redis drops it.
 local RECORD_MARGIN = 604800
@@ -53,11 +55,11 @@ local function bind(from, to, zkey, expiresAt, ttl)
 end
 `;
 
-// Caching a terminal prediction, counting its usage the first time an id is seen terminal (once across replicas),
-// and settling its budget reservation if it still has one: a Lua function both scripts below share.
-const TERMINAL_FN = `${BUDGET_FN}
-local function terminal(term, seen, usage, json, cacheTtl, predictionTtl, status, predictTime, usageTtl, rsv, rsvx, cost)
-  redis.call('SET', term, json, 'EX', cacheTtl)
+// Counting a prediction's terminal usage the first time it is seen terminal (once across replicas, by a marker
+// under the tenant's tag), and settling its budget reservation if it still has one. The terminal body itself is
+// cached on the prediction's own tag, by a separate SET after this (see recordTerminal).
+const COUNTED_FN = `${BUDGET_FN}
+local function counted(seen, usage, predictionTtl, status, predictTime, usageTtl, rsv, rsvx, cost)
   if redis.call('SET', seen, '1', 'NX', 'EX', predictionTtl) then
     redis.call('HINCRBY', usage, status, 1)
     if tonumber(predictTime) > 0 then redis.call('HINCRBYFLOAT', usage, 'predict_time', predictTime) end
@@ -67,42 +69,77 @@ local function terminal(term, seen, usage, json, cacheTtl, predictionTtl, status
 end
 `;
 
-// KEYS: term, seen, usage, rsv, rsvx. ARGV: json, cacheTtl, predictionTtl, status, predictTime, usageTtl, cost.
-const RECORD_TERMINAL = `${TERMINAL_FN}
-terminal(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], KEYS[4], KEYS[5], ARGV[7])
+// {t:} KEYS: seen, usage, reservation (by id), rsvx. ARGV: predictionTtl, status, predictTime, usageTtl, cost.
+const RECORD_TERMINAL = `${COUNTED_FN}
+counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
 return 1`;
 
-// KEYS: own, rec, idx, usage, term, seen, idem, reservation (by rid), reservation (by id), rsvx.
-// ARGV: tenant, json, score, id, predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal),
-// predictTime, cacheTtl, idem record ('' for none), idem ttl, reservation expiry ('' for none), cost.
-// One script for the whole create path: the owner is set only if absent (0 and nothing written when another tenant
-// has it), so a retry after a lost answer is harmless and a reused id never changes hands.
-const RECORD_CREATE = `${TERMINAL_FN}
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[5]) then
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
-if redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 'creates', 1)
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-if ARGV[13] ~= '' then bind(KEYS[8], KEYS[9], KEYS[10], ARGV[13], tonumber(ARGV[5]) + RECORD_MARGIN) end
-if ARGV[8] ~= '' then terminal(KEYS[5], KEYS[6], KEYS[4], ARGV[2], ARGV[10], ARGV[5], ARGV[8], ARGV[9], ARGV[6], KEYS[9], KEYS[10], ARGV[14]) end
-if ARGV[11] ~= '' then redis.call('SET', KEYS[7], ARGV[11], 'EX', ARGV[12]) end
+// Not on a Cluster: the same, then the cache, in one trip. KEYS: the four above, term. ARGV: the five, json, cacheTtl.
+const RECORD_TERMINAL_AND_CACHE = `${COUNTED_FN}
+counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
+redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
 return 1`;
 
-// KEYS: reservation, rsvx, running counter, share window, previous share window, then one hash per line.
-// ARGV: now, spec (JSON: lines {f, max, a, ttl}, count, run (max, -1 none), runTtl, recTtl, share), expiresAt.
+// The two steps of a create, as functions over their own keys (K) and arguments (A).
+// claim, {p:}: K own, rec. A tenant, json, predictionTtl. The owner is set only if absent (false and nothing written
+// when another tenant has it), so a retry after a lost answer is harmless and a reused id never changes hands.
+// tenantSide, {t:}: K idx, usage, seen, idem, reservation (by rid), reservation (by id), rsvx. A id, score,
+// predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal), predictTime, idem record ('' for
+// none), idem ttl, reservation expiry ('' for none), cost. Every part is idempotent (ZADD counts the create only when
+// the id is new, the reservation is bound only while unbound, the terminal usage once by its marker), so running it
+// again after a failure between the steps repeats nothing.
+const CREATE_FN = `${COUNTED_FN}
+local function claim(K, A)
+  if not redis.call('SET', K[1], A[1], 'NX', 'EX', A[3]) then
+    if redis.call('GET', K[1]) ~= A[1] then return false end
+  end
+  redis.call('SET', K[2], A[2], 'EX', A[3])
+  return true
+end
+local function tenantSide(K, A)
+  if redis.call('ZADD', K[1], A[2], A[1]) == 1 then
+    redis.call('HINCRBY', K[2], 'creates', 1)
+    redis.call('EXPIRE', K[2], A[4])
+  end
+  redis.call('ZREMRANGEBYSCORE', K[1], '-inf', '(' .. A[5])
+  redis.call('EXPIRE', K[1], A[3])
+  if A[10] ~= '' then bind(K[5], K[6], K[7], A[10], tonumber(A[3]) + RECORD_MARGIN) end
+  if A[6] ~= '' then counted(K[3], K[2], A[3], A[6], A[7], A[4], K[6], K[7], A[11]) end
+  if A[8] ~= '' then redis.call('SET', K[4], A[8], 'EX', A[9]) end
+end
+local function slice(t, from, n)
+  local out = {}
+  for i = 1, n do out[i] = t[from + i - 1] end
+  return out
+end
+`;
+
+// On a Cluster, one step per script (each within one slot): the claim, then the tenant's side.
+const CLAIM_PREDICTION = `${CREATE_FN}
+return claim(KEYS, ARGV) and 1 or 0`;
+const RECORD_CREATE = `${CREATE_FN}
+tenantSide(KEYS, ARGV)
+return 1`;
+
+// Elsewhere (one server, Sentinel) keys of many slots may share a script: both steps and the terminal cache in one
+// trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term. ARGV: the three of claim, the eleven
+// of tenantSide, cacheTtl ('' when the create is not terminal).
+const CREATE_ALL = `${CREATE_FN}
+if not claim(slice(KEYS, 1, 2), slice(ARGV, 1, 3)) then return 0 end
+tenantSide(slice(KEYS, 3, 7), slice(ARGV, 4, 11))
+if ARGV[15] ~= '' then redis.call('SET', KEYS[10], ARGV[2], 'EX', ARGV[15]) end
+return 1`;
+
+// {t:} KEYS: reservation, rsvx, running counter, then one hash per line (the tenant's and its token's).
+// ARGV: now, spec (JSON: lines {f, max, a, ttl}, count, run (max, -1 none), runTtl, recTtl), expiresAt.
 // Every check comes before any write, so a refusal changes nothing (but the sweep of expired reservations).
 const RESERVE = `${BUDGET_FN}
 sweep(KEYS[2], ARGV[1])
 local spec = cjson.decode(ARGV[2])
 local rem = {}
 for i, l in ipairs(spec.lines) do
-  local s = tonumber(redis.call('HGET', KEYS[5 + i], l.f .. ':s') or '0')
-  local r = tonumber(redis.call('HGET', KEYS[5 + i], l.f .. ':r') or '0')
+  local s = tonumber(redis.call('HGET', KEYS[3 + i], l.f .. ':s') or '0')
+  local r = tonumber(redis.call('HGET', KEYS[3 + i], l.f .. ':r') or '0')
   if s + r + l.a > l.max + 1e-9 or (l.a == 0 and s + r >= l.max - 1e-9) then
     return cjson.encode({ ok = false, reason = 'budget', line = i - 1, spent = s, reserved = r })
   end
@@ -113,39 +150,11 @@ if spec.count == 1 then
   running = tonumber(redis.call('GET', KEYS[3]) or '0')
   if spec.run >= 0 and running >= spec.run then return cjson.encode({ ok = false, reason = 'running', running = running }) end
 end
-local sh = spec.share
-if sh then
-  local cur, prev = redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])
-  local used, active, total = {}, {}, 0
-  for i = 1, #cur, 2 do
-    local n = tonumber(cur[i + 1])
-    used[cur[i]] = n
-    active[cur[i]] = true
-    total = total + n
-  end
-  for i = 1, #prev, 2 do active[prev[i]] = true end
-  local function shareOf(t) return sh.limit * (sh.w[t] or sh.d) / sh.W end
-  local mine = used[sh.me] or 0
-  if total >= sh.limit then return cjson.encode({ ok = false, reason = 'account', used = mine, total = total, share = shareOf(sh.me) }) end
-  if mine >= shareOf(sh.me) then
-    -- Over its share: only what is not held for the other recently active tenants still under theirs.
-    local held = 0
-    for t in pairs(active) do
-      if t ~= sh.me then
-        local gap = shareOf(t) - (used[t] or 0)
-        if gap > 0 then held = held + math.ceil(gap - 1e-9) end
-      end
-    end
-    if total + held >= sh.limit then return cjson.encode({ ok = false, reason = 'share', used = mine, total = total, share = shareOf(sh.me) }) end
-  end
-  redis.call('HINCRBY', KEYS[4], sh.me, 1)
-  redis.call('PEXPIRE', KEYS[4], sh.ttl)
-end
 local lines = {}
 for i, l in ipairs(spec.lines) do
-  redis.call('HINCRBYFLOAT', KEYS[5 + i], l.f .. ':r', l.a)
-  redis.call('EXPIRE', KEYS[5 + i], l.ttl)
-  lines[i] = { KEYS[5 + i], l.f, l.a, 0 }
+  redis.call('HINCRBYFLOAT', KEYS[3 + i], l.f .. ':r', l.a)
+  redis.call('EXPIRE', KEYS[3 + i], l.ttl)
+  lines[i] = { KEYS[3 + i], l.f, l.a, 0 }
 end
 if spec.count == 1 then
   redis.call('INCR', KEYS[3])
@@ -156,6 +165,39 @@ if #lines > 0 or spec.count == 1 then
   redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 end
 return cjson.encode({ ok = true, remaining = rem, running = running + spec.count })`;
+
+// {g} KEYS: this share window, the previous one. ARGV: share (JSON: me, limit, w, d, W, ttl).
+// The fair share of UPSTREAM_CREATE_LIMIT is gateway-wide, so it has one tag of its own: it runs after the
+// tenant's reservation, and a refusal here releases that reservation (so budgets can only be held too long by a
+// moment, never overshot).
+const SHARE = `
+local sh = cjson.decode(ARGV[1])
+local cur, prev = redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])
+local used, active, total = {}, {}, 0
+for i = 1, #cur, 2 do
+  local n = tonumber(cur[i + 1])
+  used[cur[i]] = n
+  active[cur[i]] = true
+  total = total + n
+end
+for i = 1, #prev, 2 do active[prev[i]] = true end
+local function shareOf(t) return sh.limit * (sh.w[t] or sh.d) / sh.W end
+local mine = used[sh.me] or 0
+if total >= sh.limit then return cjson.encode({ ok = false, reason = 'account', used = mine, total = total, share = shareOf(sh.me) }) end
+if mine >= shareOf(sh.me) then
+  -- Over its share: only what is not held for the other recently active tenants still under theirs.
+  local held = 0
+  for t in pairs(active) do
+    if t ~= sh.me then
+      local gap = shareOf(t) - (used[t] or 0)
+      if gap > 0 then held = held + math.ceil(gap - 1e-9) end
+    end
+  end
+  if total + held >= sh.limit then return cjson.encode({ ok = false, reason = 'share', used = mine, total = total, share = shareOf(sh.me) }) end
+end
+redis.call('HINCRBY', KEYS[1], sh.me, 1)
+redis.call('PEXPIRE', KEYS[1], sh.ttl)
+return cjson.encode({ ok = true })`;
 
 // KEYS: reservation, rsvx. ARGV: '' (release) or the spent amounts as JSON.
 const SETTLE = `${BUDGET_FN}
@@ -182,10 +224,14 @@ return n`;
 
 interface ScriptedRedis extends Redis {
   fgwRecordTerminal(...args: (string | number)[]): Promise<number>;
+  fgwRecordTerminalAndCache(...args: (string | number)[]): Promise<number>;
+  fgwCreateAll(...args: (string | number)[]): Promise<number>;
+  fgwClaimPrediction(...args: (string | number)[]): Promise<number>;
   fgwRecordCreate(...args: (string | number)[]): Promise<number>;
   fgwIdemBegin(...args: (string | number)[]): Promise<string | null>;
   fgwIncr(...args: (string | number)[]): Promise<number>;
   fgwReserve(...args: (string | number)[]): Promise<string>;
+  fgwShare(...args: (string | number)[]): Promise<string>;
   fgwSettle(...args: (string | number)[]): Promise<number>;
 }
 
@@ -194,49 +240,45 @@ function unavailable(err: unknown): never {
   throw storeUnavailable(err);
 }
 
-/** Longest a single Redis command may take; every script the gateway runs is a few keys and microseconds. */
-export const COMMAND_TIMEOUT_MS = 2000;
-
-export function createRedisClient(url: string, keyPrefix: string, onEvent?: (event: string, detail?: string) => void): Redis {
-  const client = new Redis(url, {
-    keyPrefix,
-    // Fail fast while disconnected (503 + Retry-After) instead of queueing requests behind an outage.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    // A Redis that holds the connection open but stops answering (paused, swapping, a network black hole) would
-    // otherwise hold every request forever: each command fails after this long instead, and the request gets 503.
-    commandTimeout: COMMAND_TIMEOUT_MS,
-    enableAutoPipelining: true,
-    connectTimeout: 5000,
-    // Reconnect forever with backoff capped at 5 s: recovery after an outage needs no restart.
-    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5000),
-    lazyConnect: false,
-  });
-  client.on('ready', () => onEvent?.('ready'));
-  client.on('error', (err: Error) => onEvent?.('error', err.message));
-  client.on('close', () => onEvent?.('error', 'connection closed'));
-  return client;
-}
+/** How long a write waits for REDIS_WAIT_REPLICAS replicas to confirm it (then it goes on: see README). */
+const WAIT_MS = 500;
+/** After a wait that timed out (no replica left, as after a failover), writes go on unconfirmed for this long. */
+const WAIT_BACKOFF_MS = 5000;
 
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
   readonly #client: ScriptedRedis;
   readonly #opts: StoreOptions;
   readonly #owned: boolean;
+  readonly #waitReplicas: number;
+  /** A Cluster runs a script only over keys of one slot: the create and terminal writes go step by step. */
+  readonly #stepwise: boolean;
+  #waitSkippedUntil = 0;
 
-  /** `owned`: this store created the client and so closes it. */
-  constructor(client: Redis, opts: StoreOptions, owned = true) {
+  /**
+   * `owned`: this store created the client and so closes it. `waitReplicas`: replicas that must hold a create's
+   * records (owner, cache, idempotency) before it is answered (Redis WAIT; one server or Sentinel, not Cluster).
+   */
+  constructor(client: Redis, opts: StoreOptions, owned = true, waitReplicas = 0) {
     this.#client = client as ScriptedRedis;
     this.#opts = opts;
     this.#owned = owned;
+    this.#waitReplicas = waitReplicas;
+    this.#stepwise = (client as { isCluster?: boolean }).isCluster === true;
+    // ioredis runs these with EVALSHA and falls back to EVAL on NOSCRIPT: a promoted replica or a new Cluster
+    // node, which has no script cache yet, costs one extra round trip and no error.
     const define = (name: string, numberOfKeys: number, lua: string) => {
       if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
     };
-    define('fgwRecordTerminal', 5, RECORD_TERMINAL);
-    define('fgwRecordCreate', 10, RECORD_CREATE);
+    define('fgwRecordTerminal', 4, RECORD_TERMINAL);
+    define('fgwRecordTerminalAndCache', 5, RECORD_TERMINAL_AND_CACHE);
+    define('fgwCreateAll', 10, CREATE_ALL);
+    define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
+    define('fgwRecordCreate', 7, RECORD_CREATE);
     define('fgwSettle', 2, SETTLE);
     define('fgwIdemBegin', 1, IDEM_BEGIN);
     define('fgwIncr', 1, INCR_COUNTER);
+    define('fgwShare', 2, SHARE);
     // The key count varies (one hash per budget line): given with each call.
     if (!('fgwReserve' in client)) client.defineCommand('fgwReserve', { lua: RESERVE });
   }
@@ -245,39 +287,69 @@ export class RedisStore implements Store {
     return this.#client.status === 'ready';
   }
 
+  /** Waits (a moment at most) until the configured replicas hold what this connection wrote. */
+  async #replicated(): Promise<void> {
+    if (this.#waitReplicas === 0 || Date.now() < this.#waitSkippedUntil) return;
+    const acked = Number(await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(unavailable));
+    // Fewer replicas than asked (the primary lost its replica): do not stall every write by WAIT_MS meanwhile.
+    if (acked < this.#waitReplicas) this.#waitSkippedUntil = Date.now() + WAIT_BACKOFF_MS;
+  }
+
   async lookup(id: string) {
-    const [owner, terminal] = await this.#client.mget(`own:${id}`, `term:${id}`).catch(unavailable);
+    const [owner, terminal] = await this.#client.mget(keys.owner(id), keys.terminal(id)).catch(unavailable);
     return { owner: owner ?? null, terminal: terminal ?? null };
   }
 
   async recordCreate(r: CreateRecord): Promise<boolean> {
     const ttl = this.#opts.predictionTtlSeconds;
     const oldest = (Date.now() - ttl * 1000) * 1000;
-    const idemKey = r.idem ? `idem:${r.idem.key}` : `idem:-`;
-    const written = await this.#client
-      .fgwRecordCreate(
-        `own:${r.id}`, `rec:${r.id}`, `idx:${r.tenant}`, `usage:${r.tenant}:${r.day}`, `term:${r.id}`, `seen:${r.id}`, idemKey,
-        `rsv:r:${r.reservation?.rid ?? '-'}`, `rsv:p:${r.id}`, 'rsvx',
-        r.tenant, r.json, r.score, r.id, ttl, USAGE_TTL_SECONDS, oldest,
-        r.terminal?.status ?? '', r.terminal?.predictTime ?? 0, this.#opts.cacheTtlSeconds,
-        r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
-        r.reservation?.expiresAt ?? '', r.terminal?.cost ?? 0,
-      )
-      .catch(unavailable);
-    return Number(written) === 1;
+    const claimKeys = [keys.owner(r.id), keys.record(r.id)];
+    const claimArgs = [r.tenant, r.json, ttl];
+    const tenantKeys = [
+      keys.index(r.tenant), keys.usage(r.tenant, r.day), keys.seen(r.tenant, r.id), r.idem ? keys.idem(r.idem.key) : keys.idem(`${r.tenant}:-`),
+      keys.reservation(r.tenant, r.reservation?.rid ?? '-'), keys.reservationOf(r.tenant, r.id), keys.reservations(r.tenant),
+    ];
+    const tenantArgs = [
+      r.id, r.score, ttl, USAGE_TTL_SECONDS, oldest,
+      r.terminal?.status ?? '', r.terminal?.predictTime ?? 0,
+      r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
+      r.reservation?.expiresAt ?? '', r.terminal?.cost ?? 0,
+    ];
+    if (!this.#stepwise) {
+      const cacheTtl = r.terminal ? this.#opts.cacheTtlSeconds : '';
+      const written = await this.#client.fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...claimArgs, ...tenantArgs, cacheTtl).catch(unavailable);
+      if (Number(written) !== 1) return false;
+      await this.#replicated();
+      return true;
+    }
+    // Step 1, the prediction's slot: the owner (only if absent) and the create-time record.
+    if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(unavailable)) !== 1) return false;
+    // Step 2, the tenant's slot: index, usage, the budget binding and settling, the idempotency record.
+    await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(unavailable);
+    // Step 3, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
+    // miss (the next GET fetches and caches it, and the usage marker keeps it counted once).
+    if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
+    return true;
   }
 
   async recordTerminal(rec: TerminalRecord): Promise<void> {
-    await this.#client
-      .fgwRecordTerminal(
-        `term:${rec.id}`, `seen:${rec.id}`, `usage:${rec.tenant}:${rec.day}`, `rsv:p:${rec.id}`, 'rsvx',
-        rec.json, this.#opts.cacheTtlSeconds, this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0,
-      )
-      .catch(unavailable);
+    const counted = [
+      keys.seen(rec.tenant, rec.id), keys.usage(rec.tenant, rec.day), keys.reservationOf(rec.tenant, rec.id), keys.reservations(rec.tenant),
+      this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0,
+    ] as const;
+    if (!this.#stepwise) {
+      const [k1, k2, k3, k4, ...args] = counted;
+      await this.#client.fgwRecordTerminalAndCache(k1, k2, k3, k4, keys.terminal(rec.id), ...args, rec.json, this.#opts.cacheTtlSeconds).catch(unavailable);
+      await this.#replicated();
+      return;
+    }
+    // The usage once and the budget settle on the tenant's slot, then the cache on the prediction's (see README).
+    await this.#client.fgwRecordTerminal(...counted).catch(unavailable);
+    await this.#client.set(keys.terminal(rec.id), rec.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
   }
 
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
-    const key = `idx:${tenant}`;
+    const key = keys.index(tenant);
     const n = q.limit + 1;
     let flat: string[];
     if (q.after !== undefined) {
@@ -292,13 +364,12 @@ export class RedisStore implements Store {
     pairs = pairs.slice(0, q.limit);
     if (q.after !== undefined) pairs.reverse();
     if (pairs.length === 0) return { entries: [], hasMore: false };
-    const values = await this.#client
-      .mget(...pairs.flatMap((p) => [`term:${p.id}`, `rec:${p.id}`]))
-      .catch(unavailable);
+    // One MGET per prediction (its two keys share a slot); auto-pipelining sends them together, per node.
+    const values = await Promise.all(pairs.map((p) => this.#client.mget(keys.terminal(p.id), keys.record(p.id)))).catch(unavailable);
     const entries: IndexEntry[] = [];
     const expired: string[] = [];
     pairs.forEach((p, i) => {
-      const json = values[2 * i] ?? values[2 * i + 1];
+      const json = values[i]![0] ?? values[i]![1];
       if (json) entries.push({ id: p.id, score: p.score, json });
       else expired.push(p.id);
     });
@@ -309,46 +380,42 @@ export class RedisStore implements Store {
 
   async idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null> {
     const pending: IdempotencyRecord = { state: 'pending', fingerprint, holder };
-    const existing = await this.#client.fgwIdemBegin(`idem:${key}`, JSON.stringify(pending), leaseMs, holder).catch(unavailable);
+    const existing = await this.#client.fgwIdemBegin(keys.idem(key), JSON.stringify(pending), leaseMs, holder).catch(unavailable);
     return existing ? (JSON.parse(existing) as IdempotencyRecord) : null;
   }
 
   async idemGet(key: string): Promise<IdempotencyRecord | null> {
-    const v = await this.#client.get(`idem:${key}`).catch(unavailable);
+    const v = await this.#client.get(keys.idem(key)).catch(unavailable);
     return v ? (JSON.parse(v) as IdempotencyRecord) : null;
   }
 
   async idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void> {
-    await this.#client.set(`idem:${key}`, JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
+    await this.#client.set(keys.idem(key), JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
+    await this.#replicated();
   }
 
   async idemRelease(key: string): Promise<void> {
-    await this.#client.del(`idem:${key}`).catch(unavailable);
+    await this.#client.del(keys.idem(key)).catch(unavailable);
   }
 
   async versionModel(version: string): Promise<string | null> {
-    return (await this.#client.get(`ver:${version}`).catch(unavailable)) ?? null;
+    return (await this.#client.get(keys.version(version)).catch(unavailable)) ?? null;
   }
 
   async learnVersions(pairs: readonly (readonly [string, string])[]): Promise<void> {
     if (!pairs.length) return;
-    const m = this.#client.multi();
-    for (const [v, model] of pairs) m.set(`ver:${v}`, model, 'EX', USAGE_TTL_SECONDS, 'NX');
-    await m.exec().catch(unavailable);
+    // Each version is its own key (and slot): independent SETs, not one MULTI (which a Cluster refuses across slots).
+    await Promise.all(pairs.map(([v, model]) => this.#client.set(keys.version(v), model, 'EX', USAGE_TTL_SECONDS, 'NX'))).catch(unavailable);
   }
 
   async incrCounter(key: string, ttlMs: number): Promise<number> {
-    return Number(await this.#client.fgwIncr(`cnt:${key}`, ttlMs).catch(unavailable));
+    return Number(await this.#client.fgwIncr(keys.counter(key), ttlMs).catch(unavailable));
   }
 
   async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {
-    const pipe = this.#client.pipeline();
-    for (const day of days) pipe.hgetall(`usage:${tenant}:${day}`);
-    const results = (await pipe.exec().catch(unavailable)) ?? [];
+    const results = await Promise.all(days.map((day) => this.#client.hgetall(keys.usage(tenant, day)))).catch(unavailable);
     const out: Record<string, UsageDay> = {};
-    results.forEach(([err, value], i) => {
-      if (err) unavailable(err);
-      const h = value as Record<string, string>;
+    results.forEach((h, i) => {
       if (h && Object.keys(h).length) {
         out[days[i]!] = Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
       }
@@ -357,44 +424,60 @@ export class RedisStore implements Store {
   }
 
   async reserve(r: ReserveRequest): Promise<ReserveResult> {
-    const spec = {
-      lines: r.lines.map((l) => ({ f: l.field, max: l.max, a: l.amount, ttl: l.ttlSeconds })),
-      count: r.running ? 1 : 0,
-      run: r.running?.max ?? -1,
-      runTtl: r.running?.ttlSeconds ?? 1,
-      recTtl: Math.max(1, Math.ceil((r.expiresAt - r.now) / 1000)) + 604_800,
-      share: r.share && { me: r.share.tenant, limit: r.share.limit, w: r.share.weights, d: r.share.defaultWeight, W: r.share.totalWeight, ttl: r.share.windowTtlMs },
-    };
-    const keys = [`rsv:r:${r.rid}`, 'rsvx', `run:${r.running?.tenant ?? '-'}`, r.share?.windowKey ?? 'fs:-', r.share?.previousKey ?? 'fs:-', ...r.lines.map((l) => l.key)];
-    const raw = await this.#client.fgwReserve(keys.length, ...keys, r.now, JSON.stringify(spec), r.expiresAt).catch(unavailable);
-    const out = JSON.parse(raw) as ReserveResult & { remaining?: unknown };
-    // cjson writes an empty array as {}.
-    if (out.ok) out.remaining = Array.isArray(out.remaining) ? out.remaining : [];
+    let out: ReserveResult = { ok: true, remaining: [], running: 0 };
+    const holds = r.lines.length > 0 || r.running !== undefined;
+    if (holds) {
+      const spec = {
+        lines: r.lines.map((l) => ({ f: l.field, max: l.max, a: l.amount, ttl: l.ttlSeconds })),
+        count: r.running ? 1 : 0,
+        run: r.running?.max ?? -1,
+        runTtl: r.running?.ttlSeconds ?? 1,
+        recTtl: Math.max(1, Math.ceil((r.expiresAt - r.now) / 1000)) + 604_800,
+      };
+      const ks = [keys.reservation(r.tenant, r.rid), keys.reservations(r.tenant), keys.running(r.tenant), ...r.lines.map((l) => l.key)];
+      const raw = await this.#client.fgwReserve(ks.length, ...ks, r.now, JSON.stringify(spec), r.expiresAt).catch(unavailable);
+      const parsed = JSON.parse(raw) as ReserveResult & { remaining?: unknown };
+      // cjson writes an empty array as {}.
+      if (parsed.ok) parsed.remaining = Array.isArray(parsed.remaining) ? parsed.remaining : [];
+      out = parsed;
+      if (!out.ok) return out;
+    }
+    if (r.share) {
+      const sh = r.share;
+      const spec = { me: sh.tenant, limit: sh.limit, w: sh.weights, d: sh.defaultWeight, W: sh.totalWeight, ttl: sh.windowTtlMs };
+      let refusal: ReserveResult;
+      try {
+        const shared = JSON.parse(await this.#client.fgwShare(sh.windowKey, sh.previousKey, JSON.stringify(spec))) as ReserveResult;
+        if (shared.ok) return out;
+        refusal = shared;
+      } catch (err) {
+        if (holds) await this.releaseReservation(r.tenant, r.rid).catch(() => {});
+        return unavailable(err);
+      }
+      if (holds) await this.releaseReservation(r.tenant, r.rid);
+      return refusal;
+    }
     return out;
   }
 
-  async releaseReservation(rid: string): Promise<void> {
-    await this.#client.fgwSettle(`rsv:r:${rid}`, 'rsvx', '').catch(unavailable);
+  async releaseReservation(tenant: string, rid: string): Promise<void> {
+    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), '').catch(unavailable);
   }
 
-  async settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void> {
-    await this.#client.fgwSettle(`rsv:r:${rid}`, 'rsvx', JSON.stringify(actual)).catch(unavailable);
+  async settleReservation(tenant: string, rid: string, actual: { seconds: number; cost: number }): Promise<void> {
+    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), JSON.stringify(actual)).catch(unavailable);
   }
 
-  async budgetGet(keys: string[]): Promise<BudgetTotals[]> {
-    if (!keys.length) return [];
-    const pipe = this.#client.pipeline();
-    for (const k of keys) pipe.hgetall(k);
-    const results = (await pipe.exec().catch(unavailable)) ?? [];
-    return results.map(([err, value]) => {
-      if (err) unavailable(err);
-      return Object.fromEntries(Object.entries(value as Record<string, string>).map(([k, v]) => [k, Number(v)]));
-    });
+  async budgetGet(budgetKeys: string[]): Promise<BudgetTotals[]> {
+    if (!budgetKeys.length) return [];
+    const results = await Promise.all(budgetKeys.map((k) => this.#client.hgetall(k))).catch(unavailable);
+    return results.map((value) => Object.fromEntries(Object.entries(value).map(([k, v]) => [k, Number(v)])));
   }
 
   async runningGet(tenants: string[]): Promise<number[]> {
     if (!tenants.length) return [];
-    const values = await this.#client.mget(...tenants.map((t) => `run:${t}`)).catch(unavailable);
+    // One GET each: the counters are in the tenants' slots (an MGET across them would be refused by a Cluster).
+    const values = await Promise.all(tenants.map((t) => this.#client.get(keys.running(t)))).catch(unavailable);
     return values.map((v) => Math.max(0, Number(v ?? 0)));
   }
 
@@ -403,3 +486,5 @@ export class RedisStore implements Store {
     await this.#client.quit().catch(() => this.#client.disconnect());
   }
 }
+
+export { COMMAND_TIMEOUT_MS, createRedisClient } from './redis-client.js';

@@ -76,6 +76,8 @@ export interface ShareRequest {
 }
 
 export interface ReserveRequest {
+  /** Whose reservation it is: every key it holds is under this tenant's hash tag. */
+  tenant: string;
   /** The reservation's own id until the upstream names the prediction (recordCreate binds it). */
   rid: string;
   now: number;
@@ -105,10 +107,12 @@ export interface Store {
   /** Owner and cached terminal prediction in one round trip: the hot path of GET and cancel. */
   lookup(id: string): Promise<{ owner: string | null; terminal: string | null }>;
   /**
-   * At create, in one atomic step: the owner (only if the id has none yet), the tenant's index entry, the
-   * create-time record and the create count, all with the prediction TTL; with `terminal`, what recordTerminal
-   * does too; with `idem`, the finished idempotency record. False when another tenant owns the id already: then
-   * nothing is written (an upstream that answers a create with an existing id must not move it to a new owner).
+   * At create: the owner (only if the id has none yet), the tenant's index entry, the create-time record and the
+   * create count, all with the prediction TTL; with `terminal`, what recordTerminal does too; with `idem`, the
+   * finished idempotency record. False when another tenant owns the id already: then nothing is written (an
+   * upstream that answers a create with an existing id must not move it to a new owner). One atomic step, except
+   * on a Redis Cluster: there the prediction's part comes first, and the tenant's part, idempotent, after it, so a
+   * retry of the whole call after a failure between them completes it.
    */
   recordCreate(rec: CreateRecord): Promise<boolean>;
   /**
@@ -134,16 +138,18 @@ export interface Store {
   incrCounter(key: string, ttlMs: number): Promise<number>;
   usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>>;
   /**
-   * Admission, in one atomic step: first releases reservations past their expiry; then refuses if any line would
-   * pass its max (spent + reserved + amount), the running count is at its max, or the tenant is over its share of
-   * the upstream create rate while the rest is held for others; else reserves every line, counts the create as
-   * running and in the share window, and keeps a reservation record for the settle.
+   * Admission: first releases the tenant's reservations past their expiry; then refuses if any line would pass
+   * its max (spent + reserved + amount), the running count is at its max, or the tenant is over its share of the
+   * upstream create rate while the rest is held for others; else reserves every line, counts the create as running
+   * and in the share window, and keeps a reservation record for the settle. The tenant's part is one atomic step;
+   * the share (gateway-wide, its own hash slot) is checked after it, and a refusal there releases the tenant's part.
+   * Every line's key is the tenant's (src/store/keys.ts), so the tenant's part stays within one slot.
    */
   reserve(r: ReserveRequest): Promise<ReserveResult>;
   /** A create that reached no prediction: its reservation is dropped as if never made. */
-  releaseReservation(rid: string): Promise<void>;
+  releaseReservation(tenant: string, rid: string): Promise<void>;
   /** A create whose outcome is unknown (timed out): its reservation becomes spent, at the amounts given. */
-  settleReservation(rid: string, actual: { seconds: number; cost: number }): Promise<void>;
+  settleReservation(tenant: string, rid: string, actual: { seconds: number; cost: number }): Promise<void>;
   budgetGet(keys: string[]): Promise<BudgetTotals[]>;
   runningGet(tenants: string[]): Promise<number[]>;
   close(): Promise<void>;

@@ -2,7 +2,8 @@
 // works it, no prediction is handled by two replicas at once (BullMQ's job lock), and a restart loses nothing (the
 // job and its state live in Redis). Without Redis: the same contract with timers in this process.
 import { DelayedError, Queue, Worker } from 'bullmq';
-import { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
+import { type RedisTarget, bullPrefix, createBullConnection } from '../store/redis-client.js';
 
 /** One step of a watch: given its state, returns the new state and when to run again (null: the watch is over). */
 export type Step<S> = (state: S) => Promise<{ state: S; againInMs: number | null }>;
@@ -22,18 +23,18 @@ const jobId = (key: string) => `w-${key}`;
 export class BullWatchQueue<S extends object> implements WatchQueue<S> {
   readonly #queue: Queue;
   readonly #worker: Worker;
-  readonly #connections: Redis[] = [];
+  readonly #connections: (Redis | Cluster)[] = [];
 
-  constructor(url: string, keyPrefix: string, step: Step<S>, opts: { concurrency: number; onError: (err: unknown) => void; onRedisError: (err: Error) => void }) {
+  constructor(target: RedisTarget | string, keyPrefix: string, step: Step<S>, opts: { concurrency: number; onError: (err: unknown) => void; onRedisError: (err: Error) => void }) {
     // BullMQ needs its own connections: blocking commands, no ioredis keyPrefix (it has `prefix`), and no
-    // per-command retry limit on the worker's.
+    // per-command retry limit on the worker's. On a Cluster the prefix is a hash tag (BullMQ's scripts span a
+    // queue's keys); elsewhere it keeps its old name, so an upgrade keeps the watches in flight.
     const connect = () => {
-      const c = new Redis(url, { maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5000) });
-      c.on('error', opts.onRedisError);
+      const c = createBullConnection(target, opts.onRedisError);
       this.#connections.push(c);
       return c;
     };
-    const prefix = `${keyPrefix}bull`;
+    const prefix = bullPrefix(target, keyPrefix);
     this.#queue = new Queue(QUEUE, { connection: connect(), prefix });
     this.#worker = new Worker(
       QUEUE,

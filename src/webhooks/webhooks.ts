@@ -13,6 +13,7 @@ import type { PredictionDeps } from '../predictions/deps.js';
 import { PredictionBody } from '../predictions/prediction.js';
 import { keepTerminal } from '../predictions/read.js';
 import type { KvStore } from '../store/kv-store.js';
+import { redisTarget } from '../store/redis-client.js';
 import { Deliverer, type Outcome, type UrlPolicy, refuseUrl } from './deliver.js';
 import { BullWatchQueue, MemoryWatchQueue, type WatchQueue } from './queue.js';
 
@@ -86,8 +87,9 @@ export class Webhooks {
     const onError = (err: unknown) => this.#log.warn({ err }, 'webhook watch step failed; retrying with backoff');
     // The store's own client already reports Redis outages; these connections only say so at debug level.
     const onRedisError = (err: Error) => this.#log.debug({ reason: err.message }, 'webhook queue: redis unavailable');
-    this.#queue = this.#config.REDIS_URL
-      ? new BullWatchQueue(this.#config.REDIS_URL, this.#config.REDIS_KEY_PREFIX, step, { concurrency: 32, onError, onRedisError })
+    const target = redisTarget(this.#config);
+    this.#queue = target
+      ? new BullWatchQueue(target, this.#config.REDIS_KEY_PREFIX, step, { concurrency: 32, onError, onRedisError })
       : new MemoryWatchQueue(step, { onError });
   }
 

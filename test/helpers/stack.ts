@@ -13,6 +13,7 @@ import { type Config, loadConfig } from '../../src/config.js';
 import { loggerOptions } from '../../src/logger.js';
 import { type Simulator, createSimulator } from '../../src/simulator/simulator.js';
 import type { TenantInput } from '../../src/access/tenants.js';
+import type { RedisTarget } from '../../src/store/redis-client.js';
 import { UpstreamClient } from '../../src/upstream/client.js';
 import { type GatewayProcess, type GatewayProcessOptions, startGatewayProcess as startProcess, stopAllProcesses } from '../support/processes.js';
 
@@ -157,6 +158,16 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;
   return { app, config, url: `http://127.0.0.1:${port}`, logs, close: () => app.close() };
+}
+
+/** The run's Redis in each mode, for suites that must pass on all three: [name, target]. */
+export function redisTargets(): [string, RedisTarget][] {
+  const hostPorts = (v: string) => v.split(',').map((hp) => ({ host: hp.slice(0, hp.lastIndexOf(':')), port: Number(hp.slice(hp.lastIndexOf(':') + 1)) }));
+  return [
+    ['redis', { mode: 'single', url: inject('redisUrl') }],
+    ['redis sentinel', { mode: 'sentinel', sentinels: hostPorts(inject('redisSentinels')), name: inject('redisSentinelName') }],
+    ['redis cluster', { mode: 'cluster', nodes: hostPorts(inject('redisCluster')) }],
+  ];
 }
 
 export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {

@@ -1,0 +1,41 @@
+// Every Redis key name (after REDIS_KEY_PREFIX), in one place. Redis Cluster hashes the first {...} of a key, so
+// each key carries a hash tag, and each script touches the keys of one tag only:
+//   {p:<id>}      a prediction: owner, create-time record, terminal cache (looked up by id, tenant unknown)
+//   {t:<tenant>}  a tenant: index, usage, "counted once" markers, idempotency, budgets (its tokens' too),
+//                 reservations, running count, files index and sizes
+//   {f:<id>}      an uploaded file (looked up by id)
+//   {g}           gateway-wide: the fair-share windows of UPSTREAM_CREATE_LIMIT (one slot, a few small hashes)
+// Keys only ever used alone (versions, token counters, kv) are slot-safe whatever their name, and keep the names
+// they had before Cluster support, so an upgrade loses none of them (webhook secrets above all). The rate-limit
+// windows get a tag per window. README "Scaling" says why the create path is split across {p:} and {t:}.
+const p = (id: string) => `{p:${id}}`;
+const t = (tenant: string) => `{t:${tenant}}`;
+
+export const keys = {
+  owner: (id: string) => `own:${p(id)}`,
+  record: (id: string) => `rec:${p(id)}`,
+  terminal: (id: string) => `term:${p(id)}`,
+  index: (tenant: string) => `idx:${t(tenant)}`,
+  seen: (tenant: string, id: string) => `seen:${t(tenant)}:${id}`,
+  usage: (tenant: string, day: string) => `usage:${t(tenant)}:${day}`,
+  /** `key` starts with the tenant id and `:` (src/predictions/idempotency.ts); tenant ids hold no `:`. */
+  idem: (key: string) => {
+    const i = key.indexOf(':');
+    return i < 0 ? `idem:${t(key)}` : `idem:${t(key.slice(0, i))}:${key.slice(i + 1)}`;
+  },
+  budgetTenant: (tenant: string, period: string) => `bud:t:${t(tenant)}:${period}`,
+  budgetToken: (tenant: string, jti: string) => `bud:k:${t(tenant)}:${jti}`,
+  reservation: (tenant: string, rid: string) => `rsv:r:${t(tenant)}:${rid}`,
+  reservationOf: (tenant: string, id: string) => `rsv:p:${t(tenant)}:${id}`,
+  reservations: (tenant: string) => `rsvx:${t(tenant)}`,
+  running: (tenant: string) => `run:${t(tenant)}`,
+  shareWindow: (window: number | string) => `fs:{g}:${window}`,
+  version: (version: string) => `ver:${version}`,
+  counter: (key: string) => `cnt:${key}`,
+  file: (id: string) => `file:{f:${id}}`,
+  files: (tenant: string) => `files:${t(tenant)}`,
+  fileSizes: (tenant: string) => `filesizes:${t(tenant)}`,
+  /** @fastify/rate-limit's keys (`<limit>:<tenant or address>`) and the failed-auth counters. */
+  rate: (key: string) => `rl:{r:${key}}`,
+  kv: (key: string) => `kv:${key}`,
+};
