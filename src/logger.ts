@@ -5,7 +5,11 @@ import { type Logger, type LoggerOptions, pino } from 'pino';
  * Paths whose values never reach a log line, whatever code logs them. Explicit paths only: pino's wildcard paths
  * (`*.token`) made every log line about three times as expensive (13 µs against 4 µs, measured with this list).
  */
-const SECRET_FIELDS = ['authorization', 'cookie', 'token', 'key', 'keys', 'apiKey', 'UPSTREAM_API_KEY', 'TOKEN_SIGNING_SECRET', 'ADMIN_API_KEY', 'METRICS_TOKEN'];
+const SECRET_FIELDS = [
+  'authorization', 'cookie', 'token', 'key', 'keys', 'apiKey', 'secret', 'webhookSecret', 'password',
+  'UPSTREAM_API_KEY', 'TOKEN_SIGNING_SECRET', 'ADMIN_API_KEY', 'METRICS_TOKEN', 'FILES_URL_SECRET', 'UPSTREAM_WEBHOOK_SECRET',
+  'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD',
+];
 export const REDACT_PATHS = [
   ...SECRET_FIELDS,
   ...SECRET_FIELDS.map((f) => `config.${f}`),
@@ -14,6 +18,8 @@ export const REDACT_PATHS = [
   'req.headers.cookie',
   'req.headers["x-api-key"]',
   'req.headers["idempotency-key"]',
+  'req.headers["webhook-signature"]',
+  'tenant.webhookSecret',
   'res.headers["set-cookie"]',
   'headers.authorization',
   'headers.cookie',

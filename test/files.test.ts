@@ -243,6 +243,8 @@ describe('file limits and signed links', () => {
         expect(r.status, path).toBe(403);
         expect(r.body.detail).toBe('this file link is not valid or has expired');
       }
+      // The signing secret never reaches a log line or an answer.
+      expect(gw.logs.join('\n')).not.toContain(SECRET);
     } finally {
       await gw.close();
     }

@@ -129,6 +129,8 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
     const other = await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_B });
     expect(other.body.key).not.toBe(secret.body.key);
     expect(await validateWebhook({ headers: got[0]!.headers as Record<string, string>, body: got[0]!.body } as never, other.body.key)).toBe(false);
+    // Nor does the secret reach the gateway's logs.
+    expect(gw.logs.join('\n')).not.toContain(secret.body.key.slice('whsec_'.length));
     const again = await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_A });
     expect(again.status).toBe(409);
     expect(again.body.detail).toMatch(/shown once already/);
