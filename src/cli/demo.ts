@@ -47,6 +47,9 @@ const config = loadConfig({
   ADMIN_API_KEY: ADMIN_KEY,
   PORT: env.PORT ?? '8080',
   HOST: env.HOST ?? '127.0.0.1',
+  // A local receiver on this machine can get webhooks in the demo (production allows neither by default).
+  WEBHOOK_ALLOW_HTTP_HOSTS: env.WEBHOOK_ALLOW_HTTP_HOSTS ?? '127.0.0.1,localhost',
+  WEBHOOK_ALLOW_PRIVATE_HOSTS: env.WEBHOOK_ALLOW_PRIVATE_HOSTS ?? '127.0.0.1,localhost',
 });
 const app = await buildApp(config, { pretty: process.stdout.isTTY === true });
 closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async () => {
@@ -75,6 +78,10 @@ With the official client (npm i replicate):
 A short-lived browser token:
   curl -s -X POST ${gw}/gateway/v1/tokens -H 'Authorization: Bearer ${DEMO_KEY}' \\
     -H 'Content-Type: application/json' -d '{"ttl_seconds":600,"max_creates":5}'
+
+A webhook (http to this machine is allowed in the demo): add "webhook":"http://127.0.0.1:9000/hook" to the body;
+  the signing secret, shown once:
+  curl -s ${gw}/gateway/v1/webhooks/secret -H 'Authorization: Bearer ${DEMO_KEY}'
 
 The operators' dashboard: open ${gw}/gateway/admin/ and sign in with ${ADMIN_KEY}
 
