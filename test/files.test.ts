@@ -120,6 +120,15 @@ describe.each([['redis'], ['memory']] as const)('files with the %s store', (kind
     expect(r.status).toBe(201);
     const expected = dataUri('image/png', bytesOf(100));
     expect(lastCreateInput(s)).toEqual({ images: [expected, { mask: expected }], caption: 'see /replicate/v1/files/' });
+    // JSON may escape the slashes (PHP's json_encode does): the URL is still found, and still judged.
+    const escaped = (url: string) => JSON.stringify({ input: { image: url } }).replaceAll('/', '\\/');
+    s.sim.clearRequests();
+    const theirs = await call(gw.url, 'POST', `/replicate/v1/models/${FLUX}/predictions`, { key: KEY_B, rawBody: escaped(mine.body.urls.get) });
+    expect(theirs.status).toBe(422);
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+    const own = await call(gw.url, 'POST', `/replicate/v1/models/${FLUX}/predictions`, { key: KEY_A, rawBody: escaped(mine.body.urls.get) });
+    expect(own.status).toBe(201);
+    expect(lastCreateInput(s)).toEqual({ image: expected });
   });
 
   it('refuses uploads that are not multipart, or have no file, as problem JSON', async () => {
@@ -205,6 +214,10 @@ describe('file limits and signed links', () => {
       const both = await call(gw.url, 'POST', `/replicate/v1/models/${FLUX}/predictions`, { key: KEY_A, body: { input: { a: f1.urls.get, b: f2.urls.get } } });
       expect(both.status).toBe(413);
       expect(both.body.detail).toMatch(/add up to 120000 bytes/);
+      // One file named many times is inlined as many times: counted so, before a byte is copied.
+      const again = await call(gw.url, 'POST', `/replicate/v1/models/${FLUX}/predictions`, { key: KEY_A, body: { input: { a: [f1.urls.get, f1.urls.get] } } });
+      expect(again.status).toBe(413);
+      expect(again.body.detail).toMatch(/add up to 120000 bytes/);
       expect(upstreamCalls(s.sim)).toHaveLength(0);
     } finally {
       await gw.close();
@@ -243,8 +256,10 @@ describe('file limits and signed links', () => {
         expect(r.status, path).toBe(403);
         expect(r.body.detail).toBe('this file link is not valid or has expired');
       }
-      // The signing secret never reaches a log line or an answer.
+      // Neither the signing secret nor a link's signature (the link is the permission) reaches a log line.
       expect(gw.logs.join('\n')).not.toContain(SECRET);
+      expect(gw.logs.join('\n')).not.toContain(sig);
+      expect(gw.logs.join('\n')).toContain(`/gateway/v1/files/${file.body.id}/content?expires=`);
     } finally {
       await gw.close();
     }

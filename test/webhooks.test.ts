@@ -349,6 +349,8 @@ describe('WEBHOOK_MODE=upstream: the upstream calls the gateway back', () => {
     expect(unknown.status).toBe(204);
     await new Promise((r2) => setTimeout(r2, 300));
     expect(receiver.delivered(id)).toHaveLength(1);
+    // The receiver link is a credential too: never in the access log.
+    expect(gw.logs.join('\n')).not.toContain(receiverPath.split('/').pop());
   });
 });
 

@@ -17,13 +17,17 @@ const MARK = '/replicate/v1/files/';
 /** Room left in UPSTREAM_MAX_BODY_BYTES for the rest of the prediction the upstream echoes around its input. */
 const ECHO_MARGIN = 64 * 1024;
 
-/** Every string in the input that is a gateway file URL under one of `bases`, with its file id. */
-function fileUrlsIn(input: unknown, bases: readonly string[], found = new Map<string, string>()): Map<string, string> {
+/** Every string in the input that is a gateway file URL under one of `bases`: its file id, and how often it occurs. */
+function fileUrlsIn(input: unknown, bases: readonly string[], found = new Map<string, { id: string; count: number }>()): Map<string, { id: string; count: number }> {
   if (typeof input === 'string') {
     const at = input.indexOf(MARK);
     if (at > 0 && bases.includes(input.slice(0, at))) {
       const id = input.slice(at + MARK.length);
-      if (FILE_ID.test(id)) found.set(input, id);
+      if (FILE_ID.test(id)) {
+        const seen = found.get(input);
+        if (seen) seen.count++;
+        else found.set(input, { id, count: 1 });
+      }
     }
   } else if (Array.isArray(input)) {
     for (const v of input) fileUrlsIn(v, bases, found);
@@ -45,14 +49,16 @@ function replaceDeep(value: unknown, map: Map<string, string>): unknown {
  * URLs. Unknown, expired and other tenants' files are one 422 (no way to tell them apart from outside).
  */
 export async function inlineFiles(deps: InlineDeps, principal: Principal, bases: readonly string[], raw: string, parsed: { input?: unknown }): Promise<string> {
-  // The create hot path: one substring scan when no file is named.
-  if (!raw.includes(MARK)) return raw;
+  // The create hot path: one substring scan when no file is named (a URL written with JSON escapes, `\/` or
+  // `\u002f`, cannot be ruled out that way, so such bodies are walked).
+  if (!raw.includes(MARK) && !raw.includes('\\/') && !raw.includes('\\u')) return raw;
   const urls = fileUrlsIn(parsed.input, bases);
   if (urls.size === 0) return raw;
   const { config } = deps;
 
   const metas = new Map<string, Awaited<ReturnType<FileStore['meta']>>>();
-  for (const id of new Set(urls.values())) {
+  for (const { id } of urls.values()) {
+    if (metas.has(id)) continue;
     const meta = await deps.files.meta(id);
     if (!meta || !mayUse(principal, meta)) {
       throw new GatewayError('VALIDATION', `the input names the file ${id}, which does not exist, has expired, or is not yours; upload it with POST /replicate/v1/files and use its urls.get`);
@@ -63,11 +69,16 @@ export async function inlineFiles(deps: InlineDeps, principal: Principal, bases:
   const replacement = new Map<string, string>();
   if (config.FILES_DELIVERY === 'url') {
     const until = Date.now() + config.FILES_URL_TTL_SECONDS * 1000;
-    for (const [url, id] of urls) replacement.set(url, deps.signer!.url(config.PUBLIC_BASE_URL!, id, Math.min(until, metas.get(id)!.expiresAt)));
+    for (const [url, { id }] of urls) replacement.set(url, deps.signer!.url(config.PUBLIC_BASE_URL!, id, Math.min(until, metas.get(id)!.expiresAt)));
   } else {
-    const total = [...metas.values()].reduce((n, m) => n + m!.size, 0);
+    // Every occurrence is a copy: a file named 30 times is inlined 30 times. Checked before any byte is read.
+    const total = [...urls.values()].reduce((n, u) => n + metas.get(u.id)!.size * u.count, 0);
     if (total > config.FILES_MAX_BYTES) {
       throw new GatewayError('PAYLOAD_TOO_LARGE', `the files in this input add up to ${total} bytes; sent inline as data: URIs they may add up to FILES_MAX_BYTES (${config.FILES_MAX_BYTES}) at most (FILES_DELIVERY=url sends links instead)`);
+    }
+    const estimate = raw.length + [...urls.values()].reduce((n, u) => n + (Math.ceil((metas.get(u.id)!.size * 4) / 3) + 100) * u.count, 0);
+    if (estimate + ECHO_MARGIN > config.UPSTREAM_MAX_BODY_BYTES) {
+      throw new GatewayError('PAYLOAD_TOO_LARGE', `with its files inlined this create would be about ${estimate} bytes, more than the upstream answer may be (UPSTREAM_MAX_BODY_BYTES ${config.UPSTREAM_MAX_BODY_BYTES}, since a prediction echoes its input)`);
     }
     const dataUris = new Map<string, string>();
     for (const id of metas.keys()) {
@@ -75,7 +86,7 @@ export async function inlineFiles(deps: InlineDeps, principal: Principal, bases:
       if (!file) throw new GatewayError('VALIDATION', `the input names the file ${id}, which has just expired or been deleted; upload it again`);
       dataUris.set(id, `data:${file.meta.contentType};base64,${file.bytes.toString('base64')}`);
     }
-    for (const [url, id] of urls) replacement.set(url, dataUris.get(id)!);
+    for (const [url, { id }] of urls) replacement.set(url, dataUris.get(id)!);
   }
 
   // Replace the JSON string literals in the raw text, so every other byte the client sent goes upstream as it was

@@ -3,6 +3,16 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 
+/**
+ * The URL as logged: capability URLs are credentials (a signed file link's signature, the upstream's webhook
+ * receiver token), and anyone who can read the logs must not be able to use them.
+ */
+export function loggableUrl(url: string): string {
+  return url
+    .replace(/([?&]signature=)[^&]*/g, '$1[redacted]')
+    .replace(/^(\/gateway\/v1\/webhooks\/upstream\/)[^/?]+/, '$1[redacted]');
+}
+
 export default fp(
   async (app) => {
     const { config, metrics } = app;
@@ -35,7 +45,7 @@ export default fp(
       request.log.info(
         {
           method: request.method,
-          url: request.url,
+          url: loggableUrl(request.url),
           statusCode: reply.statusCode,
           responseTime: Math.round(reply.elapsedTime * 100) / 100,
           upstreamMs: request.upstreamMs === undefined ? undefined : round2(request.upstreamMs),
