@@ -1,28 +1,13 @@
 // One contract, every file store: in memory, and Redis as one server, behind Sentinel and as a Cluster.
-import { randomBytes, randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileMeta, FileStore } from '../src/store/file-store.js';
 import { MemoryFileStore } from '../src/store/memory-file-store.js';
 import { RedisFileStore } from '../src/store/redis-file-store.js';
-import { createRedisClient } from '../src/store/redis-client.js';
-import { redisTargets, waitFor } from './helpers/stack.js';
+import { storeFactories } from './helpers/stack.js';
 
-const clients: { quit(): Promise<unknown> }[] = [];
-const factories: [string, () => Promise<FileStore>][] = [
-  ['memory', async () => new MemoryFileStore({ maxBytes: 64 * 1024 * 1024 })],
-  ...redisTargets().map(([kind, target]): [string, () => Promise<FileStore>] => [
-    kind,
-    async () => {
-      const client = createRedisClient(target, `files-contract:${randomUUID()}:`);
-      clients.push(client);
-      await waitFor(() => client.status === 'ready', 10_000, kind);
-      return new RedisFileStore(client);
-    },
-  ]),
-];
-afterAll(async () => {
-  await Promise.all(clients.map((c) => c.quit()));
-});
+const { factories, close } = storeFactories<FileStore>('files-contract', () => new MemoryFileStore({ maxBytes: 64 * 1024 * 1024 }), (client) => new RedisFileStore(client));
+afterAll(close);
 
 let n = 0;
 function meta(tenant: string, size: number, extra: Partial<FileMeta> = {}): FileMeta {

@@ -188,6 +188,27 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
     expect(metrics.text).toMatch(/fgw_webhook_deliveries_total\{tenant="team-b",outcome="retrying"\} 2/);
   });
 
+  it('keeps one queued logs event, the newest, while a delivery waits for its retry', async () => {
+    let id = '\u0000';
+    let down = true;
+    receiver.answer = (h) => (String(h['webhook-id']).includes(id) && down ? 503 : 200);
+    const r = await createWithHook(gw.url, KEY_A, { webhook: `${receiver.url}/backlog`, webhook_events_filter: ['start', 'logs', 'completed'] }, { prompt: 'long', duration_ms: 4000 });
+    id = r.body.id;
+    await waitFor(() => s.sim.predictions.get(id)!.status === 'processing', 5000, 'processing');
+    // The logs grow 20 times while the receiver is down (each change seen by a 50 ms watch).
+    for (let i = 0; i < 20; i++) {
+      s.sim.predictions.get(id)!.logs += `line ${i}\n`;
+      await new Promise((r2) => setTimeout(r2, 60));
+    }
+    down = false;
+    await waitFor(() => receiver.delivered(id).some((c) => eventOf(c) === 'completed'), 15_000, 'the completed event');
+    const logs = receiver.delivered(id).filter((c) => eventOf(c) === 'logs');
+    // At most the one that was being retried and the newest: not one per change.
+    expect(logs.length).toBeGreaterThanOrEqual(1);
+    expect(logs.length).toBeLessThanOrEqual(3);
+    expectInOrder(receiver.delivered(id), id);
+  });
+
   it('refuses webhook URLs the gateway must not call: plain http, private addresses, names that resolve to loopback', async () => {
     s.sim.clearRequests();
     for (const [url, why] of [

@@ -50,19 +50,28 @@ export class RedisKvStore implements KvStore {
 
 export class MemoryKvStore implements KvStore {
   readonly #values = new BoundedMap<string>({ maxEntries: 100_000, maxBytes: 64 * 1024 * 1024, sizeOf: (v, k) => v.length + k.length });
+  /** Facts without an expiry (a tenant's webhook secret, when it was shown): a few per tenant, never evicted by the
+   *  many short-lived entries, which would otherwise silently replace a secret tenants verify with. */
+  readonly #lasting = new Map<string, string>();
   readonly #lists = new BoundedMap<string[]>({ maxEntries: 10_000, maxBytes: 64 * 1024 * 1024, sizeOf: (v) => v.reduce((n, s) => n + s.length, 0) });
 
   async get(key: string) {
-    return this.#values.get(key) ?? null;
+    return this.#lasting.get(key) ?? this.#values.get(key) ?? null;
   }
 
   async set(key: string, value: string, ttlMs?: number) {
-    this.#values.set(key, value, ttlMs);
+    if (ttlMs === undefined) {
+      this.#values.delete(key);
+      this.#lasting.set(key, value);
+    } else {
+      this.#lasting.delete(key);
+      this.#values.set(key, value, ttlMs);
+    }
   }
 
   async setIfAbsent(key: string, value: string, ttlMs?: number) {
-    if (this.#values.has(key)) return false;
-    this.#values.set(key, value, ttlMs);
+    if (this.#lasting.has(key) || this.#values.has(key)) return false;
+    await this.set(key, value, ttlMs);
     return true;
   }
 

@@ -29,7 +29,8 @@ export class MemoryFileStore implements FileStore {
   async put(meta: FileMeta, bytes: Buffer, quotaBytes: number) {
     const usedBytes = this.#live(meta.tenant).reduce((n, f) => n + f.size, 0);
     if (usedBytes + meta.size > quotaBytes) return { stored: false as const, usedBytes };
-    this.#files.set(meta.id, { meta, bytes }, Math.max(1, meta.expiresAt - Date.now()));
+    // A file larger than the whole budget is not kept: say so rather than answer 201 for nothing.
+    if (!this.#files.set(meta.id, { meta, bytes }, Math.max(1, meta.expiresAt - Date.now()))) return { stored: false as const, usedBytes };
     let ids = this.#byTenant.get(meta.tenant);
     if (!ids) this.#byTenant.set(meta.tenant, (ids = new Set()));
     ids.add(meta.id);

@@ -68,7 +68,8 @@ export class Deliverer {
 
   constructor(policy: UrlPolicy, timeoutMs: number) {
     this.#timeoutMs = timeoutMs;
-    this.#agent = new Agent({ connect: { lookup: guardedLookup(policy), timeout: timeoutMs }, connections: 64, keepAliveTimeout: 10_000 });
+    // Connecting gets less than the whole attempt: a host that drops SYNs should not hold a watcher for long.
+    this.#agent = new Agent({ connect: { lookup: guardedLookup(policy), timeout: Math.min(timeoutMs, 3000) }, connections: 64, keepAliveTimeout: 10_000 });
   }
 
   /** One attempt. Retried later: 5xx, 408, 429, timeouts, connection errors. Never: other 4xx, 3xx, refused addresses. */

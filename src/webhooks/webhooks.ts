@@ -43,6 +43,8 @@ export interface WatchState {
   seq: number;
   seen: { start?: boolean; output?: string; logs?: number; completed?: boolean; rank?: number };
   outbox: Message[];
+  /** Steps that failed in a row (the store or the network), for the step's own backoff. */
+  failures?: number;
 }
 
 export interface DeliveryFailure {
@@ -132,7 +134,23 @@ export class Webhooks {
     await this.#deliverer.close();
   }
 
+  /**
+   * One look and what it makes due. Never throws: a failure (the store unreachable) is retried with its own backoff,
+   * reset by the next step that works, so a long watch does not run out of the queue's retry attempts.
+   */
   async #step(s: WatchState): Promise<{ state: WatchState; againInMs: number | null }> {
+    try {
+      const r = await this.#stepOnce(s);
+      s.failures = 0;
+      return r;
+    } catch (err) {
+      s.failures = (s.failures ?? 0) + 1;
+      this.#log.warn({ prediction: s.id, tenant: s.tenant, err, failures: s.failures }, 'webhook watch step failed; retrying with backoff');
+      return { state: s, againInMs: Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(s.failures, 12)) };
+    }
+  }
+
+  async #stepOnce(s: WatchState): Promise<{ state: WatchState; againInMs: number | null }> {
     const now = Date.now();
     if (!s.seen.completed) {
       if (now - s.createdAt > this.#config.PREDICTION_TTL_SECONDS * 1000) {
@@ -189,7 +207,11 @@ export class Webhooks {
     const emit = (event: EventName, what = '') => {
       changed = true;
       s.seq++;
-      if (s.events.includes(event)) s.outbox.push({ event, id: `msg_${s.id}_${event}${what}`, body: body.render(s.base), attempts: 0 });
+      if (!s.events.includes(event)) return;
+      // While a delivery waits for its retry, a newer output or logs event replaces an older one still queued
+      // (the newer prediction says all the older did): the queue stays a handful of bodies, however long the wait.
+      if (event === 'output' || event === 'logs') s.outbox = s.outbox.filter((m, i) => m.event !== event || (i === 0 && m.attempts > 0));
+      s.outbox.push({ event, id: `msg_${s.id}_${event}${what}`, body: body.render(s.base), attempts: 0 });
     };
     if (!s.seen.start) {
       s.seen.start = true;

@@ -13,7 +13,8 @@ import { type Config, loadConfig } from '../../src/config.js';
 import { loggerOptions } from '../../src/logger.js';
 import { type Simulator, createSimulator } from '../../src/simulator/simulator.js';
 import type { TenantInput } from '../../src/access/tenants.js';
-import type { RedisTarget } from '../../src/store/redis-client.js';
+import type { Redis } from 'ioredis';
+import { type RedisTarget, createRedisClient } from '../../src/store/redis-client.js';
 import { UpstreamClient } from '../../src/upstream/client.js';
 import { type GatewayProcess, type GatewayProcessOptions, startGatewayProcess as startProcess, stopAllProcesses } from '../support/processes.js';
 
@@ -168,6 +169,27 @@ export function redisTargets(): [string, RedisTarget][] {
     ['redis sentinel', { mode: 'sentinel', sentinels: hostPorts(inject('redisSentinels')), name: inject('redisSentinelName') }],
     ['redis cluster', { mode: 'cluster', nodes: hostPorts(inject('redisCluster')) }],
   ];
+}
+
+/**
+ * A contract suite's stores: the in-memory one, and one per Redis mode on a client with its own prefix, each
+ * connected before the suite starts. `close()` quits those clients.
+ */
+export function storeFactories<T>(suite: string, memory: () => T, redis: (client: Redis) => T): { factories: [string, () => Promise<T>][]; close: () => Promise<void> } {
+  const clients: Redis[] = [];
+  const factories: [string, () => Promise<T>][] = [
+    ['memory', async () => memory()],
+    ...redisTargets().map(([kind, target]): [string, () => Promise<T>] => [
+      kind,
+      async () => {
+        const client = createRedisClient(target, `${suite}:${randomUUID()}:`) as Redis;
+        clients.push(client);
+        await waitFor(() => client.status === 'ready', 10_000, kind);
+        return redis(client);
+      },
+    ]),
+  ];
+  return { factories, close: async () => void (await Promise.all(clients.map((c) => c.quit()))) };
 }
 
 export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
