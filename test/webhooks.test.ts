@@ -364,6 +364,11 @@ describe('WEBHOOK_MODE=upstream: the upstream calls the gateway back', () => {
     expect(cached.body.output).toEqual([`https://replicate.delivery/xezq/${id}/out-0.webp`]);
     // The same message again is a replay.
     expect((await post(forged, signed('msg_1'))).status).toBe(409);
+    // An upstream payload may be larger and deeper than a client body (it echoes the input, inlined files too).
+    const big = JSON.stringify({ id, status: 'succeeded', input: { image: `data:image/png;base64,${'A'.repeat(11 * 1024 * 1024)}` }, deep: JSON.parse('['.repeat(80) + ']'.repeat(80)) });
+    const at = new Date();
+    const bigHeaders = { 'webhook-id': 'msg_big', 'webhook-timestamp': String(Math.floor(at.getTime() / 1000)), 'webhook-signature': new Webhook(upstreamSecret).sign('msg_big', at, big) };
+    expect((await post(big, bigHeaders)).status).toBe(204);
     // A link the gateway never issued changes nothing either.
     expect((await post(forged, signed('msg_2'))).status).toBe(204);
     const unknown = await call(gw.url, 'POST', `/gateway/v1/webhooks/upstream/${'z'.repeat(32)}`, { rawBody: forged, headers: { 'content-type': 'application/json', ...signed('msg_3') } });

@@ -11,8 +11,8 @@ export type Step<S> = (state: S) => Promise<{ state: S; againInMs: number | null
 export interface WatchQueue<S> {
   /** Starts watching `key` (a no-op if it is already watched). */
   add(key: string, state: S, delayMs: number): Promise<void>;
-  /** Runs the watch of `key` now if it is waiting (a hint that something changed). */
-  promote(key: string): Promise<void>;
+  /** Runs the watch of `key` now if it is waiting (a hint that something changed); false if it was not waiting. */
+  promote(key: string): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -67,7 +67,9 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
 
   async promote(key: string) {
     const job = await this.#queue.getJob(jobId(key));
-    if (job && (await job.isDelayed())) await job.promote().catch(() => {}); // it may have started meanwhile
+    if (!job || !(await job.isDelayed())) return false;
+    // It may have started meanwhile: then it was not waiting.
+    return job.promote().then(() => true, () => false);
   }
 
   async close() {
@@ -97,9 +99,10 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
 
   async promote(key: string) {
     const w = this.#watches.get(key);
-    if (!w) return;
+    if (!w) return false;
     if (w.running) w.again = true;
     else this.#schedule(key, 0);
+    return true;
   }
 
   #schedule(key: string, ms: number) {

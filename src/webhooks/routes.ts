@@ -49,8 +49,15 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
 export async function webhookReceiverRoutes(app: FastifyInstance): Promise<void> {
   const { config, kv, webhooks } = app;
   const verifier = config.UPSTREAM_WEBHOOK_SECRET ? new Webhook(config.UPSTREAM_WEBHOOK_SECRET) : undefined;
+  // The payload is never used, only verified: read it as text, as large as an upstream answer may be (it echoes
+  // the input, inlined files included) and as deep, rather than under the limits for client bodies.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (request, body, done) => {
+    request.rawBody = body as string;
+    done(null, undefined);
+  });
 
-  app.post('/gateway/v1/webhooks/upstream/:token', async (request, reply) => {
+  app.post('/gateway/v1/webhooks/upstream/:token', { bodyLimit: config.UPSTREAM_MAX_BODY_BYTES }, async (request, reply) => {
     const { token } = parse(TokenParams, request.params, 'path');
     if (verifier) {
       const headers = {

@@ -59,6 +59,8 @@ export interface DeliveryFailure {
 }
 
 const FAILURES_KEPT = 50;
+const HINT_MS = 60_000;
+const hintKey = (id: string) => `whhint:${id}`;
 const FAILURES_TTL_MS = 7 * 86_400_000;
 const MAX_BACKOFF_MS = 3_600_000;
 
@@ -113,7 +115,9 @@ export class Webhooks {
 
   /** Something may have changed (the upstream called the receiver): look now rather than at the next poll. */
   async hint(id: string): Promise<void> {
-    await this.#queue.promote(id);
+    // A hint that lands while the watch is running (or between runs on another replica) is kept for its next
+    // scheduling, which then looks again at once instead of after the slow poll.
+    if (!(await this.#queue.promote(id))) await this.#kv.set(hintKey(id), '1', HINT_MS);
   }
 
   /** The tenant's signing secret: from the tenants file, else generated once and shared by every replica. */
@@ -142,6 +146,11 @@ export class Webhooks {
     try {
       const r = await this.#stepOnce(s);
       s.failures = 0;
+      // In upstream mode, a hint that came while this step ran means: look again now.
+      if (r.againInMs !== null && r.againInMs > 0 && this.#config.WEBHOOK_MODE === 'upstream' && (await this.#kv.get(hintKey(s.id)))) {
+        await this.#kv.set(hintKey(s.id), '', 1);
+        return { state: r.state, againInMs: 0 };
+      }
       return r;
     } catch (err) {
       s.failures = (s.failures ?? 0) + 1;
