@@ -19,7 +19,7 @@ import {
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BatchSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import { AlwaysOnSampler, BatchSpanProcessor, ParentBasedSampler, TracerProvider } from '@opentelemetry/sdk-trace';
 import {
   ATTR_ERROR_TYPE,
   ATTR_HTTP_REQUEST_METHOD,
@@ -51,6 +51,8 @@ class OtelTracing implements Tracing {
     // OTEL_EXPORTER_OTLP_ENDPOINT is the collector's base: the traces path is appended, as the OTLP spec says.
     const url = `${config.OTEL_EXPORTER_OTLP_ENDPOINT!.replace(/\/+$/, '')}/v1/traces`;
     this.#provider = new TracerProvider({
+      // The operator decides what is traced, not the client: a client's "not sampled" flag does not switch it off.
+      sampler: new ParentBasedSampler({ root: new AlwaysOnSampler(), remoteParentNotSampled: new AlwaysOnSampler() }),
       resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.OTEL_SERVICE_NAME }),
       spanProcessors: [new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url }), scheduledDelayMillis: 1000 })],
     });
@@ -67,6 +69,8 @@ class OtelTracing implements Tracing {
       parent as Context,
     );
     propagator.inject(trace.setSpan(parent as Context, span), headers, defaultTextMapSetter);
+    // Only the trace's ids go upstream, not a client's vendor state (its tracestate).
+    delete headers.tracestate;
     return (status: number | undefined, error?: unknown) => {
       if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (error !== undefined || (status !== undefined && status >= 500)) {
@@ -101,7 +105,7 @@ export function startTracing(app: FastifyInstance, config: Config): Tracing {
   app.decorateRequest('span', undefined);
   app.decorateRequest('traceContext', undefined);
   app.addHook('onRequest', async (request) => {
-    // A client's traceparent (and tracestate) makes this span part of its trace; a malformed one is ignored.
+    // A client's traceparent makes this span part of its trace; a malformed one is ignored.
     const parent = propagator.extract(ROOT_CONTEXT, request.headers, defaultTextMapGetter);
     const route = request.routeOptions.url;
     const span = tracer.startSpan(

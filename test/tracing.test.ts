@@ -94,6 +94,18 @@ describe('tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set)', () => {
     }
   });
 
+  it('traces a request whose client says "not sampled", and forwards none of the client\'s tracestate', async () => {
+    const traceId = 'cd'.repeat(16);
+    s.sim.clearRequests();
+    const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'unsampled' } }, headers: { traceparent: `00-${traceId}-${CLIENT_SPAN}-00`, tracestate: 'vendor=secret-ish' } });
+    expect(r.status).toBe(201);
+    await gw.app.tracing!.flush();
+    await waitFor(() => otlp.spans.some((sp) => sp.traceId === traceId && sp.kind === 2), 3000, 'the server span');
+    const [create] = upstreamCalls(s.sim, /\/predictions$/);
+    expect(create!.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    expect(create!.headers.tracestate).toBeUndefined();
+  });
+
   it('shows a retried upstream GET as two attempt spans, the failed one marked as an error', async () => {
     const id = await createPrediction(gw.url, KEY_A, { prompt: 'slow', duration_ms: 60_000 });
     s.sim.injectFault({ kind: 'status', status: 503 }, { match: (m) => m === 'GET' });

@@ -22,7 +22,7 @@ export interface UpstreamOptions {
   tenantMaxConcurrency?: number;
   /** Largest upstream answer read; a larger one is cut off (502). */
   maxBodyBytes?: number;
-  /** OpenTelemetry, when on: a span per attempt, and its traceparent/tracestate go upstream (never otherwise). */
+  /** OpenTelemetry, when on: a span per attempt, and its traceparent goes upstream (never otherwise). */
   tracing?: UpstreamTracing;
 }
 
