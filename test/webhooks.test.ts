@@ -264,6 +264,43 @@ describe('webhooks and spend control', () => {
   });
 });
 
+describe('one tenant\'s hanging receivers', () => {
+  const KEY_X = 'team-x-key-0123456789abcdef';
+  const KEY_Y = 'team-y-key-0123456789abcdef';
+  let gw: Gateway;
+  let hang: Server;
+  let hanging = 0;
+  const open = new Set<import('node:net').Socket>();
+  beforeAll(async () => {
+    // Takes every request and never answers it.
+    hang = createServer(() => void hanging++);
+    hang.on('connection', (sock) => {
+      open.add(sock);
+    });
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    gw = await startGateway({ sim: s, tenants: [{ id: 'team-x', keys: [KEY_X] }, { id: 'team-y', keys: [KEY_Y] }], env: { ...WEBHOOK_ENV, WEBHOOK_TIMEOUT_MS: '8000' } });
+  });
+  afterAll(async () => {
+    for (const sock of open) sock.destroy();
+    await gw.close();
+    await new Promise((r) => hang.close(r));
+  });
+
+  it('hold only their share of the watcher, so another tenant\'s webhooks go out while they hang', async () => {
+    const port = (hang.address() as { port: number }).port;
+    // More hanging deliveries than the replica has watch slots (32).
+    for (let i = 0; i < 40; i++) {
+      const r = await createWithHook(gw.url, KEY_X, { webhook: `http://127.0.0.1:${port}/never`, webhook_events_filter: ['start'] }, { prompt: `x${i}` });
+      expect(r.status).toBe(201);
+    }
+    await waitFor(() => hanging >= 8, 5000, 'team-x deliveries to hang');
+    const y = await createWithHook(gw.url, KEY_Y, { webhook: `${receiver.url}/while-x-hangs`, webhook_events_filter: ['start'] });
+    await waitFor(() => receiver.delivered(y.body.id).length === 1, 7000, 'team-y delivery while team-x hangs');
+    // team-x holds 8 of the slots, never all of them; none of its attempts has ended yet.
+    expect(hanging).toBe(8);
+  });
+});
+
 describe('across gateway processes on one Redis', () => {
   afterAll(async () => {
     await stopAllGatewayProcesses();

@@ -59,6 +59,11 @@ export interface DeliveryFailure {
 }
 
 const FAILURES_KEPT = 50;
+/** Watch steps one replica runs at once, and how many of them one tenant may hold (its slow receivers wait). */
+const WORKER_SLOTS = 32;
+const TENANT_SLOTS = 8;
+/** When a tenant is at its share of the slots, its next step is looked at again after this long. */
+const TENANT_WAIT_MS = 250;
 const HINT_MS = 60_000;
 const hintKey = (id: string) => `whhint:${id}`;
 const FAILURES_TTL_MS = 7 * 86_400_000;
@@ -77,6 +82,8 @@ export class Webhooks {
   readonly #deliverer: Deliverer;
   readonly #queue: WatchQueue<WatchState>;
   readonly policy: UrlPolicy;
+  /** Steps running in this process, per tenant. */
+  readonly #busy = new Map<string, number>();
 
   constructor(deps: PredictionDeps, opts: { kv: KvStore; tenants: TenantRegistry; log: FastifyBaseLogger }) {
     this.#deps = deps;
@@ -93,7 +100,7 @@ export class Webhooks {
     const onRedisError = (err: Error) => this.#log.debug({ reason: err.message }, 'webhook queue: redis unavailable');
     const target = redisTarget(this.#config);
     this.#queue = target
-      ? new BullWatchQueue(target, this.#config.REDIS_KEY_PREFIX, step, { concurrency: 32, onError, onRedisError })
+      ? new BullWatchQueue(target, this.#config.REDIS_KEY_PREFIX, step, { concurrency: WORKER_SLOTS, onError, onRedisError })
       : new MemoryWatchQueue(step, { onError });
   }
 
@@ -143,6 +150,21 @@ export class Webhooks {
    * reset by the next step that works, so a long watch does not run out of the queue's retry attempts.
    */
   async #step(s: WatchState): Promise<{ state: WatchState; againInMs: number | null }> {
+    // One tenant's hanging receivers hold at most TENANT_SLOTS of this replica's slots; its other watches wait
+    // their turn, and every other tenant's go on.
+    const busy = this.#busy.get(s.tenant) ?? 0;
+    if (busy >= TENANT_SLOTS) return { state: s, againInMs: TENANT_WAIT_MS };
+    this.#busy.set(s.tenant, busy + 1);
+    try {
+      return await this.#guardedStep(s);
+    } finally {
+      const left = (this.#busy.get(s.tenant) ?? 1) - 1;
+      if (left > 0) this.#busy.set(s.tenant, left);
+      else this.#busy.delete(s.tenant);
+    }
+  }
+
+  async #guardedStep(s: WatchState): Promise<{ state: WatchState; againInMs: number | null }> {
     try {
       const r = await this.#stepOnce(s);
       s.failures = 0;
