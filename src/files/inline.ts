@@ -99,8 +99,9 @@ export async function inlineFiles(deps: InlineDeps, principal: Principal, bases:
     else out = out.split(literal).join(JSON.stringify(value));
   }
   if (!exact) out = JSON.stringify({ ...parsed, input: replaceDeep(parsed.input, replacement) });
-  if (Buffer.byteLength(out) + ECHO_MARGIN > config.UPSTREAM_MAX_BODY_BYTES) {
-    throw new GatewayError('PAYLOAD_TOO_LARGE', `with its files inlined this create would be ${Buffer.byteLength(out)} bytes, more than the upstream answer may be (UPSTREAM_MAX_BODY_BYTES ${config.UPSTREAM_MAX_BODY_BYTES}, since a prediction echoes its input)`);
+  const bytes = Buffer.byteLength(out);
+  if (bytes + ECHO_MARGIN > config.UPSTREAM_MAX_BODY_BYTES) {
+    throw new GatewayError('PAYLOAD_TOO_LARGE', `with its files inlined this create would be ${bytes} bytes, more than the upstream answer may be (UPSTREAM_MAX_BODY_BYTES ${config.UPSTREAM_MAX_BODY_BYTES}, since a prediction echoes its input)`);
   }
   return out;
 }

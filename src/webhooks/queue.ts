@@ -81,7 +81,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
 
 /** The in-process equivalent: one timer per watched key, steps of one key never overlapping. */
 export class MemoryWatchQueue<S> implements WatchQueue<S> {
-  readonly #watches = new Map<string, { state: S; timer?: NodeJS.Timeout; running: boolean; again: boolean; failures: number }>();
+  readonly #watches = new Map<string, { state: S; timer?: NodeJS.Timeout; running: boolean; again: boolean }>();
   readonly #step: Step<S>;
   readonly #onError: (err: unknown) => void;
   #closed = false;
@@ -93,7 +93,7 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
 
   async add(key: string, state: S, delayMs: number) {
     if (this.#watches.has(key) || this.#closed) return;
-    this.#watches.set(key, { state, running: false, again: false, failures: 0 });
+    this.#watches.set(key, { state, running: false, again: false });
     this.#schedule(key, delayMs);
   }
 
@@ -118,15 +118,15 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
     if (!w || w.running) return;
     w.running = true;
     w.again = false;
+    // Steps back off on their own failures; a throw here is a bug, and the watch ends rather than spin.
     let next: number | null;
     try {
       const r = await this.#step(w.state);
       w.state = r.state;
-      w.failures = 0;
       next = r.againInMs;
     } catch (err) {
       this.#onError(err);
-      next = ++w.failures > 50 ? null : Math.min(1000 * 2 ** w.failures, 3_600_000);
+      next = null;
     }
     w.running = false;
     if (next === null) this.#watches.delete(key);

@@ -6,7 +6,6 @@ import { Webhook } from 'standardwebhooks';
 import { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
-import { newSecret } from './webhooks.js';
 
 /** How long a receiver link and a seen upstream message id are remembered. */
 const SEEN_MS = 10 * 60_000;
@@ -16,26 +15,21 @@ export const receiverToken = () => randomBytes(24).toString('base64url');
 export const receiverKey = (token: string) => `whr:${token}`;
 
 export async function webhookRoutes(app: FastifyInstance): Promise<void> {
-  const { kv, webhooks } = app;
-  const shownKey = (tenant: string) => `whsec-shown:${tenant}`;
+  const { webhooks } = app;
 
   // Shown once: whoever holds the tenant key can always rotate, but a leaked log of this call cannot be replayed.
   app.get('/webhooks/secret', { config: { keyOnly: true } }, async (request, reply) => {
     const tenant = request.principal!.tenant;
     if (tenant.webhookSecret) throw new GatewayError('CONFLICT', 'this tenant\'s webhook secret is set in the tenants file; ask the gateway\'s operator for it');
-    const secret = await webhooks.secretFor(tenant.id);
-    if (!(await kv.setIfAbsent(shownKey(tenant.id), new Date().toISOString()))) {
-      throw new GatewayError('CONFLICT', 'the webhook secret was shown once already; POST /gateway/v1/webhooks/secret/rotate for a new one');
-    }
+    const secret = await webhooks.revealSecret(tenant.id);
+    if (!secret) throw new GatewayError('CONFLICT', 'the webhook secret was shown once already; POST /gateway/v1/webhooks/secret/rotate for a new one');
     return reply.header('cache-control', 'no-store').send({ key: secret });
   });
 
   app.post('/webhooks/secret/rotate', { config: { keyOnly: true } }, async (request, reply) => {
     const tenant = request.principal!.tenant;
     if (tenant.webhookSecret) throw new GatewayError('CONFLICT', 'this tenant\'s webhook secret is set in the tenants file; the operator rotates it there');
-    const secret = newSecret();
-    await kv.set(`whsec:${tenant.id}`, secret);
-    await kv.set(shownKey(tenant.id), new Date().toISOString());
+    const secret = await webhooks.rotateSecret(tenant.id);
     request.log.info({ tenant: tenant.id }, 'webhook secret rotated');
     return reply.header('cache-control', 'no-store').send({ key: secret });
   });

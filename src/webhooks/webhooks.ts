@@ -40,7 +40,6 @@ export interface WatchState {
   base: string;
   createdAt: number;
   pollMs: number;
-  seq: number;
   seen: { start?: boolean; output?: string; logs?: number; completed?: boolean; rank?: number };
   outbox: Message[];
   /** Steps that failed in a row (the store or the network), for the step's own backoff. */
@@ -69,7 +68,9 @@ const hintKey = (id: string) => `whhint:${id}`;
 const FAILURES_TTL_MS = 7 * 86_400_000;
 const MAX_BACKOFF_MS = 3_600_000;
 
-export const newSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
+const newSecret = () => `whsec_${randomBytes(32).toString('base64')}`;
+const secretKey = (tenant: string) => `whsec:${tenant}`;
+const shownKey = (tenant: string) => `whsec-shown:${tenant}`;
 const digest = (v: unknown) => createHash('sha256').update(JSON.stringify(v)).digest('base64url');
 
 export class Webhooks {
@@ -95,7 +96,8 @@ export class Webhooks {
     this.policy = { allowHttpHosts: this.#config.WEBHOOK_ALLOW_HTTP_HOSTS, allowPrivateHosts: this.#config.WEBHOOK_ALLOW_PRIVATE_HOSTS };
     this.#deliverer = new Deliverer(this.policy, this.#config.WEBHOOK_TIMEOUT_MS);
     const step = (s: WatchState) => this.#step(s);
-    const onError = (err: unknown) => this.#log.warn({ err }, 'webhook watch step failed; retrying with backoff');
+    // Steps handle their own failures (#step never throws); this is the queue itself failing, e.g. saving a job.
+    const onError = (err: unknown) => this.#log.warn({ err }, 'webhook queue job failed; the queue retries it');
     // The store's own client already reports Redis outages; these connections only say so at debug level.
     const onRedisError = (err: Error) => this.#log.debug({ reason: err.message }, 'webhook queue: redis unavailable');
     const target = redisTarget(this.#config);
@@ -114,7 +116,7 @@ export class Webhooks {
     const events = w.events?.length ? [...new Set(w.events)] : [...EVENTS];
     // With the upstream calling back, polling is only the safety net for a lost call: it starts slow.
     const pollMs = this.#config.WEBHOOK_MODE === 'upstream' ? this.#config.WEBHOOK_POLL_MAX_MS : this.#config.WEBHOOK_POLL_MIN_MS;
-    const state: WatchState = { id: w.id, tenant: w.tenant, url: w.url, events, base: w.base, createdAt: Date.now(), pollMs, seq: 0, seen: {}, outbox: [] };
+    const state: WatchState = { id: w.id, tenant: w.tenant, url: w.url, events, base: w.base, createdAt: Date.now(), pollMs, seen: {}, outbox: [] };
     // The create's own answer is the start event (as Replicate sends it, however late the first look comes).
     if (w.created) this.#observe(state, w.created);
     await this.#queue.add(w.id, state, 0);
@@ -131,9 +133,25 @@ export class Webhooks {
   async secretFor(tenantId: string): Promise<string> {
     const configured = this.#tenants.get(tenantId)?.webhookSecret;
     if (configured) return configured;
-    const key = `whsec:${tenantId}`;
-    await this.#kv.setIfAbsent(key, newSecret());
-    return (await this.#kv.get(key))!;
+    // One read per delivery; only the very first delivery of a tenant also writes (and the first writer wins).
+    const stored = await this.#kv.get(secretKey(tenantId));
+    if (stored) return stored;
+    await this.#kv.setIfAbsent(secretKey(tenantId), newSecret());
+    return (await this.#kv.get(secretKey(tenantId)))!;
+  }
+
+  /** The generated secret, the first time it is asked for; undefined once it has been shown (on any replica). */
+  async revealSecret(tenantId: string): Promise<string | undefined> {
+    const secret = await this.secretFor(tenantId);
+    return (await this.#kv.setIfAbsent(shownKey(tenantId), new Date().toISOString())) ? secret : undefined;
+  }
+
+  /** A new generated secret, shown by this call; deliveries sign with it from now on. */
+  async rotateSecret(tenantId: string): Promise<string> {
+    const secret = newSecret();
+    await this.#kv.set(secretKey(tenantId), secret);
+    await this.#kv.set(shownKey(tenantId), new Date().toISOString());
+    return secret;
   }
 
   async failures(tenantId: string): Promise<DeliveryFailure[]> {
@@ -237,7 +255,6 @@ export class Webhooks {
     // receiver would see the same webhook-id again and could drop it.
     const emit = (event: EventName, what = '') => {
       changed = true;
-      s.seq++;
       if (!s.events.includes(event)) return;
       // While a delivery waits for its retry, a newer output or logs event replaces an older one still queued
       // (the newer prediction says all the older did): the queue stays a handful of bodies, however long the wait.
@@ -272,6 +289,7 @@ export class Webhooks {
     while (s.outbox.length > 0) {
       const m = s.outbox[0]!;
       if (m.nextAt !== undefined && m.nextAt > Date.now()) return;
+      // Checked again at each attempt: the watch may outlive the settings it was created under (a restart).
       const refused = refuseUrl(s.url, this.policy);
       const out: Outcome = refused
         ? { ok: false, retry: false, reason: `the webhook URL ${refused}` }
