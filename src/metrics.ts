@@ -6,7 +6,6 @@ export interface BudgetSample {
   tenant: string;
   budgets: { budget: string; max: number; spent: number; reserved: number }[];
   running: number;
-  maxRunning?: number;
 }
 
 export class Metrics {

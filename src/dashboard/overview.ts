@@ -3,21 +3,13 @@
 // cache and the last failures.
 import type { FastifyInstance } from 'fastify';
 import type { Tenant } from '../access/tenants.js';
-import { TERMINAL_STATUSES } from '../predictions/prediction.js';
-import type { UsageDay } from '../store/store.js';
-import { daysBetween, today } from '../usage/day.js';
-import { type OpsStats, mergeReports } from './stats.js';
+import { type Prediction, isTerminal } from '../predictions/prediction.js';
+import { daysBetween, today, totalsOf } from '../usage/day.js';
+import { type OpsStats, mergeReports, zero } from './stats.js';
 
 /** Index entries looked at for a tenant without a running count of its own; older than a day counts as stale. */
 const INDEX_LOOKBACK = 100;
 const RUNNING_MAX_AGE_MS = 86_400_000;
-
-function sum(days: Record<string, UsageDay>): UsageDay {
-  const totals: UsageDay = {};
-  for (const d of Object.values(days)) for (const [k, v] of Object.entries(d)) totals[k] = (totals[k] ?? 0) + v;
-  if (totals.predict_time !== undefined) totals.predict_time = Math.round(totals.predict_time * 1000) / 1000;
-  return totals;
-}
 
 /** Predictions of the tenant's newest INDEX_LOOKBACK, created in the last day, not seen terminal (as last seen). */
 async function runningFromIndex(app: FastifyInstance, tenant: Tenant, now: number): Promise<number> {
@@ -26,8 +18,7 @@ async function runningFromIndex(app: FastifyInstance, tenant: Tenant, now: numbe
   for (const e of entries) {
     if (e.score / 1000 < now - RUNNING_MAX_AGE_MS) continue;
     try {
-      const status = (JSON.parse(e.json) as { status?: string }).status;
-      if (!status || !TERMINAL_STATUSES.has(status)) n++;
+      if (!isTerminal(JSON.parse(e.json) as Prediction)) n++;
     } catch {
       // An entry that does not parse is not counted.
     }
@@ -53,7 +44,7 @@ export async function buildOverview(app: FastifyInstance, stats: OpsStats, now =
     }),
   );
   const merged = mergeReports(reports, now);
-  const traffic = (id: string) => merged.counts[id] ?? { today: { requests: 0, creates: 0, rateLimited: 0, errors: 0 }, month: { requests: 0, creates: 0, rateLimited: 0, errors: 0 } };
+  const traffic = (id: string) => merged.counts[id] ?? { today: zero(), month: zero() };
   return {
     now: new Date(now).toISOString(),
     day,
@@ -61,12 +52,13 @@ export async function buildOverview(app: FastifyInstance, stats: OpsStats, now =
     currency: budgets.prices?.currency ?? null,
     tenants: all.map((t, i) => {
       const u = usage[i]!;
-      const { rateLimited: rlToday, errors: errToday } = traffic(t.id).today;
-      const { rateLimited: rlMonth, errors: errMonth } = traffic(t.id).month;
+      const seen = traffic(t.id);
+      const { rateLimited: rlToday, errors: errToday } = seen.today;
+      const { rateLimited: rlMonth, errors: errMonth } = seen.month;
       return {
         id: t.id,
-        today: { ...sum(u[day] ? { [day]: u[day] } : {}), rate_limited: rlToday, errors: errToday },
-        month: { ...sum(u), rate_limited: rlMonth, errors: errMonth },
+        today: { ...totalsOf({ [day]: u[day] ?? {} }), rate_limited: rlToday, errors: errToday },
+        month: { ...totalsOf(u), rate_limited: rlMonth, errors: errMonth },
         budget: statuses[i]!.budget ?? null,
         running: running[i],
       };

@@ -1,7 +1,7 @@
-// `app.opsStats`: with ADMIN_API_KEY set, every answer is counted for the dashboard (in memory, src/dashboard/stats.ts)
-// and this process's report is published to the shared kv every few seconds. Without it, nothing is counted.
+// `app.opsStats`: with ADMIN_API_KEY set, every answer is counted for the dashboard (in memory, src/dashboard/stats.ts,
+// from the access-log hook in src/http/request-log.ts) and this process's report is published to the shared kv every
+// few seconds. Without it, nothing is counted.
 import fp from 'fastify-plugin';
-import { toGatewayError } from '../http/problems.js';
 import { OpsStats } from './stats.js';
 
 const PUBLISH_MS = 5000;
@@ -15,26 +15,6 @@ export default fp(
     const { upstream } = app;
     const stats = new OpsStats(app.kv, () => ({ upstream: upstream.breakerOpen, tenants: upstream.openTenantBreakers() }));
     app.decorate('opsStats', stats);
-    app.decorateRequest('failure', undefined);
-    app.addHook('onError', async (request, _reply, err) => {
-      const e = toGatewayError(err);
-      // 5xx messages of errors that are not the gateway's own may hold internals: the code only, then.
-      request.failure = { code: e.code, detail: e === err ? e.message : undefined };
-    });
-    app.addHook('onResponse', async (request, reply) => {
-      stats.record({
-        tenant: request.principal?.tenant.id ?? '',
-        route: request.routeOptions.url ?? 'unmatched',
-        method: request.method,
-        status: reply.statusCode,
-        create: request.routeOptions.config.create === true,
-        requestId: request.id,
-        upstreamMs: request.upstreamMs,
-        cache: request.cacheResult,
-        code: request.failure?.code,
-        detail: request.failure?.detail,
-      });
-    });
     // Published when something changed, and every other tick regardless, so the replica shows as live.
     let tick = 0;
     const publish = (force: boolean) =>

@@ -136,8 +136,8 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
         await app.authFailure(request, 'that is not the admin key');
       } catch (err) {
         const e = err as GatewayError;
-        for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
-        return page(reply, 'login', e.statusCode ?? 401, e.message);
+        reply.headers(e.headers);
+        return page(reply, 'login', e.statusCode, e.message);
       }
     }
     const sid = randomBytes(32).toString('base64url');

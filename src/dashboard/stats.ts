@@ -7,8 +7,6 @@ import type { KvStore } from '../store/kv-store.js';
 import { today } from '../usage/day.js';
 
 export interface Counts {
-  requests: number;
-  creates: number;
   rateLimited: number;
   errors: number;
 }
@@ -73,7 +71,7 @@ const REPLICAS_KEY = 'dash:replicas';
 const MAX_REPLICAS = 64;
 const reportKey = (id: string) => `dash:replica:${id}`;
 
-const zero = (): Counts => ({ requests: 0, creates: 0, rateLimited: 0, errors: 0 });
+export const zero = (): Counts => ({ rateLimited: 0, errors: 0 });
 
 export class OpsStats {
   readonly replica = randomUUID();
@@ -94,11 +92,9 @@ export class OpsStats {
     if (a.tenant) {
       const day = (this.#days[today(now)] ??= {});
       const c = (day[a.tenant] ??= zero());
-      c.requests++;
       if (a.status === 429) c.rateLimited++;
       if (a.status >= 500) c.errors++;
       if (a.create && a.status === 201) {
-        c.creates++;
         const hour = (this.#hours[String(now - (now % HOUR_MS))] ??= {});
         hour[a.tenant] = (hour[a.tenant] ?? 0) + 1;
       }
@@ -184,8 +180,6 @@ export function mergeReports(reports: Report[], now = Date.now()) {
   const month = day.slice(0, 7);
   const counts: Record<string, { today: Counts; month: Counts }> = {};
   const add = (into: Counts, c: Counts) => {
-    into.requests += c.requests;
-    into.creates += c.creates;
     into.rateLimited += c.rateLimited;
     into.errors += c.errors;
   };

@@ -27,7 +27,11 @@ export function makeFailureHandler(onStoreError: () => void) {
     const e = toGatewayError(err);
     // Counted here, once per failed request, whichever part of the request path met the outage.
     if (e.code === 'STORE_UNAVAILABLE') onStoreError();
-    if (e.statusCode >= 500) request.log.error({ err, code: e.code }, e.message);
+    if (e.statusCode >= 500) {
+      request.log.error({ err, code: e.code }, e.message);
+      // For the dashboard's recent failures: an error that is not the gateway's own may hold internals, so its code only.
+      request.failure = { code: e.code, detail: e === err ? e.message : undefined };
+    }
     else request.log.info({ code: e.code, status: e.statusCode }, e.message);
     return problemReply(reply, e, request.id);
   };
@@ -35,6 +39,7 @@ export function makeFailureHandler(onStoreError: () => void) {
 
 export default fp<{ fail: ReturnType<typeof makeFailureHandler> }>(
   async (app, opts) => {
+    app.decorateRequest('failure', undefined);
     app.setErrorHandler(opts.fail);
     app.setNotFoundHandler((request) => {
       throw new GatewayError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`);

@@ -40,6 +40,19 @@ export default fp(
       const route = request.routeOptions.url ?? 'unmatched';
       const tenant = request.principal?.tenant.id ?? '';
       metrics.requests.inc({ route, status: reply.statusCode, tenant });
+      // The dashboard's counts (only with ADMIN_API_KEY set), from the same hook rather than one more per request.
+      app.opsStats?.record({
+        tenant,
+        route,
+        method: request.method,
+        status: reply.statusCode,
+        create: request.routeOptions.config.create === true,
+        requestId: request.id,
+        upstreamMs: request.upstreamMs,
+        cache: request.cacheResult,
+        code: request.failure?.code,
+        detail: request.failure?.detail,
+      });
       // Without the access log, failures are still logged: the error handler writes a line for each.
       if (!config.ACCESS_LOG) return;
       request.log.info(

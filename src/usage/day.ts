@@ -26,3 +26,11 @@ export function daysBetween(from: string, to: string, max: number): string[] | u
 export function daysBefore(day: string, n: number): string {
   return new Date(Date.parse(`${day}T00:00:00Z`) - n * DAY_MS).toISOString().slice(0, 10);
 }
+
+/** The sum of each counter over days; predict_time rounded to the millisecond (float sums drift). */
+export function totalsOf(days: Record<string, Record<string, number>>): Record<string, number> {
+  const totals: Record<string, number> = {};
+  for (const day of Object.values(days)) for (const [k, v] of Object.entries(day)) totals[k] = (totals[k] ?? 0) + v;
+  if (totals.predict_time !== undefined) totals.predict_time = Math.round(totals.predict_time * 1000) / 1000;
+  return totals;
+}

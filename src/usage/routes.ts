@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
 import type { UsageDay } from '../store/store.js';
-import { daysBefore, daysBetween, today } from './day.js';
+import { daysBefore, daysBetween, today, totalsOf } from './day.js';
 
 // zod's ISO date also refuses days that do not exist (2026-02-30).
 const UsageQuerySchema = z.object({
@@ -25,12 +25,7 @@ function daysOf(query: unknown): string[] {
 }
 
 function withTotals(days: Record<string, UsageDay>) {
-  const totals: UsageDay = {};
-  for (const day of Object.values(days)) {
-    for (const [k, v] of Object.entries(day)) totals[k] = (totals[k] ?? 0) + v;
-  }
-  if (totals.predict_time !== undefined) totals.predict_time = Math.round(totals.predict_time * 1000) / 1000;
-  return { days, totals };
+  return { days, totals: totalsOf(days) };
 }
 
 export async function usageRoutes(app: FastifyInstance): Promise<void> {
