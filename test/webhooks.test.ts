@@ -262,6 +262,22 @@ describe('webhooks and spend control', () => {
     const second = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'second' } } });
     expect(second.status).toBe(201);
   });
+
+  it('at the running cap, a burst of refused creates shares one refresh of the running predictions upstream', async () => {
+    await waitFor(async () => (await call(gw.url, 'GET', '/gateway/v1/usage', { key: KEY_W })).body.running.count === 0, 10_000, 'a free slot');
+    const long = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'long', duration_ms: 8000 } } });
+    expect(long.status).toBe(201);
+    s.sim.clearRequests();
+    // Retries spaced past the poll micro-cache (POLL_CACHE_MS, 500 ms), as a client retrying its 429s would.
+    const refused = [];
+    for (let i = 0; i < 4; i++) {
+      refused.push(await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'burst' } } }));
+      await new Promise((r) => setTimeout(r, 600));
+    }
+    expect(refused.map((r) => r.status)).toEqual(Array(4).fill(429));
+    // Four 429s, one look at the running prediction (not one per refusal).
+    expect(upstreamCalls(s.sim, new RegExp(`/predictions/${long.body.id}$`)).filter((r) => r.method === 'GET').length).toBeLessThanOrEqual(1);
+  });
 });
 
 describe('one tenant\'s hanging receivers', () => {

@@ -78,6 +78,20 @@ async function refreshed(deps: PredictionDeps, caller: Caller, bodies: Predictio
  * so that those which ended unseen (webhook users seldom poll) settle and free their slots. How many ended.
  */
 export async function refreshRunning(deps: PredictionDeps, caller: Caller): Promise<number> {
+  // A tenant that keeps retrying at its cap shares the last few seconds' refresh instead of starting another:
+  // each 429 would otherwise cost up to PAGE_SIZE upstream reads on the shared account.
+  const tenant = caller.principal.tenant.id;
+  const recent = deps.runningRefreshes.get(tenant);
+  if (recent) return recent;
+  const fresh = refreshRunningNow(deps, caller);
+  deps.runningRefreshes.set(tenant, fresh);
+  return fresh.catch((err: unknown) => {
+    deps.runningRefreshes.delete(tenant);
+    throw err;
+  });
+}
+
+async function refreshRunningNow(deps: PredictionDeps, caller: Caller): Promise<number> {
   const { entries } = await deps.store.listPage(caller.principal.tenant.id, { limit: PAGE_SIZE });
   const before = entries.map((e) => new PredictionBody(e.json));
   const after = await refreshed(deps, caller, before);
