@@ -1,5 +1,6 @@
 // `app.budgets`: the price table (PRICES_FILE), the budget checks of the tenants file, the budget gauges; and, on
 // API routes, the x-budget-remaining-* headers of every authenticated response.
+import type { FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Tenant } from '../access/tenants.js';
 import { ConfigError } from '../config.js';
@@ -56,16 +57,32 @@ export default fp<{ now?: () => number }>(
   { name: 'budgets', dependencies: ['config', 'metrics', 'store', 'tenants'] },
 );
 
-/** On API routes: the caller's remaining budgets as headers (a store failure only costs the headers). */
+/**
+ * On API routes: the caller's remaining budgets as headers (a store failure only costs the headers). The read starts
+ * with the request and is awaited only when the answer goes out, so it overlaps the handler; a create that reserved
+ * already carries the exact figures, and is not read again.
+ */
 export const budgetHeaders = fp(
   async (app) => {
-    app.addHook('onRequest', async (request, reply) => {
-      if (!request.principal) return;
-      const headers = await app.budgets.remainingHeaders(request.principal).catch(() => undefined);
+    app.decorateRequest('budgetHeaders', undefined);
+    const read = (request: FastifyRequest) => app.budgets.remainingHeaders(request.principal!).catch(() => undefined);
+    app.addHook('onRequest', async (request) => {
+      if (request.principal && !request.routeOptions.config.create) request.budgetHeaders = read(request);
+    });
+    app.addHook('onSend', async (request, reply) => {
+      if (!request.principal || BUDGET_HEADERS.some((h) => reply.hasHeader(h))) return;
+      const headers = await (request.budgetHeaders ?? read(request));
       if (headers) reply.headers(headers);
     });
   },
   { name: 'budget-headers', dependencies: ['auth', 'limits', 'budgets'] },
 );
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The caller's remaining budgets, being read (see budgetHeaders). */
+    budgetHeaders: Promise<Record<string, string> | undefined> | undefined;
+  }
+}
 
 export { BUDGET_HEADERS };
