@@ -76,3 +76,8 @@ export class GatewayError extends Error {
 export function storeUnavailable(cause?: unknown, detail = 'the state store is unavailable; retry shortly'): GatewayError {
   return new GatewayError('STORE_UNAVAILABLE', detail, { cause, headers: { 'retry-after': '2' } });
 }
+
+/** A store call's `.catch`: any failure of the backing store becomes storeUnavailable(). */
+export const rethrowUnavailable = (err: unknown): never => {
+  throw storeUnavailable(err);
+};

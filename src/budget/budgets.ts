@@ -23,9 +23,6 @@ export const DIMENSIONS: readonly { name: Dimension; field: BudgetField; header:
 
 export const BUDGET_HEADERS = DIMENSIONS.map((d) => d.header);
 
-/** A token's own ceilings, over its lifetime. */
-export type TokenBudget = Partial<Record<Dimension, number>>;
-
 /** One ceiling as it applies now: whose, which store hash, and when it resets. */
 interface Scope {
   dim: (typeof DIMENSIONS)[number];

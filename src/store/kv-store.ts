@@ -1,8 +1,9 @@
 // Small shared facts that need no schema of their own (webhook secrets, receiver tokens, seen message ids, the last
 // delivery failures): a key-value contract with the few atomic steps they need, in Redis or in this process.
 import type { Redis } from 'ioredis';
-import { storeUnavailable } from '../errors.js';
+import { rethrowUnavailable } from '../errors.js';
 import { BoundedMap } from '../lib/bounded-map.js';
+import { keys } from './keys.js';
 
 export interface KvStore {
   get(key: string): Promise<string | null>;
@@ -15,9 +16,6 @@ export interface KvStore {
   list(key: string): Promise<string[]>;
 }
 
-const unavailable = (err: unknown): never => {
-  throw storeUnavailable(err);
-};
 
 export class RedisKvStore implements KvStore {
   readonly #client: Redis;
@@ -27,24 +25,24 @@ export class RedisKvStore implements KvStore {
   }
 
   async get(key: string) {
-    return this.#client.get(`kv:${key}`).catch(unavailable);
+    return this.#client.get(keys.kv(key)).catch(rethrowUnavailable);
   }
 
   async set(key: string, value: string, ttlMs?: number) {
-    await (ttlMs ? this.#client.set(`kv:${key}`, value, 'PX', ttlMs) : this.#client.set(`kv:${key}`, value)).catch(unavailable);
+    await (ttlMs ? this.#client.set(keys.kv(key), value, 'PX', ttlMs) : this.#client.set(keys.kv(key), value)).catch(rethrowUnavailable);
   }
 
   async setIfAbsent(key: string, value: string, ttlMs?: number) {
-    const r = await (ttlMs ? this.#client.set(`kv:${key}`, value, 'PX', ttlMs, 'NX') : this.#client.set(`kv:${key}`, value, 'NX')).catch(unavailable);
+    const r = await (ttlMs ? this.#client.set(keys.kv(key), value, 'PX', ttlMs, 'NX') : this.#client.set(keys.kv(key), value, 'NX')).catch(rethrowUnavailable);
     return r === 'OK';
   }
 
   async pushCapped(key: string, value: string, max: number, ttlMs: number) {
-    await this.#client.multi().lpush(`kv:${key}`, value).ltrim(`kv:${key}`, 0, max - 1).pexpire(`kv:${key}`, ttlMs).exec().catch(unavailable);
+    await this.#client.multi().lpush(keys.kv(key), value).ltrim(keys.kv(key), 0, max - 1).pexpire(keys.kv(key), ttlMs).exec().catch(rethrowUnavailable);
   }
 
   async list(key: string) {
-    return this.#client.lrange(`kv:${key}`, 0, -1).catch(unavailable);
+    return this.#client.lrange(keys.kv(key), 0, -1).catch(rethrowUnavailable);
   }
 }
 

@@ -20,6 +20,11 @@ const afterColon = (rest: string) => {
   const i = rest.indexOf(':');
   return i < 0 ? undefined : ([rest.slice(0, i), rest.slice(i + 1)] as const);
 };
+/** A rename of `<tenant>:<rest>` names into `make(tenant, rest)`. */
+const split = (make: (tenant: string, rest: string) => string) => async (name: string) => {
+  const p = afterColon(name);
+  return p && make(p[0], p[1]);
+};
 const RULES: Rule[] = [
   { kind: 'owners', match: 'own:*', rename: async (id) => keys.owner(id), merge: 'keep-newer' },
   { kind: 'create records', match: 'rec:*', rename: async (id) => keys.record(id), merge: 'keep-newer' },
@@ -38,20 +43,14 @@ const RULES: Rule[] = [
   {
     kind: 'usage days',
     match: 'usage:*',
-    rename: async (rest) => {
-      const p = afterColon(rest);
-      return p && keys.usage(p[0], p[1]);
-    },
+    rename: split(keys.usage),
     merge: 'hash-add',
   },
   { kind: 'idempotency records', match: 'idem:*', rename: async (rest) => (rest.includes(':') ? keys.idem(rest) : undefined), merge: 'keep-newer' },
   {
     kind: 'tenant budgets (spent only)',
     match: 'bud:t:*',
-    rename: async (rest) => {
-      const p = afterColon(rest);
-      return p && keys.budgetTenant(p[0], p[1]);
-    },
+    rename: split(keys.budgetTenant),
     merge: 'hash-spent',
   },
   { kind: 'files', match: 'file:*', rename: async (id) => keys.file(id), merge: 'keep-newer' },

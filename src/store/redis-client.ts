@@ -96,6 +96,3 @@ export function createBullConnection(target: RedisTarget | string, onError: (err
 export function bullPrefix(target: RedisTarget | string, keyPrefix: string): string {
   return asTarget(target).mode === 'cluster' ? `{${keyPrefix}bull}` : `${keyPrefix}bull`;
 }
-
-/** True once the client can take commands (a Cluster's status is the same field). */
-export const isReady = (client: Redis) => client.status === 'ready';

@@ -5,7 +5,7 @@
 // tenant's quota (claims the size), then the file. A failure between them leaves a size counted for a file that is
 // not there, until that file's expiry; it can only make the quota stricter, never looser.
 import type { Redis } from 'ioredis';
-import { storeUnavailable } from '../errors.js';
+import { rethrowUnavailable } from '../errors.js';
 import type { FileMeta, FilePage, FileStore } from './file-store.js';
 import { keys } from './keys.js';
 
@@ -46,9 +46,6 @@ type ScriptedRedis = Redis & {
   fgwFileDelete(...args: string[]): Promise<number>;
 };
 
-const unavailable = (err: unknown): never => {
-  throw storeUnavailable(err);
-};
 
 const parseMeta = (json: string | Buffer | null | undefined): FileMeta | null => {
   if (!json) return null;
@@ -72,27 +69,27 @@ export class RedisFileStore implements FileStore {
     const ttl = Math.max(1, meta.expiresAt - now);
     const used = await this.#client
       .fgwFileQuota(keys.files(meta.tenant), keys.fileSizes(meta.tenant), meta.id, meta.createdAt, meta.size, quotaBytes, now, meta.expiresAt, ttl)
-      .catch(unavailable);
+      .catch(rethrowUnavailable);
     if (used >= 0) return { stored: false as const, usedBytes: used };
     // One key: a MULTI is slot-safe.
-    await this.#client.multi().hset(keys.file(meta.id), 'meta', JSON.stringify(meta), 'data', bytes).pexpire(keys.file(meta.id), ttl).exec().catch(unavailable);
+    await this.#client.multi().hset(keys.file(meta.id), 'meta', JSON.stringify(meta), 'data', bytes).pexpire(keys.file(meta.id), ttl).exec().catch(rethrowUnavailable);
     return { stored: true as const };
   }
 
   async meta(id: string) {
-    return parseMeta(await this.#client.hget(keys.file(id), 'meta').catch(unavailable));
+    return parseMeta(await this.#client.hget(keys.file(id), 'meta').catch(rethrowUnavailable));
   }
 
   async content(id: string) {
-    const [meta, data] = await this.#client.hmgetBuffer(keys.file(id), 'meta', 'data').catch(unavailable);
+    const [meta, data] = await this.#client.hmgetBuffer(keys.file(id), 'meta', 'data').catch(rethrowUnavailable);
     const m = parseMeta(meta);
     return m && data ? { meta: m, bytes: data } : null;
   }
 
   async delete(id: string, tenant: string) {
-    if ((await this.#client.fgwFileDelete(keys.file(id), tenant).catch(unavailable)) !== 1) return false;
+    if ((await this.#client.fgwFileDelete(keys.file(id), tenant).catch(rethrowUnavailable)) !== 1) return false;
     // Both keys are the tenant's (one slot). Lost in a failure, the entries only count until the file's expiry.
-    await this.#client.multi().zrem(keys.files(tenant), id).hdel(keys.fileSizes(tenant), id).exec().catch(unavailable);
+    await this.#client.multi().zrem(keys.files(tenant), id).hdel(keys.fileSizes(tenant), id).exec().catch(rethrowUnavailable);
     return true;
   }
 
@@ -101,12 +98,12 @@ export class RedisFileStore implements FileStore {
     let before = q.before === undefined ? '+inf' : `(${q.before}`;
     // Ids whose file expired stay in the index until the next upload prunes it: skip them and read on.
     for (let round = 0; round < 5; round++) {
-      const ids = await this.#client.zrevrangebyscore(keys.files(tenant), before, '-inf', 'WITHSCORES', 'LIMIT', 0, q.limit + 1).catch(unavailable);
+      const ids = await this.#client.zrevrangebyscore(keys.files(tenant), before, '-inf', 'WITHSCORES', 'LIMIT', 0, q.limit + 1).catch(rethrowUnavailable);
       if (ids.length === 0) return { files, hasMore: false };
       // One HGET each (every file is its own slot); auto-pipelining sends them together.
       const reads: Promise<string | null>[] = [];
       for (let i = 0; i < ids.length; i += 2) reads.push(this.#client.hget(keys.file(ids[i]!), 'meta'));
-      const metas = await Promise.all(reads).catch(unavailable);
+      const metas = await Promise.all(reads).catch(rethrowUnavailable);
       for (const json of metas) {
         const m = parseMeta(json);
         if (!m) continue;

@@ -2,7 +2,7 @@
 // never interleave between a check and an update; each script touches one hash slot (src/store/keys.ts), so the same
 // code runs on one Redis, behind Sentinel and on a Cluster.
 import { Redis } from 'ioredis';
-import { storeUnavailable } from '../errors.js';
+import { rethrowUnavailable } from '../errors.js';
 import type { BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
 import { keys } from './keys.js';
 import { USAGE_TTL_SECONDS } from './store.js';
@@ -235,10 +235,6 @@ interface ScriptedRedis extends Redis {
   fgwSettle(...args: (string | number)[]): Promise<number>;
 }
 
-/** Every Redis failure becomes one 503 the client can act on; the cause stays for the log. */
-function unavailable(err: unknown): never {
-  throw storeUnavailable(err);
-}
 
 /** How long a write waits for REDIS_WAIT_REPLICAS replicas to confirm it (then it goes on: see README). */
 const WAIT_MS = 500;
@@ -290,13 +286,13 @@ export class RedisStore implements Store {
   /** Waits (a moment at most) until the configured replicas hold what this connection wrote. */
   async #replicated(): Promise<void> {
     if (this.#waitReplicas === 0 || Date.now() < this.#waitSkippedUntil) return;
-    const acked = Number(await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(unavailable));
+    const acked = Number(await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(rethrowUnavailable));
     // Fewer replicas than asked (the primary lost its replica): do not stall every write by WAIT_MS meanwhile.
     if (acked < this.#waitReplicas) this.#waitSkippedUntil = Date.now() + WAIT_BACKOFF_MS;
   }
 
   async lookup(id: string) {
-    const [owner, terminal] = await this.#client.mget(keys.owner(id), keys.terminal(id)).catch(unavailable);
+    const [owner, terminal] = await this.#client.mget(keys.owner(id), keys.terminal(id)).catch(rethrowUnavailable);
     return { owner: owner ?? null, terminal: terminal ?? null };
   }
 
@@ -317,18 +313,18 @@ export class RedisStore implements Store {
     ];
     if (!this.#stepwise) {
       const cacheTtl = r.terminal ? this.#opts.cacheTtlSeconds : '';
-      const written = await this.#client.fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...claimArgs, ...tenantArgs, cacheTtl).catch(unavailable);
+      const written = await this.#client.fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...claimArgs, ...tenantArgs, cacheTtl).catch(rethrowUnavailable);
       if (Number(written) !== 1) return false;
       await this.#replicated();
       return true;
     }
     // Step 1, the prediction's slot: the owner (only if absent) and the create-time record.
-    if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(unavailable)) !== 1) return false;
+    if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(rethrowUnavailable)) !== 1) return false;
     // Step 2, the tenant's slot: index, usage, the budget binding and settling, the idempotency record.
-    await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(unavailable);
+    await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(rethrowUnavailable);
     // Step 3, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
     // miss (the next GET fetches and caches it, and the usage marker keeps it counted once).
-    if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
+    if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
     return true;
   }
 
@@ -339,13 +335,13 @@ export class RedisStore implements Store {
     ] as const;
     if (!this.#stepwise) {
       const [k1, k2, k3, k4, ...args] = counted;
-      await this.#client.fgwRecordTerminalAndCache(k1, k2, k3, k4, keys.terminal(rec.id), ...args, rec.json, this.#opts.cacheTtlSeconds).catch(unavailable);
+      await this.#client.fgwRecordTerminalAndCache(k1, k2, k3, k4, keys.terminal(rec.id), ...args, rec.json, this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
       await this.#replicated();
       return;
     }
     // The usage once and the budget settle on the tenant's slot, then the cache on the prediction's (see README).
-    await this.#client.fgwRecordTerminal(...counted).catch(unavailable);
-    await this.#client.set(keys.terminal(rec.id), rec.json, 'EX', this.#opts.cacheTtlSeconds).catch(unavailable);
+    await this.#client.fgwRecordTerminal(...counted).catch(rethrowUnavailable);
+    await this.#client.set(keys.terminal(rec.id), rec.json, 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
   }
 
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
@@ -353,10 +349,10 @@ export class RedisStore implements Store {
     const n = q.limit + 1;
     let flat: string[];
     if (q.after !== undefined) {
-      flat = await this.#client.zrangebyscore(key, `(${q.after}`, '+inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+      flat = await this.#client.zrangebyscore(key, `(${q.after}`, '+inf', 'WITHSCORES', 'LIMIT', 0, n).catch(rethrowUnavailable);
     } else {
       const max = q.before !== undefined ? `(${q.before}` : '+inf';
-      flat = await this.#client.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, n).catch(unavailable);
+      flat = await this.#client.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, n).catch(rethrowUnavailable);
     }
     let pairs: { id: string; score: number }[] = [];
     for (let i = 0; i < flat.length; i += 2) pairs.push({ id: flat[i]!, score: Number(flat[i + 1]) });
@@ -365,7 +361,7 @@ export class RedisStore implements Store {
     if (q.after !== undefined) pairs.reverse();
     if (pairs.length === 0) return { entries: [], hasMore: false };
     // One MGET per prediction (its two keys share a slot); auto-pipelining sends them together, per node.
-    const values = await Promise.all(pairs.map((p) => this.#client.mget(keys.terminal(p.id), keys.record(p.id)))).catch(unavailable);
+    const values = await Promise.all(pairs.map((p) => this.#client.mget(keys.terminal(p.id), keys.record(p.id)))).catch(rethrowUnavailable);
     const entries: IndexEntry[] = [];
     const expired: string[] = [];
     pairs.forEach((p, i) => {
@@ -380,40 +376,40 @@ export class RedisStore implements Store {
 
   async idemBegin(key: string, fingerprint: string, leaseMs: number, holder: string): Promise<IdempotencyRecord | null> {
     const pending: IdempotencyRecord = { state: 'pending', fingerprint, holder };
-    const existing = await this.#client.fgwIdemBegin(keys.idem(key), JSON.stringify(pending), leaseMs, holder).catch(unavailable);
+    const existing = await this.#client.fgwIdemBegin(keys.idem(key), JSON.stringify(pending), leaseMs, holder).catch(rethrowUnavailable);
     return existing ? (JSON.parse(existing) as IdempotencyRecord) : null;
   }
 
   async idemGet(key: string): Promise<IdempotencyRecord | null> {
-    const v = await this.#client.get(keys.idem(key)).catch(unavailable);
+    const v = await this.#client.get(keys.idem(key)).catch(rethrowUnavailable);
     return v ? (JSON.parse(v) as IdempotencyRecord) : null;
   }
 
   async idemComplete(key: string, rec: IdempotencyRecord, ttlSeconds: number): Promise<void> {
-    await this.#client.set(keys.idem(key), JSON.stringify(rec), 'EX', ttlSeconds).catch(unavailable);
+    await this.#client.set(keys.idem(key), JSON.stringify(rec), 'EX', ttlSeconds).catch(rethrowUnavailable);
     await this.#replicated();
   }
 
   async idemRelease(key: string): Promise<void> {
-    await this.#client.del(keys.idem(key)).catch(unavailable);
+    await this.#client.del(keys.idem(key)).catch(rethrowUnavailable);
   }
 
   async versionModel(version: string): Promise<string | null> {
-    return (await this.#client.get(keys.version(version)).catch(unavailable)) ?? null;
+    return (await this.#client.get(keys.version(version)).catch(rethrowUnavailable)) ?? null;
   }
 
   async learnVersions(pairs: readonly (readonly [string, string])[]): Promise<void> {
     if (!pairs.length) return;
     // Each version is its own key (and slot): independent SETs, not one MULTI (which a Cluster refuses across slots).
-    await Promise.all(pairs.map(([v, model]) => this.#client.set(keys.version(v), model, 'EX', USAGE_TTL_SECONDS, 'NX'))).catch(unavailable);
+    await Promise.all(pairs.map(([v, model]) => this.#client.set(keys.version(v), model, 'EX', USAGE_TTL_SECONDS, 'NX'))).catch(rethrowUnavailable);
   }
 
   async incrCounter(key: string, ttlMs: number): Promise<number> {
-    return Number(await this.#client.fgwIncr(keys.counter(key), ttlMs).catch(unavailable));
+    return Number(await this.#client.fgwIncr(keys.counter(key), ttlMs).catch(rethrowUnavailable));
   }
 
   async usageGet(tenant: string, days: string[]): Promise<Record<string, UsageDay>> {
-    const results = await Promise.all(days.map((day) => this.#client.hgetall(keys.usage(tenant, day)))).catch(unavailable);
+    const results = await Promise.all(days.map((day) => this.#client.hgetall(keys.usage(tenant, day)))).catch(rethrowUnavailable);
     const out: Record<string, UsageDay> = {};
     results.forEach((h, i) => {
       if (h && Object.keys(h).length) {
@@ -435,7 +431,7 @@ export class RedisStore implements Store {
         recTtl: Math.max(1, Math.ceil((r.expiresAt - r.now) / 1000)) + 604_800,
       };
       const ks = [keys.reservation(r.tenant, r.rid), keys.reservations(r.tenant), keys.running(r.tenant), ...r.lines.map((l) => l.key)];
-      const raw = await this.#client.fgwReserve(ks.length, ...ks, r.now, JSON.stringify(spec), r.expiresAt).catch(unavailable);
+      const raw = await this.#client.fgwReserve(ks.length, ...ks, r.now, JSON.stringify(spec), r.expiresAt).catch(rethrowUnavailable);
       const parsed = JSON.parse(raw) as ReserveResult & { remaining?: unknown };
       // cjson writes an empty array as {}.
       if (parsed.ok) parsed.remaining = Array.isArray(parsed.remaining) ? parsed.remaining : [];
@@ -452,7 +448,7 @@ export class RedisStore implements Store {
         refusal = shared;
       } catch (err) {
         if (holds) await this.releaseReservation(r.tenant, r.rid).catch(() => {});
-        return unavailable(err);
+        return rethrowUnavailable(err);
       }
       if (holds) await this.releaseReservation(r.tenant, r.rid);
       return refusal;
@@ -461,23 +457,23 @@ export class RedisStore implements Store {
   }
 
   async releaseReservation(tenant: string, rid: string): Promise<void> {
-    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), '').catch(unavailable);
+    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), '').catch(rethrowUnavailable);
   }
 
   async settleReservation(tenant: string, rid: string, actual: { seconds: number; cost: number }): Promise<void> {
-    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), JSON.stringify(actual)).catch(unavailable);
+    await this.#client.fgwSettle(keys.reservation(tenant, rid), keys.reservations(tenant), JSON.stringify(actual)).catch(rethrowUnavailable);
   }
 
   async budgetGet(budgetKeys: string[]): Promise<BudgetTotals[]> {
     if (!budgetKeys.length) return [];
-    const results = await Promise.all(budgetKeys.map((k) => this.#client.hgetall(k))).catch(unavailable);
+    const results = await Promise.all(budgetKeys.map((k) => this.#client.hgetall(k))).catch(rethrowUnavailable);
     return results.map((value) => Object.fromEntries(Object.entries(value).map(([k, v]) => [k, Number(v)])));
   }
 
   async runningGet(tenants: string[]): Promise<number[]> {
     if (!tenants.length) return [];
     // One GET each: the counters are in the tenants' slots (an MGET across them would be refused by a Cluster).
-    const values = await Promise.all(tenants.map((t) => this.#client.get(keys.running(t)))).catch(unavailable);
+    const values = await Promise.all(tenants.map((t) => this.#client.get(keys.running(t)))).catch(rethrowUnavailable);
     return values.map((v) => Math.max(0, Number(v ?? 0)));
   }
 
