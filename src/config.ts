@@ -207,6 +207,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (c.REDIS_SENTINEL_NAME && !c.REDIS_SENTINELS) {
     throw new ConfigError('invalid configuration: REDIS_SENTINEL_NAME is set without REDIS_SENTINELS');
   }
+  if (c.REDIS_SENTINEL_PASSWORD && !c.REDIS_SENTINELS) {
+    throw new ConfigError('invalid configuration: REDIS_SENTINEL_PASSWORD is set without REDIS_SENTINELS');
+  }
+  // A setting that would be silently ignored is a mistake worth stopping for.
+  for (const k of ['REDIS_USERNAME', 'REDIS_PASSWORD', 'REDIS_TLS'] as const) {
+    if (!c[k]) continue;
+    if (c.REDIS_URL) throw new ConfigError(`invalid configuration: ${k} applies to REDIS_SENTINELS and REDIS_CLUSTER_NODES only; with REDIS_URL put it in the URL (redis://user:password@host, rediss:// for TLS)`);
+    if (!c.REDIS_SENTINELS && !c.REDIS_CLUSTER_NODES) throw new ConfigError(`invalid configuration: ${k} is set but no Redis is (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES)`);
+  }
   if (c.UPSTREAM_MAX_BODY_BYTES !== undefined && c.UPSTREAM_MAX_BODY_BYTES <= c.BODY_LIMIT_BYTES) {
     throw new ConfigError('invalid configuration: UPSTREAM_MAX_BODY_BYTES must be larger than BODY_LIMIT_BYTES (a prediction echoes its input)');
   }

@@ -43,6 +43,9 @@ describe('loadConfig', () => {
     [{ REDIS_URL: 'redis://r:6379', REDIS_SENTINELS: 's1:26379', REDIS_SENTINEL_NAME: 'm' }, /REDIS_URL and REDIS_SENTINELS are both set/],
     [{ REDIS_SENTINELS: 's1:26379', REDIS_CLUSTER_NODES: 'c1:6379' }, /REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set/],
     [{ REDIS_SENTINELS: 's1:26379' }, /REDIS_SENTINELS needs REDIS_SENTINEL_NAME/],
+    [{ REDIS_URL: 'redis://r:6379', REDIS_PASSWORD: 'pw' }, /REDIS_PASSWORD applies to REDIS_SENTINELS and REDIS_CLUSTER_NODES only; with REDIS_URL put it in the URL/],
+    [{ REDIS_TLS: 'true' }, /REDIS_TLS is set but no Redis is/],
+    [{ REDIS_CLUSTER_NODES: 'c1:7000', REDIS_SENTINEL_PASSWORD: 'spw' }, /REDIS_SENTINEL_PASSWORD is set without REDIS_SENTINELS/],
     [{ REDIS_CLUSTER_NODES: 'c1:6379,c2' }, /REDIS_CLUSTER_NODES must be a comma-separated list of host:port/],
     [{ REDIS_KEY_PREFIX: '{fgw}:' }, /REDIS_KEY_PREFIX must not contain \{ or \}/],
   ])('names the variable for %o', (env, message) => {
