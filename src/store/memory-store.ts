@@ -30,6 +30,8 @@ export class MemoryStore implements Store {
   readonly #running = new Map<string, number>();
   readonly #share: BoundedMap<Record<string, number>>;
   readonly #reservations = new Map<string, Reservation>();
+  /** The earliest expiry among the reservations: a create sweeps them only when one is due, not on every call. */
+  #nextExpiry = Infinity;
 
   constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
     this.#opts = opts;
@@ -161,7 +163,13 @@ export class MemoryStore implements Store {
   }
 
   async reserve(r: ReserveRequest): Promise<ReserveResult> {
-    for (const [k, v] of this.#reservations) if (v.expiresAt <= r.now) this.#release(k, undefined);
+    if (r.now >= this.#nextExpiry) {
+      this.#nextExpiry = Infinity;
+      for (const [k, v] of this.#reservations) {
+        if (v.expiresAt <= r.now) this.#release(k, undefined);
+        else this.#nextExpiry = Math.min(this.#nextExpiry, v.expiresAt);
+      }
+    }
     const remaining: number[] = [];
     for (const [i, l] of r.lines.entries()) {
       const h = this.#budgets.get(l.key) ?? {};
@@ -198,6 +206,7 @@ export class MemoryStore implements Store {
         run: r.running?.tenant,
         expiresAt: r.expiresAt,
       });
+      this.#nextExpiry = Math.min(this.#nextExpiry, r.expiresAt);
     }
     return { ok: true, remaining, running: running + (r.running ? 1 : 0) };
   }
@@ -239,6 +248,7 @@ export class MemoryStore implements Store {
       l.committed = true;
     }
     this.#reservations.set(`p:${id}`, { ...rec, expiresAt });
+    this.#nextExpiry = Math.min(this.#nextExpiry, expiresAt);
   }
 
   /** Release (no `actual`) or settle a reservation; the first call deletes it, so a second one does nothing. */
