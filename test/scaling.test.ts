@@ -160,6 +160,18 @@ describe('Redis Sentinel: a failover under traffic', () => {
           await sleep(1000);
           await group.killPrimary();
           const killedAt = Date.now();
+          // The background clients may all be inside creates that keep retrying their store write through the
+          // outage (by design: the upstream job exists); a new request meanwhile must be refused with 503.
+          for (let i = 0; i < 100; i++) {
+            const probe = { idem: randomUUID(), prompt: `probe ${i} while no primary`, id: undefined as string | undefined };
+            during.push(probe);
+            const r = await create(gw.url, k, probe.prompt, probe.idem).catch(() => undefined);
+            if (!r) break;
+            note(r);
+            if (r.status === 201) probe.id = r.body.id;
+            else break;
+            await sleep(50);
+          }
           await group.untilPromoted();
           const promotedAfterMs = Date.now() - killedAt;
           // Until the gateway serves again, and then some more.
