@@ -5,6 +5,7 @@ import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
 import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
+import type { PubSub } from './store/pubsub.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
 import type { OpsStats } from './dashboard/stats.js';
@@ -35,6 +36,8 @@ declare module 'fastify' {
     files: FileStore;
     /** Small shared facts: webhook secrets and receivers, delivery failures. */
     kv: KvStore;
+    /** Messages to every replica (src/store/pubsub.ts). */
+    pubsub: PubSub;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;

@@ -6,6 +6,7 @@ import type { FileStore } from './file-store.js';
 import { type KvStore, MemoryKvStore, RedisKvStore } from './kv-store.js';
 import { MemoryFileStore } from './memory-file-store.js';
 import { MemoryStore } from './memory-store.js';
+import { MemoryPubSub, type PubSub, RedisPubSub } from './pubsub.js';
 import { leasedRedisStore } from './rate-limit-store.js';
 import { RedisFileStore } from './redis-file-store.js';
 import { createRedisClient, redisTarget } from './redis-client.js';
@@ -20,6 +21,8 @@ export interface State {
   files: FileStore;
   /** Small shared facts (webhook secrets and receivers, delivery failures). */
   kv: KvStore;
+  /** Messages to every replica: invalidations, a prediction's changes. */
+  pubsub: PubSub;
   /** A store class for @fastify/rate-limit's `store` option; undefined: its own in-process LocalStore. */
   rateLimitStore?: ReturnType<typeof leasedRedisStore>;
 }
@@ -32,6 +35,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
       store: new MemoryStore({ ...opts, maxEntries: config.MEMORY_STORE_MAX_ENTRIES, maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       files: new MemoryFileStore({ maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       kv: new MemoryKvStore(),
+      pubsub: new MemoryPubSub(),
     };
   }
   const client = createRedisClient(target, config.REDIS_KEY_PREFIX, onRedisEvent);
@@ -41,6 +45,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
     store: new RedisStore(client, opts, true, waitReplicas),
     files: new RedisFileStore(client),
     kv: new RedisKvStore(client),
+    pubsub: new RedisPubSub(client, config.REDIS_KEY_PREFIX),
     rateLimitStore: leasedRedisStore(client, config.RATE_LIMIT_LEASE_MAX),
   };
 }

@@ -20,10 +20,12 @@ export default fp<{ state?: State }>(
     app.decorate('store', state.store);
     app.decorate('files', state.files);
     app.decorate('kv', state.kv);
+    app.decorate('pubsub', state.pubsub);
     app.decorate('rateLimitStore', state.rateLimitStore);
     if (!opts.state) {
       app.addHook('onClose', async () => {
         closing = true;
+        await state.pubsub.close();
         await state.store.close();
       });
     }
