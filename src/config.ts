@@ -147,6 +147,14 @@ export const ConfigSchema = z.object({
   ACCESS_LOG: bool.default(true),
   TRUST_PROXY: bool.default(false),
   PREDICTION_TTL_SECONDS: int(60, 10 * 365 * 86400).default(30 * 86400),
+  // A prediction's life after its create (src/lifecycle/): the watcher looks WATCH_MIN_MS after the create, then at
+  // intervals that double with its age up to WATCH_MAX_MS, within UPSTREAM_WATCH_READS_PER_MINUTE upstream reads
+  // across all replicas; one still open after PREDICTION_MAX_OPEN_SECONDS is canceled and settled as expired.
+  WATCH_MIN_MS: int(10, 3_600_000).default(1000),
+  WATCH_MAX_MS: int(10, 3_600_000).default(30_000),
+  UPSTREAM_WATCH_READS_PER_MINUTE: int(1, 1_000_000).default(1500),
+  // Default: a day, or PREDICTION_TTL_SECONDS when that is shorter.
+  PREDICTION_MAX_OPEN_SECONDS: int(1, 365 * 86400).optional(),
   CACHE_TTL_SECONDS: int(1, 365 * 86400).default(86400),
   MEMORY_STORE_MAX_ENTRIES: int(100, 100_000_000).default(100_000),
   MEMORY_STORE_MAX_BYTES: int(1024 * 1024, 1024 ** 4).default(256 * 1024 * 1024),
@@ -176,7 +184,7 @@ export const ConfigSchema = z.object({
 });
 
 type Parsed = z.output<typeof ConfigSchema>;
-export type Config = Readonly<Parsed & { UPSTREAM_TENANT_MAX_CONCURRENCY: number; UPSTREAM_MAX_BODY_BYTES: number }>;
+export type Config = Readonly<Parsed & { UPSTREAM_TENANT_MAX_CONCURRENCY: number; UPSTREAM_MAX_BODY_BYTES: number; PREDICTION_MAX_OPEN_SECONDS: number }>;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -231,12 +239,19 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (c.WEBHOOK_POLL_MAX_MS < c.WEBHOOK_POLL_MIN_MS) {
     throw new ConfigError('invalid configuration: WEBHOOK_POLL_MAX_MS must be at least WEBHOOK_POLL_MIN_MS');
   }
+  if (c.WATCH_MAX_MS < c.WATCH_MIN_MS) {
+    throw new ConfigError('invalid configuration: WATCH_MAX_MS must be at least WATCH_MIN_MS');
+  }
+  if (c.PREDICTION_MAX_OPEN_SECONDS !== undefined && c.PREDICTION_MAX_OPEN_SECONDS > c.PREDICTION_TTL_SECONDS) {
+    throw new ConfigError('invalid configuration: PREDICTION_MAX_OPEN_SECONDS must be at most PREDICTION_TTL_SECONDS (a prediction is followed only while its records last)');
+  }
   if (c.UPSTREAM_TENANT_MAX_CONCURRENCY !== undefined && c.UPSTREAM_TENANT_MAX_CONCURRENCY > c.UPSTREAM_CONNECTIONS) {
     throw new ConfigError('invalid configuration: UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS');
   }
   return Object.freeze({
     ...c,
     UPSTREAM_TENANT_MAX_CONCURRENCY: c.UPSTREAM_TENANT_MAX_CONCURRENCY ?? Math.max(1, Math.floor(c.UPSTREAM_CONNECTIONS / 2)),
+    PREDICTION_MAX_OPEN_SECONDS: c.PREDICTION_MAX_OPEN_SECONDS ?? Math.min(86_400, c.PREDICTION_TTL_SECONDS),
     // A prediction echoes its input, and with data: URI delivery that input carries the inlined files (base64: 4/3).
     UPSTREAM_MAX_BODY_BYTES:
       c.UPSTREAM_MAX_BODY_BYTES ??

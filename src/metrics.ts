@@ -51,6 +51,54 @@ export class Metrics {
     labelNames: ['tenant', 'outcome'] as const,
     registers: [this.registry],
   });
+  readonly settled = new Counter({
+    name: 'fgw_predictions_settled_total',
+    help: 'Predictions the gateway saw end (each once across replicas), by outcome (the terminal status)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly settlementLag = new Histogram({
+    name: 'fgw_settlement_lag_seconds',
+    help: 'From a prediction\'s completed_at upstream to the gateway having settled it (budget, slot, usage, list, webhook)',
+    buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 900],
+    registers: [this.registry],
+  });
+  readonly expired = new Counter({
+    name: 'fgw_predictions_expired_total',
+    help: 'Open predictions the gateway gave up on and settled as expired, by reason (max-open, gone)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly watchReads = new Counter({
+    name: 'fgw_watch_reads_total',
+    help: 'Upstream reads made by the watcher of open predictions in this process, by outcome (ok, not-found, error)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  #openSource: (() => Promise<{ open: number; oldestDue: number | null }>) | undefined;
+  readonly openPredictions = new Gauge({
+    name: 'fgw_open_predictions',
+    help: 'Predictions created and not yet seen ending, across every replica (the watcher follows them)',
+    registers: [this.registry],
+    collect: async () => {
+      const s = await this.#openSource?.().catch(() => undefined);
+      if (s) {
+        this.openPredictions.set(s.open);
+        this.watchBacklog.set(s.oldestDue === null ? 0 : Math.max(0, Date.now() - s.oldestDue) / 1000);
+      }
+    },
+  });
+  readonly watchBacklog = new Gauge({
+    name: 'fgw_watch_backlog_seconds',
+    help: 'How long the most overdue open prediction has waited for its look (above a few seconds: the read budget is the limit)',
+    registers: [this.registry],
+  });
+
+  /** Where the open-set gauges come from (src/lifecycle/). */
+  watchOpen(source: () => Promise<{ open: number; oldestDue: number | null }>): void {
+    this.#openSource = source;
+  }
+
   readonly storeErrors = new Counter({
     name: 'fgw_store_errors_total',
     help: 'Requests that failed because the state store was unavailable',

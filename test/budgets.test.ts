@@ -288,21 +288,21 @@ describe('reserve, then settle', () => {
     expect(u.running.count).toBe(0);
   });
 
-  it('settles a create answered terminal (Prefer: wait) in the create\'s own store write, and list refreshes settle too', async () => {
+  it('settles a create answered terminal (Prefer: wait) in the create\'s own store write, and the watcher settles the others', async () => {
     const gw = await gateway(tenants);
     const k = key('sec');
     const r = await call(gw.url, 'POST', PER_SECOND, { key: k, body: { input: { prompt: 'x', duration_ms: 200 } }, headers: { prefer: 'wait=5' } });
     expect(r.body.status).toBe('succeeded');
     let u = await usage(gw.url, k);
     expect(u.budget.predictTimeSeconds).toMatchObject({ spent: r.body.metrics.predict_time, reserved: 0 });
-    // Nobody polls this one; the list refresh sees it end.
+    // Nobody polls or lists this one: the watcher sees it end.
     const quiet = await create(gw.url, k, { prompt: 'x', duration_ms: 200 }, PER_SECOND);
-    await new Promise((res) => setTimeout(res, 300));
-    const list = await call(gw.url, 'GET', '/replicate/v1/predictions', { key: k });
-    expect(list.body.results.find((p: { id: string }) => p.id === quiet.body.id).status).toBe('succeeded');
+    await waitFor(async () => (await usage(gw.url, k)).running.count === 0, 10_000, 'the watcher to settle it');
     u = await usage(gw.url, k);
     expect(u.budget.predictTimeSeconds.reserved).toBe(0);
-    expect(u.running.count).toBe(0);
+    const list = await call(gw.url, 'GET', '/replicate/v1/predictions', { key: k });
+    expect(list.body.results.find((p: { id: string }) => p.id === quiet.body.id).status).toBe('succeeded');
+    expect(upstreamCalls(s.sim, new RegExp(`/predictions/${quiet.body.id}$`)).filter((r) => r.method === 'GET')).toHaveLength(1);
   });
 });
 
@@ -326,17 +326,17 @@ describe('periods and the clock', () => {
     expect((await usage(gw.url, k)).budget.creates).toMatchObject({ period_key: '2026-02', spent: 1, resets_at: '2026-03-01T00:00:00.000Z' });
   });
 
-  it('releases a reservation nobody saw end after PREDICTION_TTL_SECONDS', async () => {
+  it('releases a reservation nobody could settle a minute after PREDICTION_MAX_OPEN_SECONDS', async () => {
     let now = Date.now();
     const gw = await gateway(
       [{ id: 'ttl', keys: [key('ttl')], rateLimit: lots, maxRunning: 1, budget: { predictTimeSeconds: { max: 100, period: 'month' } } }],
-      { PREDICTION_TTL_SECONDS: '60' },
+      { PREDICTION_MAX_OPEN_SECONDS: '60' },
       () => now,
     );
     const k = key('ttl');
     expect((await create(gw.url, k, { prompt: 'x', duration_ms: 600_000 })).status).toBe(201);
     expect((await create(gw.url, k)).status).toBe(429);
-    now += 61_000;
+    now += 121_000;
     // The next create sweeps the expired reservation first, so it fits.
     expect((await create(gw.url, k, { prompt: 'x', duration_ms: 600_000 })).status).toBe(201);
     const u = await usage(gw.url, k);
@@ -401,11 +401,11 @@ describe('running-job limit', () => {
     expect((await usage(gw.url, k)).running).toEqual({ count: 2, max: 2 });
   });
 
-  it('at the cap, first asks after predictions that ended unseen (webhook users seldom poll), which frees their slots', async () => {
+  it('frees the slot of a prediction that ended unseen (webhook users seldom poll) without anyone asking', async () => {
     const gw = await gateway([{ id: 'hooks', keys: [key('hooks')], rateLimit: lots, maxRunning: 1, budget: { predictTimeSeconds: { max: 100, period: 'day' } } }]);
     const k = key('hooks');
     const first = await create(gw.url, k, { prompt: 'x', duration_ms: 200 });
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor(async () => (await usage(gw.url, k)).running.count === 0, 10_000, 'the watcher to free the slot');
     const second = await create(gw.url, k, { prompt: 'x', duration_ms: 60_000 });
     expect(second.status).toBe(201);
     const u = await usage(gw.url, k);

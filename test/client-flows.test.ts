@@ -30,35 +30,42 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
     await s.sim.close();
   });
 
-  it('lists predictions that finished unobserved with their real status, and caches them then', async () => {
+  it('lists predictions that finished unobserved with their real status, from the store alone, and caches them', async () => {
     const replicate = client(KEY_B);
     const created = await Promise.all([1, 2, 3].map((i) => replicate.predictions.create({ model: FLUX, input: { prompt: `p${i}`, duration_ms: 150 } })));
     const ids = created.map((p) => p.id);
-    // Finished at the upstream, never polled through the gateway (as with webhooks).
-    await waitFor(() => ids.every((id) => isTerminal(s.sim.predictions.get(id)!.status)), 5000, 'the upstream to finish them');
+    // Finished at the upstream, never polled through the gateway (as with webhooks): the watcher sees them end.
+    const statuses = async () => {
+      const listed = [];
+      for await (const page of replicate.paginate(replicate.predictions.list)) listed.push(...page);
+      return listed.filter((p) => ids.includes(p.id)).map((p) => p.status);
+    };
+    await waitFor(async () => (await statuses()).every((st) => st === 'succeeded'), 10_000, 'the list to show them ended');
+    s.sim.clearRequests();
     const listed = [];
     for await (const page of replicate.paginate(replicate.predictions.list)) listed.push(...page);
     const mine = listed.filter((p) => ids.includes(p.id));
     expect(mine.map((p) => p.status)).toEqual(['succeeded', 'succeeded', 'succeeded']);
     for (const p of mine) expect(p.urls.get).toBe(`${gw.url}/replicate/v1/predictions/${p.id}`);
-    // Stored when terminal: the next read is a cache hit and costs no upstream call.
-    s.sim.clearRequests();
+    // Stored when terminal: the next read is a cache hit, and neither it nor the list cost an upstream call.
     const again = await call(gw.url, 'GET', `/replicate/v1/predictions/${ids[0]}`, { key: KEY_B });
     expect(again.headers.get('x-cache')).toBe('HIT');
     expect(upstreamCalls(s.sim)).toHaveLength(0);
   });
 
-  it('lists an entry whose refresh fails as last seen, and the page still answers', async () => {
+  it('lists a prediction the gateway cannot read as last seen, and the list never asks the upstream', async () => {
     const replicate = client(KEY_B);
     const ok = await replicate.predictions.create({ model: FLUX, input: { prompt: 'ok', duration_ms: 100 } });
     const broken = await replicate.predictions.create({ model: FLUX, input: { prompt: 'broken', duration_ms: 100 } });
-    await waitFor(() => [ok.id, broken.id].every((id) => isTerminal(s.sim.predictions.get(id)!.status)), 5000, 'the upstream to finish them');
     s.sim.injectFault({ kind: 'status', status: 500 }, { match: (m, p) => m === 'GET' && p.endsWith(broken.id), times: Infinity });
     try {
-      const page = await replicate.predictions.list();
-      const byId = new Map(page.results.map((p) => [p.id, p.status]));
-      expect(byId.get(ok.id)).toBe('succeeded');
-      expect(byId.get(broken.id)).toBe('starting');
+      const byId = async () => new Map((await replicate.predictions.list()).results.map((p) => [p.id, p.status]));
+      await waitFor(async () => (await byId()).get(ok.id) === 'succeeded', 10_000, 'the watcher to see the readable one end');
+      const list = await call(gw.url, 'GET', '/replicate/v1/predictions', { key: KEY_B, headers: { 'x-request-id': 'list-broken' } });
+      expect(list.status).toBe(200);
+      expect(list.body.results.find((p: { id: string }) => p.id === broken.id).status).toBe('starting');
+      // The watcher keeps trying (its reads name it); the list itself made none.
+      expect(upstreamCalls(s.sim).filter((r) => r.headers['x-request-id'] === 'list-broken')).toHaveLength(0);
     } finally {
       s.sim.clearFaults();
     }

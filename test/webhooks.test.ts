@@ -71,6 +71,8 @@ const WEBHOOK_ENV = {
   WEBHOOK_ALLOW_PRIVATE_HOSTS: '127.0.0.1',
   WEBHOOK_POLL_MIN_MS: '50',
   WEBHOOK_POLL_MAX_MS: '200',
+  WATCH_MIN_MS: '50',
+  WATCH_MAX_MS: '200',
   WEBHOOK_RETRY_MIN_MS: '100',
 };
 
@@ -266,21 +268,6 @@ describe('webhooks and spend control', () => {
     const second = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_W, body: { input: { prompt: 'second' } } });
     expect(second.status).toBe(201);
   });
-
-  it('at the running cap, a burst of refused creates shares one refresh of the running predictions upstream', async () => {
-    const long = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_V, body: { input: { prompt: 'long', duration_ms: 8000 } } });
-    expect(long.status).toBe(201);
-    s.sim.clearRequests();
-    // Retries spaced past the poll micro-cache (POLL_CACHE_MS, 500 ms), as a client retrying its 429s would.
-    const refused = [];
-    for (let i = 0; i < 4; i++) {
-      refused.push(await call(gw.url, 'POST', MODEL_PATH, { key: KEY_V, body: { input: { prompt: 'burst' } } }));
-      await new Promise((r) => setTimeout(r, 600));
-    }
-    expect(refused.map((r) => r.status)).toEqual(Array(4).fill(429));
-    // Four 429s, one look at the running prediction (not one per refusal).
-    expect(upstreamCalls(s.sim, new RegExp(`/predictions/${long.body.id}$`)).filter((r) => r.method === 'GET').length).toBeLessThanOrEqual(1);
-  });
 });
 
 describe('one tenant\'s hanging receivers', () => {
@@ -380,6 +367,8 @@ describe('WEBHOOK_MODE=upstream: the upstream calls the gateway back', () => {
         // Polls so rare that only the receiver's hint can explain a prompt delivery.
         WEBHOOK_POLL_MIN_MS: '600000',
         WEBHOOK_POLL_MAX_MS: '600000',
+        WATCH_MIN_MS: '600000',
+        WATCH_MAX_MS: '600000',
       },
     });
   });

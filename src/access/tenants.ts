@@ -62,6 +62,8 @@ export const TenantSchema = z.strictObject({
   budget: BudgetSchema.optional(),
   /** Predictions starting or processing at once; past it a create gets 429. */
   maxRunning: z.number().int('must be a whole number').positive('must be above 0').optional(),
+  /** A prediction still running this many seconds after its create is canceled by the gateway, upstream included. */
+  maxRunSeconds: z.number().int('must be a whole number').positive('must be above 0').optional(),
   /** What every token this tenant mints may spend over its lifetime at most, and gets when it asks for no budget. */
   tokenBudget: z
     .strictObject({

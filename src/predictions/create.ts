@@ -1,14 +1,15 @@
 // Creating a prediction: idempotency, the token budget, one upstream call that is never retried, and one store
-// write that records the owner, the index, usage, the terminal cache and the idempotency record together.
+// write that records the owner, the index, usage, the idempotency record and either the end (a create that came back
+// terminal) or the prediction's entry in the open set, which the watcher follows to its end (src/lifecycle/).
 import { spendTokenCreate } from '../access/tokens.js';
 import { GatewayError, storeUnavailable } from '../errors.js';
 import { today } from '../usage/day.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
 import { PredictionBody } from './prediction.js';
-import { refreshRunning } from './paging.js';
 import { normalizePrefer } from './prefer.js';
 import { untilStored } from './store-retry.js';
+import { predictTimeOf } from '../lifecycle/lifecycle.js';
 
 export interface CreateInput {
   /** Upstream path: /models/{owner}/{name}/predictions or /predictions. */
@@ -22,16 +23,15 @@ export interface CreateInput {
   prefer?: string;
   cancelAfter?: string;
   idempotencyKey?: unknown;
+  /** The tenant's webhook for this prediction (src/webhooks/), kept with it in the open set. */
+  webhook?: string;
+  /** The upstream was given the gateway's receiver: it calls back, and polling is only the fallback. */
+  hinted?: boolean;
 }
 
 /** How deep an upstream prediction may nest: the client's own limit, plus the prediction and its `input`. */
 export const upstreamDepth = (config: { JSON_MAX_DEPTH: number }) => config.JSON_MAX_DEPTH + 2;
 
-/** The predict time an upstream prediction reports, for usage. */
-export function predictTimeOf(body: PredictionBody): number {
-  const m = body.prediction.metrics as { predict_time?: unknown } | undefined;
-  return typeof m?.predict_time === 'number' && Number.isFinite(m.predict_time) ? m.predict_time : 0;
-}
 
 export async function createPrediction(deps: PredictionDeps, caller: Caller, input: CreateInput): Promise<Answer> {
   const { config, store, upstream, metrics, facts } = deps;
@@ -56,19 +56,17 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
 
   let res;
   let reservation;
+  let body: PredictionBody;
   try {
-    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a 429.
-    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs).catch(async (err) => {
-      // At the running cap, predictions that ended unseen may hold slots: look once, then try again.
-      if (!(err instanceof GatewayError && err.code === 'RUNNING_LIMIT') || !(await refreshRunning(deps, caller))) throw err;
-      return deps.budgets.reserve(caller.principal, input.model, timeoutMs);
-    });
-    const body = input.forward ? await input.forward() : input.body;
+    // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a
+    // 429. Running slots are freed by the watcher when predictions end, whether or not anyone asks about them.
+    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs);
+    const forward = input.forward ? await input.forward() : input.body;
     await spendTokenCreate(store, caller.principal.token);
     res = await upstream.request({
       method: 'POST',
       path: input.path,
-      body,
+      body: forward,
       requestId: caller.requestId,
       tenant,
       prefer: prefer.header,
@@ -78,6 +76,8 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       observe: caller.observe,
       trace: caller.trace,
     });
+    // A 2xx that is not a prediction started nothing the gateway could ever follow: a failed create like any other.
+    body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
     // retry cannot start it a second time. Any other failure created nothing.
@@ -86,9 +86,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     if (reservation) await deps.budgets.end(reservation, timedOut);
     throw err;
   }
-  const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   const id = body.id;
+  const now = Date.now();
   deps.versions.learnFromPrediction(body.prediction);
+  // A create that came back terminal (Prefer: wait) ends in the same store step that records it.
   const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body), cost: deps.budgets.actual(body.prediction).cost } : undefined;
   // The upstream job exists now (and is paid for): a store blip must not turn it into a 503 the client retries
   // into a second job. Keep trying to record it; only if the store stays down is the job canceled.
@@ -98,13 +99,17 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       store.recordCreate({
         tenant,
         id,
-        score: Date.now() * 1000 + Math.floor(Math.random() * 1000),
+        score: now * 1000 + Math.floor(Math.random() * 1000),
         json: res.body,
         day: today(),
         terminal,
         idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
-        // Settled when anything sees the prediction end, or released after PREDICTION_TTL_SECONDS.
-        reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_TTL_SECONDS * 1000 },
+        // Settled when the gateway sees the prediction end; the watcher gives up on it (and settles it as expired)
+        // after PREDICTION_MAX_OPEN_SECONDS, and the reservation lapses a minute after that if even that failed.
+        reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_MAX_OPEN_SECONDS * 1000 + 60_000 },
+        open: terminal
+          ? undefined
+          : { due: now + (input.hinted ? config.WATCH_MAX_MS : config.WATCH_MIN_MS), meta: { tenant, createdAt: now, webhook: input.webhook, hinted: input.hinted || undefined } },
       }),
     );
   } catch (err) {
@@ -120,6 +125,9 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
   }
   facts.owners.set(id, tenant);
-  if (terminal) facts.setTerminal(id, body);
+  if (terminal) {
+    facts.setTerminal(id, body);
+    deps.lifecycle.createdTerminal(tenant, body);
+  }
   return { status: res.status, body, created: id, headers: reservation?.headers };
 }

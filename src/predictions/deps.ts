@@ -2,7 +2,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { Budgets } from '../budget/budgets.js';
 import type { Config } from '../config.js';
-import type { BoundedMap } from '../lib/bounded-map.js';
+import type { Lifecycle } from '../lifecycle/lifecycle.js';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from '../types.js';
@@ -20,9 +20,9 @@ export interface PredictionDeps {
   facts: Facts;
   poller: Poller;
   versions: VersionBook;
-  /** Per tenant, the running-cap refresh of the last few seconds (shared, so 429s never become bursts upstream). */
-  runningRefreshes: BoundedMap<Promise<number>>;
   budgets: Budgets;
+  /** Where what a read saw is reported, and the one place that decides a prediction ended. */
+  lifecycle: Lifecycle;
 }
 
 export interface Caller {

@@ -1,16 +1,15 @@
 // `app.predictions`: what every prediction use case shares in this process (the store and upstream clients, the
-// owner and terminal memory, the poll coalescer, the version book), built once so the routes, the model reads and
-// the webhook watcher all coalesce through the same poller.
+// owner and terminal memory, the poll coalescer, the version book, the lifecycle), built once so the routes, the
+// model reads, webhooks and the watcher all coalesce through the same poller and report to the same lifecycle.
+// The watcher starts when the app is ready and stops before the store closes.
 import fp from 'fastify-plugin';
-import { BoundedMap } from '../lib/bounded-map.js';
+import { Lifecycle } from '../lifecycle/lifecycle.js';
+import { Watcher } from '../lifecycle/watcher.js';
 import { VersionBook } from '../models/versions.js';
 import { upstreamDepth } from './create.js';
 import type { PredictionDeps } from './deps.js';
 import { Facts } from './facts.js';
 import { Poller } from './poller.js';
-
-/** At most one running-cap refresh per tenant and process in this long. */
-const RUNNING_REFRESH_MS = 5000;
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -20,19 +19,18 @@ declare module 'fastify' {
 
 export default fp(
   async (app) => {
-    const { config, store, upstream, metrics } = app;
-    const deps: PredictionDeps = {
-      config,
-      store,
-      upstream,
-      metrics,
-      facts: new Facts(),
-      poller: new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config)),
-      versions: new VersionBook(store, app.log),
-      budgets: app.budgets,
-      runningRefreshes: new BoundedMap({ maxEntries: 10_000, ttlMs: RUNNING_REFRESH_MS }),
-    };
+    const { config, store, upstream, metrics, budgets, pubsub, tenants } = app;
+    const facts = new Facts();
+    const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
+    const log = app.log.child({ component: 'lifecycle' });
+    const lifecycle = new Lifecycle({ config, store, budgets, facts, poller, metrics, pubsub, log });
+    const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: new VersionBook(store, app.log), budgets, lifecycle };
     app.decorate('predictions', deps);
+
+    const watcher = new Watcher({ config, store, upstream, poller, tenants, lifecycle, metrics, log });
+    metrics.watchOpen(() => store.openStats(Date.now()));
+    app.addHook('onReady', async () => watcher.start());
+    app.addHook('onClose', async () => watcher.close());
   },
-  { name: 'predictions', dependencies: ['config', 'metrics', 'store', 'upstream', 'budgets'] },
+  { name: 'predictions', dependencies: ['config', 'metrics', 'store', 'upstream', 'budgets', 'tenants'] },
 );

@@ -1,7 +1,7 @@
-// Reading a prediction (GET) and canceling it: ownership first, then the terminal cache, then the upstream.
+// Reading a prediction (GET) and canceling it: ownership first, then the terminal cache, then the upstream. What
+// the upstream answers is reported to the lifecycle (src/lifecycle/), which decides what it means.
 import { GatewayError } from '../errors.js';
-import { today } from '../usage/day.js';
-import { predictTimeOf, upstreamDepth } from './create.js';
+import { upstreamDepth } from './create.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
 import { PredictionBody, sameId } from './prediction.js';
 
@@ -31,22 +31,6 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
   return { terminal };
 }
 
-/** Caches a terminal prediction and counts its usage (once across replicas), and remembers it in this process. */
-export async function keepTerminal(deps: PredictionDeps, tenant: string, body: PredictionBody): Promise<void> {
-  if (!body.terminal) return;
-  await deps.store.recordTerminal({
-    id: body.id,
-    tenant,
-    json: body.raw,
-    status: body.prediction.status as string,
-    predictTime: predictTimeOf(body),
-    // Settles the prediction's budget reservation, if it still has one (once: a second settle finds none).
-    cost: deps.budgets.actual(body.prediction).cost,
-    day: today(),
-  });
-  deps.facts.setTerminal(body.id, body);
-}
-
 function hit(deps: PredictionDeps, body: PredictionBody): Answer {
   deps.metrics.cache.inc({ result: 'hit' });
   return { status: 200, body, cache: 'HIT' };
@@ -59,12 +43,13 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
   deps.metrics.cache.inc({ result: 'miss' });
   const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace });
   if (shared) deps.metrics.coalesced.inc();
-  if (body.terminal) {
-    deps.poller.forget(id);
-    // Only the request that fetched it stores it; those that shared the answer need not write it again.
-    if (!shared) await keepTerminal(deps, tenant, body);
+  // Only the request that fetched it reports it; those that shared the answer need not write it again. The end is
+  // awaited (the next GET must find it cached); a running state is recorded without holding the answer.
+  if (!shared) {
+    if (body.terminal) await deps.lifecycle.ended(tenant, body);
+    else deps.lifecycle.observedInBackground(tenant, body);
+    deps.versions.learnFromPrediction(body.prediction);
   }
-  if (!shared) deps.versions.learnFromPrediction(body.prediction);
   return { status: 200, body, cache: shared ? 'COALESCED' : 'MISS' };
 }
 
@@ -87,6 +72,7 @@ export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id:
     deps.poller.forget(id);
   }
   const body = sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id);
-  await keepTerminal(deps, tenant, body);
+  if (body.terminal) await deps.lifecycle.ended(tenant, body);
+  else deps.lifecycle.observedInBackground(tenant, body);
   return { status: res.status, body, cache: 'MISS' };
 }

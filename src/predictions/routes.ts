@@ -6,7 +6,7 @@ import type { FileUrlSigner } from '../files/signed-urls.js';
 import { publicBase } from '../http/base.js';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
-import { EVENTS, type EventName } from '../webhooks/webhooks.js';
+import { EVENTS, type EventName, Webhooks } from '../webhooks/webhooks.js';
 import { receiverKey, receiverToken } from '../webhooks/routes.js';
 import { createPrediction } from './create.js';
 import type { Answer, Caller } from './deps.js';
@@ -74,6 +74,7 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       forward = JSON.stringify(rest);
     }
     const bases = [base(request), `${request.protocol}://${request.host}`];
+    const spec = body.webhook !== undefined ? { url: body.webhook, events: body.webhook_events_filter, base: base(request) } : undefined;
     const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
@@ -82,16 +83,19 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       prefer: header(request, 'prefer'),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
+      webhook: spec && Webhooks.spec(spec),
+      hinted: receiver !== undefined,
     });
-    if (body.webhook !== undefined && answer.created) {
+    if (spec && answer.created) {
       const id = answer.created;
-      // The prediction exists upstream now: a store blip must not lose its webhooks, so keep trying briefly.
-      try {
+      const tenant = request.principal!.tenant.id;
+      // The prediction exists upstream now, and its answer must not wait on the webhook queue (a stalled Redis would
+      // hold it): the job starts in the background, with retries. Should it still fail, the watcher starts it at the
+      // prediction's next change (the webhook is kept in the open set), and polling covers a lost receiver link.
+      void (async () => {
         if (receiver) await untilStored(() => app.kv.set(receiverKey(receiver), id, config.PREDICTION_TTL_SECONDS * 1000));
-        await untilStored(() => webhooks.watch({ id, tenant: request.principal!.tenant.id, url: body.webhook!, events: body.webhook_events_filter, base: base(request), created: answer.body }));
-      } catch (err) {
-        request.log.error({ prediction: id, err }, 'created the prediction but could not start watching it for its webhook');
-      }
+        await untilStored(() => webhooks.watch({ id, tenant, ...spec, created: answer.body }));
+      })().catch((err: unknown) => request.log.error({ prediction: id, err }, 'created the prediction but could not start watching it for its webhook yet'));
     }
     return answer;
   }

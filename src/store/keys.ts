@@ -5,6 +5,8 @@
 //                 reservations, running count, files index and sizes
 //   {f:<id>}      an uploaded file (looked up by id)
 //   {g}           gateway-wide: the fair-share windows of UPSTREAM_CREATE_LIMIT (one slot, a few small hashes)
+//   {o}           gateway-wide: the open set (predictions not yet seen ending), their metadata, the watcher's
+//                 404 counts and its upstream read budget (one slot: the watcher's claim is one script)
 // Keys only ever used alone (versions, token counters, kv) are slot-safe whatever their name, and keep the names
 // they had before Cluster support, so an upgrade loses none of them (webhook secrets above all). The rate-limit
 // windows get a tag per window. README "Scaling" says why the create path is split across {p:} and {t:}.
@@ -15,6 +17,12 @@ export const keys = {
   owner: (id: string) => `own:${p(id)}`,
   record: (id: string) => `rec:${p(id)}`,
   terminal: (id: string) => `term:${p(id)}`,
+  /** What the watcher last wrote over the record (status rank, logs length, digest): observations only move forward. */
+  life: (id: string) => `life:${p(id)}`,
+  open: 'open:{o}',
+  openMeta: 'openm:{o}',
+  openStrikes: 'opens:{o}',
+  openReads: 'openr:{o}',
   index: (tenant: string) => `idx:${t(tenant)}`,
   seen: (tenant: string, id: string) => `seen:${t(tenant)}:${id}`,
   usage: (tenant: string, day: string) => `usage:${t(tenant)}:${day}`,

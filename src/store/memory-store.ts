@@ -1,7 +1,9 @@
 // In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL, entry count and
 // bytes (the prediction bodies, which can carry whole images as data: URIs, share MEMORY_STORE_MAX_BYTES).
 import { BoundedMap } from '../lib/bounded-map.js';
-import type { BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import type {
+  BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Observation, OpenClaim, OpenEntry, OpenMeta, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay,
+} from './store.js';
 import { USAGE_TTL_SECONDS } from './store.js';
 
 interface Reservation {
@@ -32,6 +34,10 @@ export class MemoryStore implements Store {
   readonly #reservations = new Map<string, Reservation>();
   /** The earliest expiry among the reservations: a create sweeps them only when one is due, not on every call. */
   #nextExpiry = Infinity;
+  /** The open set: every prediction created and not yet seen ending (bounded by the creates that are running). */
+  readonly #open = new Map<string, { due: number; meta: OpenMeta; strikes: number }>();
+  readonly #life: BoundedMap<{ r: number; l: number; d: string }>;
+  #reads = { window: -1, used: 0 };
 
   constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
     this.#opts = opts;
@@ -49,6 +55,7 @@ export class MemoryStore implements Store {
     this.#versions = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#budgets = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#share = new BoundedMap({ maxEntries: 16 });
+    this.#life = new BoundedMap({ maxEntries: opts.maxEntries });
   }
 
   isReady(): boolean {
@@ -76,23 +83,76 @@ export class MemoryStore implements Store {
       if (list.length > this.#maxEntries) list.length = this.#maxEntries;
       this.#addUsage(r.tenant, r.day, 'creates', 1);
     }
-    if (r.reservation) this.#bind(r.reservation.rid, r.id, r.reservation.expiresAt);
+    // One reservation per prediction: an id the tenant has already keeps its own, and this create's goes back.
+    if (r.reservation) {
+      if (owner === undefined) this.#bind(r.reservation.rid, r.id, r.reservation.expiresAt);
+      else this.#release(`r:${r.reservation.rid}`, undefined);
+    }
+    if (r.open && !this.#open.has(r.id)) this.#open.set(r.id, { due: r.open.due, meta: r.open.meta, strikes: 0 });
     if (r.terminal) this.#terminalSeen({ id: r.id, tenant: r.tenant, json: r.json, day: r.day, ...r.terminal });
     if (r.idem) this.#idem.set(r.idem.key, r.idem.record, r.idem.ttlSeconds * 1000);
     return true;
   }
 
-  async recordTerminal(rec: TerminalRecord): Promise<void> {
-    this.#terminalSeen(rec);
+  async recordTerminal(rec: TerminalRecord): Promise<boolean> {
+    return this.#terminalSeen(rec);
   }
 
-  #terminalSeen(rec: TerminalRecord): void {
-    this.#release(`p:${rec.id}`, { seconds: rec.predictTime, cost: rec.cost ?? 0 });
-    this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
-    if (this.#seen.get(rec.id)) return;
+  #terminalSeen(rec: TerminalRecord): boolean {
+    this.#release(`p:${rec.id}`, rec.spendReserved ? 'reserved' : { seconds: rec.predictTime, cost: rec.cost ?? 0 });
+    if (rec.json !== undefined) {
+      this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
+      if (this.#records.has(rec.id)) this.#records.set(rec.id, rec.json, this.#records.expiresIn(rec.id));
+      // Rank 2: a late running state (a read that started before the end) is never written over the end.
+      this.#life.set(rec.id, { r: 2, l: 0, d: '' }, this.#opts.predictionTtlSeconds * 1000);
+    }
+    this.#open.delete(rec.id);
+    if (this.#seen.get(rec.id)) return false;
     this.#seen.set(rec.id, true, this.#opts.predictionTtlSeconds * 1000);
     this.#addUsage(rec.tenant, rec.day, rec.status, 1);
     if (rec.predictTime > 0) this.#addUsage(rec.tenant, rec.day, 'predict_time', rec.predictTime);
+    return true;
+  }
+
+  async current(id: string): Promise<{ record: string | null; open: boolean }> {
+    return { record: this.#records.get(id) ?? null, open: this.#open.has(id) };
+  }
+
+  async observe(o: Observation): Promise<boolean> {
+    const last = this.#life.get(o.id);
+    if (last && (o.rank < last.r || (o.rank === last.r && o.logs < last.l) || last.d === o.digest)) return false;
+    if (!this.#records.has(o.id)) return false;
+    this.#records.set(o.id, o.json, this.#records.expiresIn(o.id));
+    this.#life.set(o.id, { r: o.rank, l: o.logs, d: o.digest }, this.#opts.predictionTtlSeconds * 1000);
+    return true;
+  }
+
+  async openClaim(c: OpenClaim): Promise<OpenEntry[]> {
+    if (this.#reads.window !== c.window) this.#reads = { window: c.window, used: 0 };
+    const n = Math.min(c.max, c.windowLimit - this.#reads.used);
+    if (n <= 0) return [];
+    const due = [...this.#open].filter(([, e]) => e.due <= c.now).sort((a, b) => a[1].due - b[1].due).slice(0, n);
+    this.#reads.used += due.length;
+    return due.map(([id, e]) => {
+      e.due = c.now + c.leaseMs;
+      return { id, strikes: e.strikes, ...e.meta };
+    });
+  }
+
+  async openSchedule(id: string, due: number, later = false): Promise<void> {
+    const e = this.#open.get(id);
+    if (e && (!later || due > e.due)) e.due = due;
+  }
+
+  async openStrike(id: string): Promise<number> {
+    const e = this.#open.get(id);
+    return e ? ++e.strikes : 0;
+  }
+
+  async openStats(now: number): Promise<{ open: number; oldestDue: number | null }> {
+    let oldest: number | null = null;
+    for (const e of this.#open.values()) if (e.due <= now && (oldest === null || e.due < oldest)) oldest = e.due;
+    return { open: this.#open.size, oldestDue: oldest };
   }
 
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {
@@ -251,15 +311,18 @@ export class MemoryStore implements Store {
     this.#nextExpiry = Math.min(this.#nextExpiry, expiresAt);
   }
 
-  /** Release (no `actual`) or settle a reservation; the first call deletes it, so a second one does nothing. */
-  #release(key: string, actual: { seconds: number; cost: number } | undefined): void {
+  /**
+   * Release (no `actual`) or settle a reservation (`reserved`: spend what it holds, the estimate of an expired
+   * prediction); the first call deletes it, so a second one does nothing.
+   */
+  #release(key: string, actual: { seconds: number; cost: number } | 'reserved' | undefined): void {
     const rec = this.#reservations.get(key);
     if (!rec) return;
     this.#reservations.delete(key);
     for (const l of rec.lines) {
       if (l.amount !== 0) this.#addBudget(l.key, `${l.field}:r`, -l.amount);
       if (!actual) continue;
-      const add = l.field === 'creates' ? (l.committed ? 0 : 1) : actual[l.field];
+      const add = l.field === 'creates' ? (l.committed ? 0 : 1) : actual === 'reserved' ? l.amount : actual[l.field];
       if (add > 0) this.#addBudget(l.key, `${l.field}:s`, add);
     }
     if (rec.run !== undefined) this.#running.set(rec.run, Math.max(0, (this.#running.get(rec.run) ?? 0) - 1));

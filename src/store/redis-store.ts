@@ -3,7 +3,10 @@
 // code runs on one Redis, behind Sentinel and on a Cluster.
 import { Redis } from 'ioredis';
 import { rethrowUnavailable } from '../errors.js';
-import type { BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay } from './store.js';
+import type {
+  BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Observation, OpenClaim, OpenEntry, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay,
+} from './store.js';
+import { parseMeta } from './store.js';
 import { keys } from './keys.js';
 import { USAGE_TTL_SECONDS } from './store.js';
 
@@ -15,6 +18,8 @@ import { USAGE_TTL_SECONDS } from './store.js';
 const BUDGET_FN = `
 -- A record outlives its expiry by a week, so the sweep (run by every reserve) finds it before Redis drops it.
 local RECORD_MARGIN = 604800
+-- actual: nil releases; a table of spent amounts settles; with \`reserved\` set, what was reserved is spent (the
+-- estimate of a prediction that expired).
 local function release(rk, zkey, actual)
   redis.call('ZREM', zkey, rk)
   local v = redis.call('GET', rk)
@@ -26,6 +31,7 @@ local function release(rk, zkey, actual)
     if a ~= 0 then redis.call('HINCRBYFLOAT', l[1], l[2] .. ':r', -a) end
     if actual then
       local add = actual[l[2]]
+      if actual.reserved then add = a end
       if l[2] == 'creates' then add = (l[4] == 1) and 0 or 1 end
       if add and add > 0 then redis.call('HINCRBYFLOAT', l[1], l[2] .. ':s', add) end
     end
@@ -59,25 +65,119 @@ end
 // under the tenant's tag), and settling its budget reservation if it still has one. The terminal body itself is
 // cached on the prediction's own tag, by a separate SET after this (see recordTerminal).
 const COUNTED_FN = `${BUDGET_FN}
-local function counted(seen, usage, predictionTtl, status, predictTime, usageTtl, rsv, rsvx, cost)
+local function counted(seen, usage, predictionTtl, status, predictTime, usageTtl, rsv, rsvx, cost, spendReserved)
+  local first = 0
   if redis.call('SET', seen, '1', 'NX', 'EX', predictionTtl) then
+    first = 1
     redis.call('HINCRBY', usage, status, 1)
     if tonumber(predictTime) > 0 then redis.call('HINCRBYFLOAT', usage, 'predict_time', predictTime) end
     redis.call('EXPIRE', usage, usageTtl)
   end
-  release(rsv, rsvx, { seconds = tonumber(predictTime), cost = tonumber(cost) })
+  release(rsv, rsvx, { seconds = tonumber(predictTime), cost = tonumber(cost), reserved = (spendReserved == '1') })
+  return first
 end
 `;
 
-// {t:} KEYS: seen, usage, reservation (by id), rsvx. ARGV: predictionTtl, status, predictTime, usageTtl, cost.
+// The open set ({o}): a sorted set of prediction ids by when each is next due, their metadata and 404 counts.
+const OPEN_FN = `
+local function enter(open, meta, id, due, m)
+  if redis.call('ZADD', open, 'NX', due, id) == 1 then redis.call('HSET', meta, id, m) end
+end
+local function leave(open, meta, strikes, id)
+  redis.call('ZREM', open, id)
+  redis.call('HDEL', meta, id)
+  redis.call('HDEL', strikes, id)
+end
+`;
+
+// {t:} KEYS: seen, usage, reservation (by id), rsvx. ARGV: predictionTtl, status, predictTime, usageTtl, cost,
+// spendReserved ('1' or ''). Returns 1 the first time the id is seen terminal.
 const RECORD_TERMINAL = `${COUNTED_FN}
-counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
+return counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5], ARGV[6])`;
+
+// {p:} KEYS: term, rec, life. ARGV: json, cacheTtl, predictionTtl. The terminal body is cached and written over the
+// create-time record (which keeps its expiry), so a list shows the end even after the cache let go of it; its rank
+// (2) keeps a late answer from a read that started before the end from writing a running state over it.
+const TERMINAL_FN = `
+local function cacheTerminal(term, rec, life, json, cacheTtl, predictionTtl)
+  redis.call('SET', term, json, 'EX', cacheTtl)
+  redis.call('SET', rec, json, 'XX', 'KEEPTTL')
+  redis.call('HSET', life, 'r', 2)
+  redis.call('EXPIRE', life, predictionTtl)
+end
+`;
+const CACHE_TERMINAL = `${TERMINAL_FN}
+cacheTerminal(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 return 1`;
 
-// Not on a Cluster: the same, then the cache, in one trip. KEYS: the four above, term. ARGV: the five, json, cacheTtl.
-const RECORD_TERMINAL_AND_CACHE = `${COUNTED_FN}
-counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5])
-redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7])
+// {o} KEYS: open, openm, opens. ARGV: id.
+const OPEN_LEAVE = `${OPEN_FN}
+leave(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+return 1`;
+
+// {o} KEYS: open, openm. ARGV: id, due, meta.
+const OPEN_ENTER = `${OPEN_FN}
+enter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return 1`;
+
+// Not on a Cluster: all three in one trip. KEYS: the four of RECORD_TERMINAL, term, rec, life, open, openm, opens.
+// ARGV: the six of RECORD_TERMINAL, json ('' for none), cacheTtl, id.
+const RECORD_TERMINAL_ALL = `${COUNTED_FN}${OPEN_FN}${TERMINAL_FN}
+local first = counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5], ARGV[6])
+if ARGV[7] ~= '' then cacheTerminal(KEYS[5], KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV[1]) end
+leave(KEYS[8], KEYS[9], KEYS[10], ARGV[9])
+return first`;
+
+// {o} KEYS: open, openm, opens, openr. ARGV: now, max, leaseMs, window, windowLimit.
+// The due predictions, oldest due first, as many as the read budget's window has left across every replica; each is
+// leased by moving its due time past the lease (a replica that dies mid-look loses it then). Returns a flat list
+// of id, meta, strikes.
+const OPEN_CLAIM = `
+local used = 0
+if redis.call('HGET', KEYS[4], 'w') == ARGV[4] then
+  used = tonumber(redis.call('HGET', KEYS[4], 'n') or '0')
+else
+  redis.call('HSET', KEYS[4], 'w', ARGV[4], 'n', 0)
+end
+redis.call('PEXPIRE', KEYS[4], 120000)
+local n = math.min(tonumber(ARGV[2]), tonumber(ARGV[5]) - used)
+if n <= 0 then return {} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+local out = {}
+local leased = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], leased, id)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[3], id) or '0'
+end
+if #ids > 0 then redis.call('HINCRBY', KEYS[4], 'n', #ids) end
+return out`;
+
+// {o} KEYS: open. ARGV: id, due, later ('1': only if later than now scheduled). Only a prediction still open.
+const OPEN_SCHEDULE = `
+if ARGV[3] == '1' then return redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2], ARGV[1]) end
+return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])`;
+
+// {o} KEYS: open, opens. ARGV: id. Counts a 404 for an open prediction (0: it is not open).
+const OPEN_STRIKE = `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[2], 31536000000)
+return n`;
+
+// {p:} KEYS: rec, life. ARGV: rank, logs, digest, json, ttl. Writes a running prediction over its record only when
+// it is news: a later status, or longer logs, or the same with other output. Answers that arrive out of order (a
+// replica's read that started before another's) never step back. Nothing is written once the record is gone.
+const OBSERVE = `
+local r = tonumber(redis.call('HGET', KEYS[2], 'r') or '-1')
+local l = tonumber(redis.call('HGET', KEYS[2], 'l') or '0')
+local rank, logs = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rank < r or (rank == r and logs < l) then return 0 end
+if redis.call('HGET', KEYS[2], 'd') == ARGV[3] then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[4], 'XX', 'KEEPTTL') then return 0 end
+redis.call('HSET', KEYS[2], 'r', rank, 'l', logs, 'd', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1`;
 
 // The two steps of a create, as functions over their own keys (K) and arguments (A).
@@ -97,14 +197,19 @@ local function claim(K, A)
   return true
 end
 local function tenantSide(K, A)
-  if redis.call('ZADD', K[1], A[2], A[1]) == 1 then
+  local new = redis.call('ZADD', K[1], A[2], A[1]) == 1
+  if new then
     redis.call('HINCRBY', K[2], 'creates', 1)
     redis.call('EXPIRE', K[2], A[4])
   end
   redis.call('ZREMRANGEBYSCORE', K[1], '-inf', '(' .. A[5])
   redis.call('EXPIRE', K[1], A[3])
-  if A[10] ~= '' then bind(K[5], K[6], K[7], A[10], tonumber(A[3]) + RECORD_MARGIN) end
-  if A[6] ~= '' then counted(K[3], K[2], A[3], A[6], A[7], A[4], K[6], K[7], A[11]) end
+  -- One reservation per prediction: an id the tenant has already (a deduplicating upstream answered with it) keeps
+  -- the one it has, and this create's is given back, so its running slot is never counted twice.
+  if A[10] ~= '' then
+    if new then bind(K[5], K[6], K[7], A[10], tonumber(A[3]) + RECORD_MARGIN) else release(K[5], K[7], nil) end
+  end
+  if A[6] ~= '' then counted(K[3], K[2], A[3], A[6], A[7], A[4], K[6], K[7], A[11], '') end
   if A[8] ~= '' then redis.call('SET', K[4], A[8], 'EX', A[9]) end
 end
 local function slice(t, from, n)
@@ -121,13 +226,15 @@ const RECORD_CREATE = `${CREATE_FN}
 tenantSide(KEYS, ARGV)
 return 1`;
 
-// Elsewhere (one server, Sentinel) keys of many slots may share a script: both steps and the terminal cache in one
-// trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term. ARGV: the three of claim, the eleven
-// of tenantSide, cacheTtl ('' when the create is not terminal).
-const CREATE_ALL = `${CREATE_FN}
+// Elsewhere (one server, Sentinel) keys of many slots may share a script: both steps, the terminal cache and the
+// open set in one trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term, open, openm. ARGV:
+// the three of claim, the eleven of tenantSide, cacheTtl ('' when the create is not terminal), due ('' when it
+// does not enter the open set), meta.
+const CREATE_ALL = `${CREATE_FN}${OPEN_FN}
 if not claim(slice(KEYS, 1, 2), slice(ARGV, 1, 3)) then return 0 end
 tenantSide(slice(KEYS, 3, 7), slice(ARGV, 4, 11))
 if ARGV[15] ~= '' then redis.call('SET', KEYS[10], ARGV[2], 'EX', ARGV[15]) end
+if ARGV[16] ~= '' then enter(KEYS[11], KEYS[12], ARGV[4], ARGV[16], ARGV[17]) end
 return 1`;
 
 // {t:} KEYS: reservation, rsvx, running counter, then one hash per line (the tenant's and its token's).
@@ -224,7 +331,14 @@ return n`;
 
 interface ScriptedRedis extends Redis {
   fgwRecordTerminal(...args: (string | number)[]): Promise<number>;
-  fgwRecordTerminalAndCache(...args: (string | number)[]): Promise<number>;
+  fgwRecordTerminalAll(...args: (string | number)[]): Promise<number>;
+  fgwCacheTerminal(...args: (string | number)[]): Promise<number>;
+  fgwOpenLeave(...args: (string | number)[]): Promise<number>;
+  fgwOpenEnter(...args: (string | number)[]): Promise<number>;
+  fgwOpenClaim(...args: (string | number)[]): Promise<string[]>;
+  fgwOpenStrike(...args: (string | number)[]): Promise<number>;
+  fgwOpenSchedule(...args: (string | number)[]): Promise<number>;
+  fgwObserve(...args: (string | number)[]): Promise<number>;
   fgwCreateAll(...args: (string | number)[]): Promise<number>;
   fgwClaimPrediction(...args: (string | number)[]): Promise<number>;
   fgwRecordCreate(...args: (string | number)[]): Promise<number>;
@@ -267,8 +381,15 @@ export class RedisStore implements Store {
       if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
     };
     define('fgwRecordTerminal', 4, RECORD_TERMINAL);
-    define('fgwRecordTerminalAndCache', 5, RECORD_TERMINAL_AND_CACHE);
-    define('fgwCreateAll', 10, CREATE_ALL);
+    define('fgwRecordTerminalAll', 10, RECORD_TERMINAL_ALL);
+    define('fgwCacheTerminal', 3, CACHE_TERMINAL);
+    define('fgwOpenLeave', 3, OPEN_LEAVE);
+    define('fgwOpenEnter', 2, OPEN_ENTER);
+    define('fgwOpenClaim', 4, OPEN_CLAIM);
+    define('fgwOpenStrike', 2, OPEN_STRIKE);
+    define('fgwOpenSchedule', 1, OPEN_SCHEDULE);
+    define('fgwObserve', 2, OBSERVE);
+    define('fgwCreateAll', 12, CREATE_ALL);
     define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
     define('fgwRecordCreate', 7, RECORD_CREATE);
     define('fgwSettle', 2, SETTLE);
@@ -311,9 +432,13 @@ export class RedisStore implements Store {
       r.idem ? JSON.stringify(r.idem.record) : '', r.idem?.ttlSeconds ?? 0,
       r.reservation?.expiresAt ?? '', r.terminal?.cost ?? 0,
     ];
+    const openKeys = [keys.open, keys.openMeta];
+    const openArgs = r.open ? [r.open.due, JSON.stringify(r.open.meta)] : ['', ''];
     if (!this.#stepwise) {
       const cacheTtl = r.terminal ? this.#opts.cacheTtlSeconds : '';
-      const written = await this.#client.fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...claimArgs, ...tenantArgs, cacheTtl).catch(rethrowUnavailable);
+      const written = await this.#client
+        .fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...openKeys, ...claimArgs, ...tenantArgs, cacheTtl, ...openArgs)
+        .catch(rethrowUnavailable);
       if (Number(written) !== 1) return false;
       await this.#replicated();
       return true;
@@ -322,26 +447,74 @@ export class RedisStore implements Store {
     if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(rethrowUnavailable)) !== 1) return false;
     // Step 2, the tenant's slot: index, usage, the budget binding and settling, the idempotency record.
     await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(rethrowUnavailable);
-    // Step 3, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
+    // Step 3, the open set (its own slot): entering twice is a no-op, so a retried create repeats nothing.
+    if (r.open) await this.#client.fgwOpenEnter(...openKeys, r.id, ...openArgs).catch(rethrowUnavailable);
+    // Step 4, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
     // miss (the next GET fetches and caches it, and the usage marker keeps it counted once).
     if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
     return true;
   }
 
-  async recordTerminal(rec: TerminalRecord): Promise<void> {
-    const counted = [
-      keys.seen(rec.tenant, rec.id), keys.usage(rec.tenant, rec.day), keys.reservationOf(rec.tenant, rec.id), keys.reservations(rec.tenant),
-      this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0,
-    ] as const;
+  async recordTerminal(rec: TerminalRecord): Promise<boolean> {
+    const countedKeys = [keys.seen(rec.tenant, rec.id), keys.usage(rec.tenant, rec.day), keys.reservationOf(rec.tenant, rec.id), keys.reservations(rec.tenant)];
+    const countedArgs = [this.#opts.predictionTtlSeconds, rec.status, rec.predictTime, USAGE_TTL_SECONDS, rec.cost ?? 0, rec.spendReserved ? '1' : ''];
+    const openKeys = [keys.open, keys.openMeta, keys.openStrikes];
     if (!this.#stepwise) {
-      const [k1, k2, k3, k4, ...args] = counted;
-      await this.#client.fgwRecordTerminalAndCache(k1, k2, k3, k4, keys.terminal(rec.id), ...args, rec.json, this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
+      const first = await this.#client
+        .fgwRecordTerminalAll(...countedKeys, keys.terminal(rec.id), keys.record(rec.id), keys.life(rec.id), ...openKeys, ...countedArgs, rec.json ?? '', this.#opts.cacheTtlSeconds, rec.id)
+        .catch(rethrowUnavailable);
       await this.#replicated();
-      return;
+      return Number(first) === 1;
     }
-    // The usage once and the budget settle on the tenant's slot, then the cache on the prediction's (see README).
-    await this.#client.fgwRecordTerminal(...counted).catch(rethrowUnavailable);
-    await this.#client.set(keys.terminal(rec.id), rec.json, 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
+    // The usage once and the budget settle on the tenant's slot, then the cache on the prediction's, and last the
+    // open set: a failure between them leaves the prediction open, and the watcher's next look repeats the end
+    // (counted once by its marker, settled once since the first settle deleted the reservation).
+    const first = await this.#client.fgwRecordTerminal(...countedKeys, ...countedArgs).catch(rethrowUnavailable);
+    if (rec.json) {
+      await this.#client
+        .fgwCacheTerminal(keys.terminal(rec.id), keys.record(rec.id), keys.life(rec.id), rec.json, this.#opts.cacheTtlSeconds, this.#opts.predictionTtlSeconds)
+        .catch(rethrowUnavailable);
+    }
+    await this.#client.fgwOpenLeave(...openKeys, rec.id).catch(rethrowUnavailable);
+    return Number(first) === 1;
+  }
+
+  async current(id: string): Promise<{ record: string | null; open: boolean }> {
+    const [record, due] = await Promise.all([this.#client.get(keys.record(id)), this.#client.zscore(keys.open, id)]).catch(rethrowUnavailable);
+    return { record: record ?? null, open: due !== null };
+  }
+
+  async observe(o: Observation): Promise<boolean> {
+    const written = await this.#client
+      .fgwObserve(keys.record(o.id), keys.life(o.id), o.rank, o.logs, o.digest, o.json, this.#opts.predictionTtlSeconds)
+      .catch(rethrowUnavailable);
+    return Number(written) === 1;
+  }
+
+  async openClaim(c: OpenClaim): Promise<OpenEntry[]> {
+    const flat = await this.#client
+      .fgwOpenClaim(keys.open, keys.openMeta, keys.openStrikes, keys.openReads, c.now, c.max, c.leaseMs, c.window, c.windowLimit)
+      .catch(rethrowUnavailable);
+    const out: OpenEntry[] = [];
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      const meta = parseMeta(flat[i + 1]!);
+      out.push({ id: flat[i]!, strikes: Number(flat[i + 2]), ...meta });
+    }
+    return out;
+  }
+
+  async openSchedule(id: string, due: number, later = false): Promise<void> {
+    await this.#client.fgwOpenSchedule(keys.open, id, due, later ? '1' : '').catch(rethrowUnavailable);
+  }
+
+  async openStrike(id: string): Promise<number> {
+    return Number(await this.#client.fgwOpenStrike(keys.open, keys.openStrikes, id).catch(rethrowUnavailable));
+  }
+
+  async openStats(now: number): Promise<{ open: number; oldestDue: number | null }> {
+    const [open, first] = await Promise.all([this.#client.zcard(keys.open), this.#client.zrange(keys.open, '0', '0', 'WITHSCORES')]).catch(rethrowUnavailable);
+    const due = first[1] !== undefined ? Number(first[1]) : null;
+    return { open, oldestDue: due !== null && due <= now ? due : null };
   }
 
   async listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }> {

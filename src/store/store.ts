@@ -27,12 +27,34 @@ export interface IdempotencyRecord {
 export interface TerminalRecord {
   id: string;
   tenant: string;
-  json: string;
+  /** The terminal prediction, cached and written over its record; absent for a prediction settled as expired. */
+  json?: string;
+  /** The status usage counts it under: the prediction's own, or `expired` when the gateway gave up on it. */
   status: string;
   predictTime: number;
   /** What the prediction cost by the price table (0 without one): settles its budget reservation, if any. */
   cost?: number;
+  /** Spend what the reservation holds (the estimate) instead of the actual figures: an expired prediction's. */
+  spendReserved?: boolean;
   day: string;
+}
+
+/** What the watcher needs of an open prediction, kept with it in the open set. */
+export interface OpenMeta {
+  tenant: string;
+  /** When the create was answered (ms since the epoch). */
+  createdAt: number;
+  /** The tenant's webhook for it, as src/webhooks/ keeps it (JSON), if the create had one. */
+  webhook?: string;
+  /** The upstream calls the gateway back about it (WEBHOOK_MODE=upstream): polling is only the fallback. */
+  hinted?: boolean;
+}
+
+/** One open prediction leased to this replica by openClaim. */
+export interface OpenEntry extends OpenMeta {
+  id: string;
+  /** How many looks found the upstream answering 404 for it. */
+  strikes: number;
 }
 
 export interface CreateRecord {
@@ -44,8 +66,36 @@ export interface CreateRecord {
   day: string;
   terminal?: { status: string; predictTime: number; cost?: number };
   idem?: { key: string; record: IdempotencyRecord; ttlSeconds: number };
-  /** The budget reservation this create made: now bound to the prediction id, its create spent, until `expiresAt`. */
+  /**
+   * The budget reservation this create made: now bound to the prediction id, its create spent, until `expiresAt`.
+   * An id the tenant already has (a deduplicating upstream) keeps its first reservation; this one is released.
+   */
   reservation?: { rid: string; expiresAt: number };
+  /** A create that did not come back terminal enters the open set, first due at `due` (only if the id is new). */
+  open?: { due: number; meta: OpenMeta };
+}
+
+/** The watcher's claim of due predictions: at most `max`, within what is left of the shared upstream read budget. */
+export interface OpenClaim {
+  now: number;
+  max: number;
+  /** A claimed prediction is not due again (for any replica) before this long, unless rescheduled. */
+  leaseMs: number;
+  /** The read budget's current window (a number naming it) and how many reads it allows in all. */
+  window: number;
+  windowLimit: number;
+}
+
+/** A non-terminal prediction as last seen: written over its record only when it is newer than what is there. */
+export interface Observation {
+  id: string;
+  json: string;
+  /** 0 starting, 1 processing: a later status never steps back to an earlier one. */
+  rank: number;
+  /** The length of its logs, which only grow. */
+  logs: number;
+  /** Names what a client would see change (status, logs, output). */
+  digest: string;
 }
 
 /** What a budget counts: creates, seconds of predict_time, and money by the price table. */
@@ -116,10 +166,27 @@ export interface Store {
    */
   recordCreate(rec: CreateRecord): Promise<boolean>;
   /**
-   * Caches a terminal prediction. The first time an id is seen terminal, its usage (status count and predict time)
-   * is added to the tenant's day, exactly once across replicas.
+   * A prediction ended: caches the terminal body and writes it over the record, settles the budget reservation (once:
+   * the first settle deletes it), frees its running slot, and takes it out of the open set. The first time an id is
+   * seen terminal, its usage (status count and predict time) is added to the tenant's day, exactly once across
+   * replicas: then the answer is true, and the caller runs what must happen once (events, webhooks).
    */
-  recordTerminal(rec: TerminalRecord): Promise<void>;
+  recordTerminal(rec: TerminalRecord): Promise<boolean>;
+  /** The prediction as the gateway last saw it (its record: the end is written over it), and whether it is open. */
+  current(id: string): Promise<{ record: string | null; open: boolean }>;
+  /** Writes a running prediction over its record if it shows something newer; true if it did (what changed is news). */
+  observe(o: Observation): Promise<boolean>;
+  /** The open predictions due now, oldest due first, leased to the caller (they are not due again for `leaseMs`). */
+  openClaim(c: OpenClaim): Promise<OpenEntry[]>;
+  /**
+   * When an open prediction is next due. `later`: only if that is later than now scheduled (a client's look
+   * postpones the watcher's, never brings it forward). Nothing happens to a prediction no longer open.
+   */
+  openSchedule(id: string, due: number, later?: boolean): Promise<void>;
+  /** Counts a look that found the upstream answering 404; the count so far. */
+  openStrike(id: string): Promise<number>;
+  /** How many predictions are open, and when the most overdue of them was due (null: none is due). */
+  openStats(now: number): Promise<{ open: number; oldestDue: number | null }>;
   /** A page of the tenant's index, newest first. `hasMore` says whether more entries lie beyond the page. */
   listPage(tenant: string, q: ListQuery): Promise<{ entries: IndexEntry[]; hasMore: boolean }>;
   /**
@@ -162,3 +229,13 @@ export interface StoreOptions {
 
 /** Usage hashes outlive a year of monthly chargeback runs. */
 export const USAGE_TTL_SECONDS = 400 * 86400;
+
+/** An open prediction's metadata as stored (JSON); a missing or broken one still names no tenant rather than throw. */
+export function parseMeta(raw: string): OpenMeta {
+  try {
+    const m = JSON.parse(raw) as Partial<OpenMeta>;
+    return { tenant: String(m.tenant ?? ''), createdAt: Number(m.createdAt ?? 0), webhook: m.webhook, hinted: m.hinted };
+  } catch {
+    return { tenant: '', createdAt: 0 };
+  }
+}

@@ -11,8 +11,8 @@ export type Step<S> = (state: S) => Promise<{ state: S; againInMs: number | null
 export interface WatchQueue<S> {
   /** Starts watching `key` (a no-op if it is already watched). */
   add(key: string, state: S, delayMs: number): Promise<void>;
-  /** Runs the watch of `key` now if it is waiting (a hint that something changed); false if it was not waiting. */
-  promote(key: string): Promise<boolean>;
+  /** Runs the watch of `key` now if it is waiting (something changed): `busy` if it is running now, `none` if no such watch. */
+  promote(key: string): Promise<'promoted' | 'busy' | 'none'>;
   close(): Promise<void>;
 }
 
@@ -67,9 +67,10 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
 
   async promote(key: string) {
     const job = await this.#queue.getJob(jobId(key));
-    if (!job || !(await job.isDelayed())) return false;
+    if (!job) return 'none' as const;
+    if (!(await job.isDelayed())) return 'busy' as const;
     // It may have started meanwhile: then it was not waiting.
-    return job.promote().then(() => true, () => false);
+    return job.promote().then(() => 'promoted' as const, () => 'busy' as const);
   }
 
   async close() {
@@ -99,10 +100,10 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
 
   async promote(key: string) {
     const w = this.#watches.get(key);
-    if (!w) return false;
+    if (!w) return 'none' as const;
     if (w.running) w.again = true;
     else this.#schedule(key, 0);
-    return true;
+    return 'promoted' as const;
   }
 
   #schedule(key: string, ms: number) {

@@ -1,17 +1,16 @@
 // Webhooks through the gateway. A create's `webhook` stays here: the upstream gets none (WEBHOOK_MODE=poll) or the
-// gateway's own receiver (upstream). Either way the gateway watches the prediction itself, with backoff, reading it
-// from the upstream (coalesced with client polls) or the terminal cache, and turns what changed into the events the
-// tenant asked for. Events go out in order, signed with the tenant's secret, retried for WEBHOOK_RETRY_FOR_SECONDS.
-// A terminal prediction seen here fills the cache and settles usage like a GET would.
+// gateway's own receiver (upstream). The prediction is followed by the lifecycle (src/lifecycle/), which writes what
+// it sees into the prediction's record and tells this module when something changed; each webhook's job reads the
+// record (never the upstream) and turns what changed into the events the tenant asked for. Events go out in order,
+// signed with the tenant's secret, retried for WEBHOOK_RETRY_FOR_SECONDS.
 import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { TenantRegistry } from '../access/tenants.js';
 import type { Config } from '../config.js';
-import { GatewayError } from '../errors.js';
+import type { Change } from '../lifecycle/lifecycle.js';
 import type { Metrics } from '../metrics.js';
 import type { PredictionDeps } from '../predictions/deps.js';
 import { PredictionBody } from '../predictions/prediction.js';
-import { keepTerminal } from '../predictions/read.js';
 import type { KvStore } from '../store/kv-store.js';
 import { redisTarget } from '../store/redis-client.js';
 import { Deliverer, type Outcome, type UrlPolicy, refuseUrl } from './deliver.js';
@@ -111,6 +110,11 @@ export class Webhooks {
     return refuseUrl(url, this.policy);
   }
 
+  /** What the open set keeps of a create's webhook, so the lifecycle can start its job again if the create's failed. */
+  static spec(w: { url: string; events?: EventName[]; base: string }): string {
+    return JSON.stringify({ url: w.url, events: w.events, base: w.base });
+  }
+
   /** Starts watching a prediction a tenant created with `webhook`. The first look is immediate (the start event). */
   async watch(w: { id: string; tenant: string; url: string; events?: EventName[]; base: string; created?: PredictionBody }): Promise<void> {
     const events = w.events?.length ? [...new Set(w.events)] : [...EVENTS];
@@ -122,11 +126,27 @@ export class Webhooks {
     await this.#queue.add(w.id, state, 0);
   }
 
-  /** Something may have changed (the upstream called the receiver): look now rather than at the next poll. */
+  /** Something may have changed (the upstream called the receiver): the lifecycle looks now, and tells us. */
   async hint(id: string): Promise<void> {
-    // A hint that lands while the watch is running (or between runs on another replica) is kept for its next
-    // scheduling, which then looks again at once instead of after the slow poll.
-    if (!(await this.#queue.promote(id))) await this.#kv.set(hintKey(id), '1', HINT_MS);
+    await this.#deps.lifecycle.due(id);
+  }
+
+  /**
+   * The lifecycle saw a prediction change. Its webhook job (if it has one) runs now rather than at its next poll
+   * of the record; a job the create could not start (the watcher knows the webhook from the open set) starts now.
+   */
+  async changed(c: Change): Promise<void> {
+    if (c.webhook) {
+      try {
+        const w = JSON.parse(c.webhook) as { url: string; events?: EventName[]; base: string };
+        await this.watch({ id: c.id, tenant: c.tenant, url: w.url, events: w.events, base: w.base });
+      } catch (err) {
+        this.#log.warn({ err, prediction: c.id }, 'could not start the webhook watch of a prediction; retrying at its next change');
+      }
+    }
+    // A change that lands while the job is running (on any replica) is kept for its next scheduling, which then
+    // looks again at once instead of after its poll interval.
+    if ((await this.#queue.promote(c.id)) === 'busy') await this.#kv.set(hintKey(c.id), '1', HINT_MS);
   }
 
   /** The tenant's signing secret: from the tenants file, else generated once and shared by every replica. */
@@ -186,8 +206,8 @@ export class Webhooks {
     try {
       const r = await this.#stepOnce(s);
       s.failures = 0;
-      // In upstream mode, a hint that came while this step ran means: look again now.
-      if (r.againInMs !== null && r.againInMs > 0 && this.#config.WEBHOOK_MODE === 'upstream' && (await this.#kv.get(hintKey(s.id)))) {
+      // A change that came while this step ran means: look again now.
+      if (r.againInMs !== null && r.againInMs > 0 && (await this.#kv.get(hintKey(s.id)))) {
         await this.#kv.set(hintKey(s.id), '', 1);
         return { state: r.state, againInMs: 0 };
       }
@@ -218,28 +238,17 @@ export class Webhooks {
     return { state: s, againInMs: s.seen.completed ? untilRetry : head?.nextAt !== undefined ? Math.min(untilRetry, s.pollMs) : s.pollMs };
   }
 
-  /** The prediction now: the terminal cache first, else the upstream. null: it is gone; undefined: try later. */
+  /**
+   * The prediction as the gateway last saw it: its record, which the lifecycle keeps current (and writes the end
+   * over). null: the gateway gave up on it (expired, or gone upstream) or its record is gone; the watch ends.
+   */
   async #look(s: WatchState): Promise<PredictionBody | null | undefined> {
-    const deps = this.#deps;
-    const cached = await deps.store.lookup(s.id);
-    if (cached.terminal) return new PredictionBody(cached.terminal);
-    try {
-      // Shares an in-flight poll, but not the micro-cache: that may be older than what another replica saw last.
-      const { body, shared } = await deps.poller.get(s.id, { requestId: `webhook-${s.id}`, tenant: s.tenant, observe: () => {} }, { skipMicroCache: true });
-      if (!shared) deps.versions.learnFromPrediction(body.prediction);
-      if (body.terminal) {
-        deps.poller.forget(s.id);
-        await keepTerminal(deps, s.tenant, body);
-      }
-      return body;
-    } catch (err) {
-      if (err instanceof GatewayError && err.upstreamStatus === 404) {
-        await this.#fail(s, { event: 'completed', id: `msg_${s.id}_gone`, body: '', attempts: 1 }, { ok: false, retry: false, reason: 'the upstream no longer knows this prediction' }, false);
-        return null;
-      }
-      this.#log.info({ prediction: s.id, err: (err as Error).message }, 'webhook watch: could not read the prediction; trying later');
-      return undefined;
-    }
+    const { record, open } = await this.#deps.store.current(s.id);
+    const body = record ? new PredictionBody(record) : undefined;
+    if (body && (open || body.terminal)) return body;
+    const reason = body ? 'the gateway stopped following this prediction (it expired, or the upstream no longer knows it)' : 'the prediction\'s record is gone';
+    await this.#fail(s, { event: 'completed', id: `msg_${s.id}_gone`, body: '', attempts: 1 }, { ok: false, retry: false, reason }, false);
+    return null;
   }
 
   /** Queues the events this answer shows for the first time; true if anything changed. */
