@@ -21,9 +21,9 @@ const TICK_MS = 200;
 /** Looks one replica runs at once. */
 const MAX_INFLIGHT = 32;
 /** A claimed prediction is due again after this long unless the look reschedules it (it died, or hangs). */
-const LEASE_MS = 15_000;
+const LEASE_MS = 6000;
 /** A look's upstream read gives up after this long (well inside the lease). */
-const LOOK_TIMEOUT_MS = 10_000;
+const LOOK_TIMEOUT_MS = 4000;
 /** Looks that found the upstream answering 404 before the prediction is settled as gone. */
 const GONE_AFTER = 3;
 
