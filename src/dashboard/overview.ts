@@ -31,10 +31,11 @@ export async function buildOverview(app: FastifyInstance, stats: OpsStats, now =
   const day = today(now);
   const monthDays = daysBetween(`${day.slice(0, 7)}-01`, day, 31)!;
   const all = tenants.all();
-  const [usage, statuses, reports] = await Promise.all([
+  const [usage, statuses, reports, open] = await Promise.all([
     Promise.all(all.map((t) => store.usageGet(t.id, monthDays))),
     Promise.all(all.map((t) => budgets.status(t))),
     stats.reports(now),
+    store.openStats(now),
   ]);
   const running = await Promise.all(
     all.map(async (t, i) => {
@@ -68,6 +69,13 @@ export async function buildOverview(app: FastifyInstance, stats: OpsStats, now =
       breaker: upstream.breakerOpen ? 'open' : 'closed',
       tenantBreakersOpen: upstream.openTenantBreakers(),
       latencyMs: merged.latency,
+    },
+    // Predictions followed to their end (src/lifecycle/): how many are open, how overdue the most overdue look is,
+    // and this replica's settlement lag (completed upstream → settled here).
+    lifecycle: {
+      open: open.open,
+      backlogSeconds: open.oldestDue === null ? 0 : Math.max(0, now - open.oldestDue) / 1000,
+      lagSeconds: app.predictions.lifecycle.lagSummary(),
     },
     cache: merged.cache,
     series: merged.series,

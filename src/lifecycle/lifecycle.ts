@@ -48,9 +48,14 @@ export interface LifecycleDeps {
   log: FastifyBaseLogger;
 }
 
+/** Settlement lags this process keeps for the dashboard's percentiles (the histogram on /metrics has them all). */
+const LAGS_KEPT = 1000;
+
 export class Lifecycle {
   readonly #d: LifecycleDeps;
   readonly #listeners: ChangeListener[] = [];
+  readonly #lags: number[] = [];
+  #lagAt = 0;
 
   constructor(deps: LifecycleDeps) {
     this.#d = deps;
@@ -92,8 +97,19 @@ export class Lifecycle {
   #settledOnce(tenant: string, body: PredictionBody, webhook?: string): void {
     this.#d.metrics.settled.inc({ outcome: String(body.prediction.status) });
     const completedAt = Date.parse(String(body.prediction.completed_at ?? ''));
-    if (Number.isFinite(completedAt)) this.#d.metrics.settlementLag.observe(Math.max(0, Date.now() - completedAt) / 1000);
+    if (Number.isFinite(completedAt)) {
+      const lag = Math.max(0, Date.now() - completedAt) / 1000;
+      this.#d.metrics.settlementLag.observe(lag);
+      this.#lags[this.#lagAt++ % LAGS_KEPT] = lag;
+    }
     this.#emit({ id: body.id, tenant, body, ended: true, webhook });
+  }
+
+  /** The settlement lag of this process's last settlements (seconds): median, p99, and how many. */
+  lagSummary(): { p50: number | null; p99: number | null; samples: number } {
+    const sorted = [...this.#lags].sort((a, b) => a - b);
+    const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
+    return { p50: at(0.5), p99: at(0.99), samples: sorted.length };
   }
 
   /**

@@ -85,9 +85,13 @@ export function createRedisClient(target: RedisTarget | string, keyPrefix: strin
   return client;
 }
 
-/** A connection for BullMQ: no ioredis keyPrefix (BullMQ has `prefix`), no per-command retry limit. */
-export function createBullConnection(target: RedisTarget | string, onError: (err: Error) => void): Redis | Cluster {
-  const c = build(asTarget(target), { maxRetriesPerRequest: null, retryStrategy: backoff });
+/**
+ * A connection for BullMQ: no ioredis keyPrefix (BullMQ has `prefix`), no per-command retry limit. The same connect
+ * timeout as the state client, and, except on the worker's blocking connection (whose commands wait by design), the
+ * same command timeout: a stalled Redis fails a queue call rather than holds it.
+ */
+export function createBullConnection(target: RedisTarget | string, onError: (err: Error) => void, blocking = false): Redis | Cluster {
+  const c = build(asTarget(target), { maxRetriesPerRequest: null, retryStrategy: backoff, connectTimeout: 5000, commandTimeout: blocking ? undefined : COMMAND_TIMEOUT_MS });
   c.on('error', onError);
   return c;
 }

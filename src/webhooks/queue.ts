@@ -29,8 +29,8 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
     // BullMQ needs its own connections: blocking commands, no ioredis keyPrefix (it has `prefix`), and no
     // per-command retry limit on the worker's. On a Cluster the prefix is a hash tag (BullMQ's scripts span a
     // queue's keys); elsewhere it keeps its old name, so an upgrade keeps the watches in flight.
-    const connect = () => {
-      const c = createBullConnection(target, opts.onRedisError);
+    const connect = (blocking = false) => {
+      const c = createBullConnection(target, opts.onRedisError, blocking);
       this.#connections.push(c);
       return c;
     };
@@ -46,7 +46,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
         await job.moveToDelayed(Date.now() + againInMs, token);
         throw new DelayedError();
       },
-      { connection: connect(), prefix, concurrency: opts.concurrency },
+      { connection: connect(true), prefix, concurrency: opts.concurrency },
     );
     this.#queue.on('error', opts.onRedisError);
     this.#worker.on('error', opts.onRedisError);

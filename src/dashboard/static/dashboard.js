@@ -63,6 +63,10 @@
     const c = o.cache;
     $('hit-rate').textContent = c.hitRate === null ? '–' : `${fmt(c.hitRate, 1)} %`;
     $('hit-more').textContent = `${fmt(c.hits)} hits · ${fmt(c.misses)} misses`;
+    const lc = o.lifecycle;
+    $('open').textContent = fmt(lc.open);
+    const lag = lc.lagSeconds;
+    $('open-more').textContent = `${lag.p50 === null ? 'nothing settled yet' : `settled ${fmt(lag.p50, 1)} s after the end (p99 ${fmt(lag.p99, 1)} s, last ${fmt(lag.samples)} here)`}${lc.backlogSeconds > 5 ? ` · looks ${fmt(lc.backlogSeconds)} s behind` : ''}`;
     const live = o.replicas.filter((r) => r.live).length;
     $('replicas').textContent = String(live);
     $('replicas-more').textContent = `${o.replicas.length - live} gone (their counts still add up)`;
