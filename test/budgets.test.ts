@@ -12,7 +12,7 @@ import { periodOf } from '../src/budget/period.js';
 import { checkTenantBudgets } from '../src/budget/plugin.js';
 import { readPricesFile } from '../src/budget/prices.js';
 import { loadConfig } from '../src/config.js';
-import { type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+import { type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, expectProblem, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
 
 const key = (id: string) => `${id}-key-0123456789abcdef`;
 const SECRET = 'budgets-test-signing-secret-0123456789abcdef';
@@ -380,6 +380,22 @@ describe('a token\'s budget inside its tenant\'s', () => {
     expect(greedy.body.detail).toBe("budget.creates 5 is above tenant kiosk's tokenBudget.creates of 2");
     const rs = await Promise.all(Array.from({ length: 5 }, () => create(gw.url, plain.body.token)));
     expect(count(rs, 201)).toBe(2);
+  });
+});
+
+describe('a cost budget is never silently unlimited', () => {
+  it('without PRICES_FILE: a token asking for budget.cost gets 422 naming PRICES_FILE, and a tenants file with tokenBudget.cost does not boot', async () => {
+    const gw = await gateway([{ id: 'app', keys: [key('app')], rateLimit: lots }], { PRICES_FILE: '' });
+    const r = await call(gw.url, 'POST', '/gateway/v1/tokens', { key: key('app'), body: { budget: { cost: 0.001 } } });
+    expectProblem(r, 422, /budget\.cost .*PRICES_FILE/);
+    // A token without a cost budget is still minted.
+    expect((await call(gw.url, 'POST', '/gateway/v1/tokens', { key: key('app'), body: { budget: { creates: 1 } } })).status).toBe(201);
+    const config = loadConfig({
+      UPSTREAM_API_KEY: 'k',
+      LOG_LEVEL: 'silent',
+      TENANTS_FILE: writeTenants([{ id: 'b', keys: [key('b')], tokenBudget: { cost: 1 } }]),
+    });
+    await expect(buildApp(config, { logger: undefined })).rejects.toThrow(/tenants\.0\.tokenBudget\.cost needs PRICES_FILE/);
   });
 });
 
