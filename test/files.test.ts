@@ -224,6 +224,31 @@ describe('file limits and signed links', () => {
     }
   });
 
+  it('refuses metadata nested past JSON_MAX_DEPTH with 422, and such uploads claim no quota', async () => {
+    const gw = await startGateway({ sim: s, env: { FILES_MAX_BYTES: '100000', FILES_TENANT_MAX_BYTES: '100000' } });
+    try {
+      const deep = `{"a":${'['.repeat(30_000)}${']'.repeat(30_000)}}`;
+      const send = async (asFile: boolean) => {
+        const form = new FormData();
+        form.append('content', new Blob([new Uint8Array(bytesOf(60_000))], { type: 'image/png' }), 'in.png');
+        // The JS client sends metadata as a JSON Blob, the Python client as a field.
+        form.append('metadata', asFile ? new Blob([deep], { type: 'application/json' }) : deep);
+        const res = await fetch(`${gw.url}/replicate/v1/files`, { method: 'POST', body: form, headers: { authorization: `Bearer ${KEY_A}` } });
+        return { status: res.status, body: (await res.json()) as any };
+      };
+      for (const asFile of [true, false]) {
+        const r = await send(asFile);
+        expect(r.status).toBe(422);
+        expect(r.body).toMatchObject({ status: 422, detail: expect.stringMatching(/metadata nests deeper than JSON_MAX_DEPTH \(64\)/) });
+      }
+      // The whole quota is still free, and nothing was listed.
+      expect((await call(gw.url, 'GET', '/replicate/v1/files', { key: KEY_A })).body.results).toEqual([]);
+      expect((await upload(gw.url, KEY_A, bytesOf(100_000))).status).toBe(201);
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('with FILES_DELIVERY=url sends the upstream a signed, expiring gateway link that serves the bytes', async () => {
     const publicBase = 'http://gateway.test:8080';
     const gw = await startGateway({ sim: s, env: { FILES_DELIVERY: 'url', PUBLIC_BASE_URL: publicBase, FILES_URL_SECRET: SECRET, FILES_URL_TTL_SECONDS: '600' } });
