@@ -8,7 +8,7 @@ import Replicate from 'replicate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { OUTPUT_IMAGE } from '../src/simulator/routes.js';
-import { KEY_A, KEY_B, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
+import { KEY_A, KEY_B, type Gateway, type SimHandle, call, expectProblem, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
 
 const FLUX = 'black-forest-labs/flux-schnell';
 const SECRET = 'files-test-signing-secret-0123456789abcdef';
@@ -144,6 +144,22 @@ describe.each([['redis'], ['memory']] as const)('files with the %s store', (kind
     // A type that could not be served safely is stored as plain bytes.
     const odd = await upload(gw.url, KEY_A, bytesOf(10), 'text/html"><script>', 'x.html');
     expect(odd.body.content_type).toBe('application/octet-stream');
+  });
+
+  it('answers malformed multipart with 400 problem JSON: no boundary, a boundary that never occurs, a body cut off', async () => {
+    const part = '--XYZ\r\nContent-Disposition: form-data; name="content"; filename="a.png"\r\nContent-Type: image/png\r\n\r\nabc';
+    const cases: [string, string][] = [
+      ['multipart/form-data', `${part}\r\n--XYZ--\r\n`],
+      ['multipart/form-data; boundary=XYZ', 'just some bytes, no boundary anywhere'],
+      ['multipart/form-data; boundary=XYZ', part],
+      ['multipart/form-data; boundary=XYZ', `${part}\r\n--XY`],
+    ];
+    for (const [type, body] of cases) {
+      const r = await call(gw.url, 'POST', '/replicate/v1/files', { key: KEY_A, rawBody: body, headers: { 'content-type': type } });
+      expectProblem(r, 400, /multipart/);
+    }
+    // Nothing was stored.
+    expect((await call(gw.url, 'GET', '/replicate/v1/files', { key: KEY_A })).body.results.filter((f: { name: string }) => f.name === 'a.png')).toEqual([]);
   });
 
   it('lets a browser token upload and use its own files, not another token\'s, and not list them', async () => {

@@ -88,10 +88,13 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
         else if (part.fieldname === 'type') type = String(part.value);
       }
     } catch (err) {
+      if (err instanceof GatewayError) throw err;
       const code = (err as { code?: string }).code;
       if (code === 'FST_REQ_FILE_TOO_LARGE') throw new GatewayError('PAYLOAD_TOO_LARGE', `the file is larger than FILES_MAX_BYTES (${config.FILES_MAX_BYTES} bytes)`);
       if (code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT' || code === 'FST_FIELDS_LIMIT') throw new GatewayError('BAD_REQUEST', 'send one file in a part named "content", with at most a few small fields');
-      throw err;
+      // Whatever else fails here is the parser reading the client's body: no boundary parameter, a boundary that
+      // never occurs, a body cut off before the closing boundary (busboy's errors carry no code, only fixed texts).
+      throw new GatewayError('BAD_REQUEST', `the body is not well-formed multipart/form-data: ${String((err as Error).message).slice(0, 200)}`, { cause: err });
     }
     if (!content) throw new GatewayError('VALIDATION', 'the form has no file in a part named "content"');
 
