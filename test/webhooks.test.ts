@@ -215,6 +215,11 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
       ['http://example.com/hook', /^webhook must be an https URL/],
       ['https://10.1.2.3/hook', /^webhook points at a private, loopback or reserved address/],
       ['https://[::1]/hook', /private, loopback/],
+      ['https://[::127.0.0.1]/hook', /private, loopback/],
+      ['https://[::169.254.169.254]/hook', /private, loopback/],
+      ['https://[::ffff:10.0.0.1]/hook', /private, loopback/],
+      ['https://[64:ff9b::10.0.0.1]/hook', /private, loopback/],
+      ['https://[2002:c0a8:101::1]/hook', /private, loopback/],
       ['https://user:pw@example.com/hook', /credentials/],
       ['ftp://example.com/hook', /https/],
     ] as const) {
