@@ -209,6 +209,16 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
     expectInOrder(receiver.delivered(id), id);
   });
 
+  it('refuses a body key the upstream could read as webhook or webhook_events_filter (any case, Unicode folding), and sends nothing', async () => {
+    s.sim.clearRequests();
+    for (const key of ['Webhook', 'WEBHOOK', 'webHook', 'webhooK', 'Webhook_Events_Filter', 'WEBHOOK_EVENTS_FILTER', 'webhook_eventſ_filter']) {
+      const value = key.toLowerCase().includes('filter') ? ['start'] : 'https://example.com/hook';
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'x' }, [key]: value } });
+      expectProblem(r, 422, /write webhook or webhook_events_filter exactly so/);
+    }
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+  });
+
   it('refuses webhook URLs the gateway must not call: plain http, private addresses, names that resolve to loopback', async () => {
     s.sim.clearRequests();
     for (const [url, why] of [
