@@ -171,6 +171,25 @@ describe('the dashboard over HTTP', () => {
     expect(ok.status).toBe(303);
   });
 
+  it('sends its security headers on answers no dashboard route gives: 404s, a wrong method, a missing file', async () => {
+    for (const [method, path, status] of [
+      ['GET', '/gateway/admin/nope', 404],
+      ['GET', '/gateway/admin/api/nope?x=1', 404],
+      ['POST', '/gateway/admin/api/overview', 404],
+      ['DELETE', '/gateway/admin/', 404],
+      ['GET', '/gateway/admin/assets/nope.js', 404],
+    ] as const) {
+      const r = await call(gw.url, method, path);
+      expectProblem(r, status);
+      expect(r.headers.get('content-security-policy'), path).toBe(CSP);
+      expect(r.headers.get('x-frame-options'), path).toBe('DENY');
+      expect(r.headers.get('x-content-type-options'), path).toBe('nosniff');
+      expect(r.headers.get('cache-control'), path).toBe('no-store');
+    }
+    // Outside the dashboard a 404 stays as it was.
+    expect((await call(gw.url, 'GET', '/gateway/nope')).headers.get('content-security-policy')).toBeNull();
+  });
+
   it('serves the JSON to scripts with Bearer ADMIN_API_KEY (no CSRF token then), not to a tenant key', async () => {
     const r = await call(gw.url, 'GET', '/gateway/admin/api/overview', { key: ADMIN });
     expect(r.status).toBe(200);

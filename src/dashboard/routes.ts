@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
 import { credentialOf, sameSecret } from '../access/credentials.js';
 import { GatewayError } from '../errors.js';
 import { buildOverview } from './overview.js';
@@ -30,6 +31,20 @@ const SECURITY_HEADERS = {
   'cross-origin-resource-policy': 'same-origin',
   'cache-control': 'no-store',
 };
+
+/**
+ * The security headers on every answer under /gateway/admin, set at the root by path: a hook of the dashboard's own
+ * routes would miss what no route of it answers (404s, a wrong method, a refusal by a hook of the API's context).
+ */
+export const dashboardHeaders = fp(
+  async (app) => {
+    app.addHook('onRequest', async (request, reply) => {
+      const path = request.url.split('?', 1)[0]!;
+      if (path === '/gateway/admin' || path.startsWith('/gateway/admin/')) reply.headers(SECURITY_HEADERS);
+    });
+  },
+  { name: 'dashboard-headers' },
+);
 
 interface Asset {
   body: Buffer;
@@ -73,9 +88,6 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
   const adminKey = config.ADMIN_API_KEY;
   const stats = opts.stats;
 
-  app.addHook('onRequest', async (_request, reply) => {
-    reply.headers(SECURITY_HEADERS);
-  });
   if (!adminKey || !stats) {
     app.get('/*', { config: { auth: 'session' } }, async () => {
       throw new GatewayError('FORBIDDEN', 'the dashboard is disabled: set ADMIN_API_KEY');
