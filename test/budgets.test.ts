@@ -395,6 +395,34 @@ describe('a token\'s budget inside its tenant\'s', () => {
   });
 });
 
+describe('an upstream id the gateway cannot serve', () => {
+  it('answers the create 502, logs the id escaped, and frees its reservation and its Idempotency-Key', async () => {
+    const gw = await gateway([{ id: 'ids', keys: [key('ids')], rateLimit: lots, budget: { creates: { max: 2, period: 'day' } } }], { LOG_LEVEL: 'info' });
+    const bad = ['{x}', 'a:b', 'caf\u00e9', '..', 'a/b', 'x'.repeat(5000), '', 'a\n\u202eb'];
+    const body = { input: { prompt: 'odd id' } };
+    for (const [i, id] of bad.entries()) {
+      s.sim.injectFault({ kind: 'status', status: 201, body: { id, status: 'starting', input: body.input, urls: {} } }, { match: (m, p) => m === 'POST' && CREATES.test(p) });
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body, headers: { 'idempotency-key': `odd-${i}` } });
+      expectProblem(r, 502, /prediction id the gateway cannot serve/);
+      if (id) expect(r.text).not.toContain(id);
+    }
+    // The raw id is in the log line of each (as the error's cause), quoted, escaped to printable ASCII, cut short.
+    const logged = gw.logs.map((l) => JSON.parse(l)).filter((l) => l.code === 'UPSTREAM_ERROR').map((l) => String(l.err.message));
+    expect(logged).toHaveLength(bad.length);
+    for (const shown of ['"{x}"', '"a:b"', '"caf\\u00e9"', '".."', '"a/b"', '""', '"a\\n\\u202eb"', `"${'x'.repeat(200)}"... (5000 characters)`]) {
+      expect(logged.some((m) => m.endsWith(`upstream prediction id ${shown}`)), shown).toBe(true);
+    }
+    // Nothing was recorded, and nothing held the budget of 2 or the keys: the same keys start real creates.
+    expect((await call(gw.url, 'GET', '/replicate/v1/predictions', { key: key('ids') })).body.results).toEqual([]);
+    for (const i of [0, 1]) {
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body, headers: { 'idempotency-key': `odd-${i}` } });
+      expect(r.status).toBe(201);
+      expect(r.headers.get('idempotent-replayed')).toBeNull();
+    }
+    expect((await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body })).status).toBe(429);
+  });
+});
+
 describe('a store command that fails is not an outage', () => {
   it('a reserve script refused by Redis (a budget key of the wrong type) is a 500 of its own, logged with its cause, not 503 "state store unavailable"', async () => {
     const gw = await gateway([{ id: 'odd', keys: [key('odd')], rateLimit: lots, budget: { creates: { max: 5, period: 'day' } } }], { LOG_LEVEL: 'info' });

@@ -56,6 +56,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
 
   let res;
   let reservation;
+  let parsed: PredictionBody;
   try {
     // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a 429.
     reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs).catch(async (err) => {
@@ -78,15 +79,17 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
       observe: caller.observe,
       trace: caller.trace,
     });
+    parsed = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
-    // retry cannot start it a second time. Any other failure created nothing.
+    // retry cannot start it a second time. Any other failure created nothing, or nothing the gateway can hand over
+    // (an answer that is not a prediction, an id its routes refuse): the key and the reservation are freed.
     const timedOut = err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT';
     if (idem && !timedOut) await idem.release();
     if (reservation) await deps.budgets.end(reservation, timedOut);
     throw err;
   }
-  const body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
+  const body = parsed;
   const id = body.id;
   deps.versions.learnFromPrediction(body.prediction);
   const terminal = body.terminal ? { status: body.prediction.status as string, predictTime: predictTimeOf(body), cost: deps.budgets.actual(body.prediction).cost } : undefined;
