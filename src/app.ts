@@ -20,7 +20,7 @@ import problems, { makeClientErrorHandler, makeFailureHandler } from './http/pro
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
 import dashboardStats from './dashboard/plugin.js';
-import { dashboardRoutes } from './dashboard/routes.js';
+import { dashboardHeaders, dashboardRoutes } from './dashboard/routes.js';
 import { Metrics } from './metrics.js';
 import { accountRoutes } from './account/routes.js';
 import { fileRoutes, signedFileRoutes } from './files/routes.js';
@@ -124,6 +124,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     maxAge: 600,
   });
 
+  // Before every route and hook that may answer under /gateway/admin, the dashboard's headers.
+  await app.register(dashboardHeaders);
   await app.register(healthRoutes);
   // Links the upstream fetches files from (FILES_DELIVERY=url): outside auth, the signature is the permission.
   const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;

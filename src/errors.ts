@@ -15,6 +15,7 @@ export const ERRORS = {
   RUNNING_LIMIT: { status: 429, title: 'Too many running predictions' },
   SHARE_EXCEEDED: { status: 429, title: 'Over the fair share of the upstream account' },
   INTERNAL: { status: 500, title: 'Internal error' },
+  STORE_FAILED: { status: 500, title: 'Internal error' },
   NOT_IMPLEMENTED: { status: 501, title: 'Not implemented' },
   UPSTREAM_ERROR: { status: 502, title: 'Bad gateway' },
   UPSTREAM_UNAVAILABLE: { status: 503, title: 'Upstream unavailable' },
@@ -77,7 +78,28 @@ export function storeUnavailable(cause?: unknown, detail = 'the state store is u
   return new GatewayError('STORE_UNAVAILABLE', detail, { cause, headers: { 'retry-after': '2' } });
 }
 
-/** A store call's `.catch`: any failure of the backing store becomes storeUnavailable(). */
+/**
+ * Redis replies that mean the server cannot serve now (loading, a replica, a failover, a busy script, out of memory,
+ * a refused login): the store is unavailable, and a retry may succeed.
+ */
+const UNAVAILABLE_REPLIES = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|NOREPLICAS|OOM|MISCONF|MOVED|ASK|NOAUTH|WRONGPASS)\b/;
+
+/**
+ * What a failed store call is. A lost or refused connection, a timeout, a server that cannot serve now: 503, retry
+ * shortly. Any other reply error (a script's error, a wrong type, a value Redis refuses) is the gateway's own bug or
+ * bad data: retrying would fail the same way, so it is a 500 of its own (STORE_FAILED, logged with its cause), not
+ * "the store is down".
+ */
+export function storeFailure(err: unknown): GatewayError {
+  if (err instanceof GatewayError) return err;
+  const e = err as { name?: unknown; message?: unknown } | undefined;
+  if (e?.name === 'ReplyError' && !UNAVAILABLE_REPLIES.test(String(e.message))) {
+    return new GatewayError('STORE_FAILED', 'the gateway failed to handle this request: a state store command failed', { cause: err });
+  }
+  return storeUnavailable(err);
+}
+
+/** A store call's `.catch`: a failure of the backing store becomes storeFailure() (mostly storeUnavailable()). */
 export const rethrowUnavailable = (err: unknown): never => {
-  throw storeUnavailable(err);
+  throw storeFailure(err);
 };

@@ -5,14 +5,16 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildSnapshot, type TenantInput, TenantRegistry } from '../src/access/tenants.js';
 import { buildApp } from '../src/app.js';
 import { periodOf } from '../src/budget/period.js';
 import { checkTenantBudgets } from '../src/budget/plugin.js';
 import { readPricesFile } from '../src/budget/prices.js';
 import { loadConfig } from '../src/config.js';
-import { type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+import { keys } from '../src/store/keys.js';
+import { createRedisClient } from '../src/store/redis-client.js';
+import { type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, expectProblem, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
 
 const key = (id: string) => `${id}-key-0123456789abcdef`;
 const SECRET = 'budgets-test-signing-secret-0123456789abcdef';
@@ -101,6 +103,16 @@ describe('configuration errors name the field', () => {
     expect(() => readPricesFile(pricesFile({ models: { 'acme/x': { expectedSeconds: 3 } } }), 10)).toThrow(/PRICES_FILE models\.acme\/x: needs perImage or perSecond/);
     expect(() => readPricesFile(pricesFile({ models: { 'acme/x': { perImage: 1, perImgae: 2 } } }), 10)).toThrow(/PRICES_FILE models\.acme\/x: .*perImgae/);
     expect(() => readPricesFile('/nonexistent/prices.json', 10)).toThrow(/PRICES_FILE \/nonexistent\/prices.json cannot be read: ENOENT/);
+  });
+
+  it('refuses a price whose estimate overflows, naming the entry, before anything is served', async () => {
+    const overflow = { models: { 'acme/ok': { perImage: 1 }, 'acme/huge': { perImage: 1e308, expectedImages: 10 } } };
+    expect(() => readPricesFile(pricesFile(overflow), 10)).toThrow(/^invalid configuration: PRICES_FILE models\.acme\/huge: its estimate .* is too large to count$/);
+    expect(() => readPricesFile(pricesFile({ default: { perSecond: 1e308, expectedSeconds: 5 }, models: { 'acme/ok': { perImage: 1 } } }), 10)).toThrow(/PRICES_FILE default: its estimate/);
+    // The default predict time counts too: 1e308 per second for BUDGET_EXPECTED_SECONDS (10).
+    expect(() => readPricesFile(pricesFile({ models: { 'acme/slow': { perSecond: 1e308 } } }), 10)).toThrow(/PRICES_FILE models\.acme\/slow/);
+    const config = loadConfig({ UPSTREAM_API_KEY: 'k', LOG_LEVEL: 'silent', TENANTS_FILE: writeTenants([{ id: 'b', keys: [key('b')] }]), PRICES_FILE: pricesFile(overflow) });
+    await expect(buildApp(config, { logger: undefined })).rejects.toThrow(/PRICES_FILE models\.acme\/huge/);
   });
 
   it('refuses a cost budget without a price table, and a listed model the table does not price', async () => {
@@ -380,6 +392,72 @@ describe('a token\'s budget inside its tenant\'s', () => {
     expect(greedy.body.detail).toBe("budget.creates 5 is above tenant kiosk's tokenBudget.creates of 2");
     const rs = await Promise.all(Array.from({ length: 5 }, () => create(gw.url, plain.body.token)));
     expect(count(rs, 201)).toBe(2);
+  });
+});
+
+describe('an upstream id the gateway cannot serve', () => {
+  it('answers the create 502, logs the id escaped, and frees its reservation and its Idempotency-Key', async () => {
+    const gw = await gateway([{ id: 'ids', keys: [key('ids')], rateLimit: lots, budget: { creates: { max: 2, period: 'day' } } }], { LOG_LEVEL: 'info' });
+    const bad = ['{x}', 'a:b', 'caf\u00e9', '..', 'a/b', 'x'.repeat(5000), '', 'a\n\u202eb'];
+    const body = { input: { prompt: 'odd id' } };
+    for (const [i, id] of bad.entries()) {
+      s.sim.injectFault({ kind: 'status', status: 201, body: { id, status: 'starting', input: body.input, urls: {} } }, { match: (m, p) => m === 'POST' && CREATES.test(p) });
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body, headers: { 'idempotency-key': `odd-${i}` } });
+      expectProblem(r, 502, /prediction id the gateway cannot serve/);
+      if (id) expect(r.text).not.toContain(id);
+    }
+    // The raw id is in the log line of each (as the error's cause), quoted, escaped to printable ASCII, cut short.
+    const logged = gw.logs.map((l) => JSON.parse(l)).filter((l) => l.code === 'UPSTREAM_ERROR').map((l) => String(l.err.message));
+    expect(logged).toHaveLength(bad.length);
+    for (const shown of ['"{x}"', '"a:b"', '"caf\\u00e9"', '".."', '"a/b"', '""', '"a\\n\\u202eb"', `"${'x'.repeat(200)}"... (5000 characters)`]) {
+      expect(logged.some((m) => m.endsWith(`upstream prediction id ${shown}`)), shown).toBe(true);
+    }
+    // Nothing was recorded, and nothing held the budget of 2 or the keys: the same keys start real creates.
+    expect((await call(gw.url, 'GET', '/replicate/v1/predictions', { key: key('ids') })).body.results).toEqual([]);
+    for (const i of [0, 1]) {
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body, headers: { 'idempotency-key': `odd-${i}` } });
+      expect(r.status).toBe(201);
+      expect(r.headers.get('idempotent-replayed')).toBeNull();
+    }
+    expect((await call(gw.url, 'POST', MODEL_PATH, { key: key('ids'), body })).status).toBe(429);
+  });
+});
+
+describe('a store command that fails is not an outage', () => {
+  it('a reserve script refused by Redis (a budget key of the wrong type) is a 500 of its own, logged with its cause, not 503 "state store unavailable"', async () => {
+    const gw = await gateway([{ id: 'odd', keys: [key('odd')], rateLimit: lots, budget: { creates: { max: 5, period: 'day' } } }], { LOG_LEVEL: 'info' });
+    const raw = createRedisClient(inject('redisUrl'), gw.config.REDIS_KEY_PREFIX);
+    try {
+      await waitFor(() => raw.status === 'ready', 5000, 'a Redis client of the test');
+      await raw.set(keys.budgetTenant('odd', periodOf('day', Date.now(), gw.config.BUDGET_TIMEZONE).key), 'not a hash', 'EX', 600);
+      const r = await create(gw.url, key('odd'));
+      expectProblem(r, 500);
+      expect(r.body.type).toBe('urn:fuhu-gateway:problem:store-failed');
+      expect(r.headers.get('retry-after')).toBeNull();
+      expect(upstreamCalls(s.sim, CREATES)).toHaveLength(0);
+      const line = gw.logs.map((l) => JSON.parse(l)).find((l) => l.code === 'STORE_FAILED' && l.reqId === r.body.request_id);
+      expect(line).toMatchObject({ level: 50, msg: expect.stringMatching(/a state store command failed/) });
+      expect(JSON.stringify(line.err)).toMatch(/WRONGTYPE/);
+      expect(gw.logs.join('\n')).not.toMatch(/STORE_UNAVAILABLE/);
+    } finally {
+      await raw.quit();
+    }
+  });
+});
+
+describe('a cost budget is never silently unlimited', () => {
+  it('without PRICES_FILE: a token asking for budget.cost gets 422 naming PRICES_FILE, and a tenants file with tokenBudget.cost does not boot', async () => {
+    const gw = await gateway([{ id: 'app', keys: [key('app')], rateLimit: lots }], { PRICES_FILE: '' });
+    const r = await call(gw.url, 'POST', '/gateway/v1/tokens', { key: key('app'), body: { budget: { cost: 0.001 } } });
+    expectProblem(r, 422, /budget\.cost .*PRICES_FILE/);
+    // A token without a cost budget is still minted.
+    expect((await call(gw.url, 'POST', '/gateway/v1/tokens', { key: key('app'), body: { budget: { creates: 1 } } })).status).toBe(201);
+    const config = loadConfig({
+      UPSTREAM_API_KEY: 'k',
+      LOG_LEVEL: 'silent',
+      TENANTS_FILE: writeTenants([{ id: 'b', keys: [key('b')], tokenBudget: { cost: 1 } }]),
+    });
+    await expect(buildApp(config, { logger: undefined })).rejects.toThrow(/tenants\.0\.tokenBudget\.cost needs PRICES_FILE/);
   });
 });
 

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { CSP } from '../src/dashboard/routes.js';
 import { launchChromium } from './helpers/chromium.js';
-import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, startGateway, useSimulator, waitFor } from './helpers/stack.js';
+import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, sendHeadOnly, startGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(150);
 const ADMIN = 'admin-key-for-the-dashboard-0123456789';
@@ -153,6 +153,41 @@ describe('the dashboard over HTTP', () => {
     expect(out.status).toBe(204);
     expect(out.headers.get('set-cookie')).toMatch(/^fgw_admin=; .*Max-Age=0/);
     expect((await call(gw.url, 'GET', '/gateway/admin/api/overview', { headers: { cookie } })).status).toBe(401);
+  });
+
+  it('checks the origin before reading a sign-in body, and caps it at 4 KiB whatever its content type', async () => {
+    const nineMb = { 'content-type': 'application/json', 'content-length': String(9 * 1024 * 1024) };
+    // Each answer comes while the 9 MB are still unsent: the gateway cannot have waited for them.
+    const cross = await sendHeadOnly(gw.url, 'POST', '/gateway/admin/login', { ...nineMb, origin: 'https://evil.example' });
+    expect(cross).toMatchObject({ status: 403, body: { detail: expect.stringMatching(/cross-origin/) } });
+    const crossSite = await sendHeadOnly(gw.url, 'POST', '/gateway/admin/logout', { ...nineMb, 'sec-fetch-site': 'cross-site' });
+    expect(crossSite).toMatchObject({ status: 403, body: { detail: expect.stringMatching(/cross-origin/) } });
+    const big = await sendHeadOnly(gw.url, 'POST', '/gateway/admin/login', nineMb);
+    expect(big).toMatchObject({ status: 413, body: { detail: expect.stringMatching(/4096 bytes/) } });
+    // Sent in full: JSON and forms over 4 KiB are 413; a JSON sign-in within it works.
+    expectProblem(await call(gw.url, 'POST', '/gateway/admin/login', { body: { key: ADMIN, pad: 'x'.repeat(5000) } }), 413, /4096 bytes/);
+    expectProblem(await call(gw.url, 'POST', '/gateway/admin/login', { rawBody: `key=${ADMIN}&pad=${'x'.repeat(5000)}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } }), 413);
+    const ok = await fetch(`${gw.url}/gateway/admin/login`, { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ key: ADMIN }) });
+    expect(ok.status).toBe(303);
+  });
+
+  it('sends its security headers on answers no dashboard route gives: 404s, a wrong method, a missing file', async () => {
+    for (const [method, path, status] of [
+      ['GET', '/gateway/admin/nope', 404],
+      ['GET', '/gateway/admin/api/nope?x=1', 404],
+      ['POST', '/gateway/admin/api/overview', 404],
+      ['DELETE', '/gateway/admin/', 404],
+      ['GET', '/gateway/admin/assets/nope.js', 404],
+    ] as const) {
+      const r = await call(gw.url, method, path);
+      expectProblem(r, status);
+      expect(r.headers.get('content-security-policy'), path).toBe(CSP);
+      expect(r.headers.get('x-frame-options'), path).toBe('DENY');
+      expect(r.headers.get('x-content-type-options'), path).toBe('nosniff');
+      expect(r.headers.get('cache-control'), path).toBe('no-store');
+    }
+    // Outside the dashboard a 404 stays as it was.
+    expect((await call(gw.url, 'GET', '/gateway/nope')).headers.get('content-security-policy')).toBeNull();
   });
 
   it('serves the JSON to scripts with Bearer ADMIN_API_KEY (no CSRF token then), not to a tenant key', async () => {

@@ -1,12 +1,20 @@
 // One contract, every file store: in memory, and Redis as one server, behind Sentinel and as a Cluster.
 import { randomBytes } from 'node:crypto';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileMeta, FileStore } from '../src/store/file-store.js';
 import { MemoryFileStore } from '../src/store/memory-file-store.js';
+import { keys } from '../src/store/keys.js';
 import { RedisFileStore } from '../src/store/redis-file-store.js';
 import { storeFactories } from './helpers/stack.js';
 
-const { factories, close } = storeFactories<FileStore>('files-contract', () => new MemoryFileStore({ maxBytes: 64 * 1024 * 1024 }), (client) => new RedisFileStore(client));
+/** The Redis client behind each Redis file store, to break a write on purpose. */
+const clientOf = new WeakMap<FileStore, Redis>();
+const { factories, close } = storeFactories<FileStore>('files-contract', () => new MemoryFileStore({ maxBytes: 64 * 1024 * 1024 }), (client) => {
+  const store = new RedisFileStore(client);
+  clientOf.set(store, client);
+  return store;
+});
 afterAll(close);
 
 let n = 0;
@@ -95,5 +103,17 @@ describe.each(factories)('%s file store', (_kind, make) => {
     const second = await files.list('t-list', { limit: 3, before: first.files.at(-1)!.createdAt });
     expect(second.files.map((f) => f.id)).toEqual(made.slice(0, 2).reverse().map((f) => f.id));
     expect(second.hasMore).toBe(false);
+  });
+});
+
+describe.each(factories.filter(([kind]) => kind !== 'memory'))('%s file store, when the write fails', (_kind, make) => {
+  it('gives back the quota it claimed for a file it could not store, and says so', async () => {
+    const files = await make();
+    const m = meta('t-broken', 800);
+    // The file's own key already holds something else: the write after the claim fails (WRONGTYPE).
+    await clientOf.get(files)!.set(keys.file(m.id), 'not a hash', 'PX', 60_000);
+    await expect(files.put(m, Buffer.alloc(800), 1000)).rejects.toThrow();
+    expect(await files.list('t-broken', { limit: 10 })).toEqual({ files: [], hasMore: false });
+    expect(await files.put(meta('t-broken', 1000), Buffer.alloc(1000), 1000)).toEqual({ stored: true });
   });
 });

@@ -8,7 +8,7 @@ import Replicate from 'replicate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { OUTPUT_IMAGE } from '../src/simulator/routes.js';
-import { KEY_A, KEY_B, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
+import { KEY_A, KEY_B, type Gateway, type SimHandle, call, expectProblem, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
 
 const FLUX = 'black-forest-labs/flux-schnell';
 const SECRET = 'files-test-signing-secret-0123456789abcdef';
@@ -146,6 +146,22 @@ describe.each([['redis'], ['memory']] as const)('files with the %s store', (kind
     expect(odd.body.content_type).toBe('application/octet-stream');
   });
 
+  it('answers malformed multipart with 400 problem JSON: no boundary, a boundary that never occurs, a body cut off', async () => {
+    const part = '--XYZ\r\nContent-Disposition: form-data; name="content"; filename="a.png"\r\nContent-Type: image/png\r\n\r\nabc';
+    const cases: [string, string][] = [
+      ['multipart/form-data', `${part}\r\n--XYZ--\r\n`],
+      ['multipart/form-data; boundary=XYZ', 'just some bytes, no boundary anywhere'],
+      ['multipart/form-data; boundary=XYZ', part],
+      ['multipart/form-data; boundary=XYZ', `${part}\r\n--XY`],
+    ];
+    for (const [type, body] of cases) {
+      const r = await call(gw.url, 'POST', '/replicate/v1/files', { key: KEY_A, rawBody: body, headers: { 'content-type': type } });
+      expectProblem(r, 400, /multipart/);
+    }
+    // Nothing was stored.
+    expect((await call(gw.url, 'GET', '/replicate/v1/files', { key: KEY_A })).body.results.filter((f: { name: string }) => f.name === 'a.png')).toEqual([]);
+  });
+
   it('lets a browser token upload and use its own files, not another token\'s, and not list them', async () => {
     const mint = async () => (await call(gw.url, 'POST', '/gateway/v1/tokens', { key: KEY_A, body: {} })).body.token as string;
     const [t1, t2] = [await mint(), await mint()];
@@ -219,6 +235,31 @@ describe('file limits and signed links', () => {
       expect(again.status).toBe(413);
       expect(again.body.detail).toMatch(/add up to 120000 bytes/);
       expect(upstreamCalls(s.sim)).toHaveLength(0);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('refuses metadata nested past JSON_MAX_DEPTH with 422, and such uploads claim no quota', async () => {
+    const gw = await startGateway({ sim: s, env: { FILES_MAX_BYTES: '100000', FILES_TENANT_MAX_BYTES: '100000' } });
+    try {
+      const deep = `{"a":${'['.repeat(30_000)}${']'.repeat(30_000)}}`;
+      const send = async (asFile: boolean) => {
+        const form = new FormData();
+        form.append('content', new Blob([new Uint8Array(bytesOf(60_000))], { type: 'image/png' }), 'in.png');
+        // The JS client sends metadata as a JSON Blob, the Python client as a field.
+        form.append('metadata', asFile ? new Blob([deep], { type: 'application/json' }) : deep);
+        const res = await fetch(`${gw.url}/replicate/v1/files`, { method: 'POST', body: form, headers: { authorization: `Bearer ${KEY_A}` } });
+        return { status: res.status, body: (await res.json()) as any };
+      };
+      for (const asFile of [true, false]) {
+        const r = await send(asFile);
+        expect(r.status).toBe(422);
+        expect(r.body).toMatchObject({ status: 422, detail: expect.stringMatching(/metadata nests deeper than JSON_MAX_DEPTH \(64\)/) });
+      }
+      // The whole quota is still free, and nothing was listed.
+      expect((await call(gw.url, 'GET', '/replicate/v1/files', { key: KEY_A })).body.results).toEqual([]);
+      expect((await upload(gw.url, KEY_A, bytesOf(100_000))).status).toBe(201);
     } finally {
       await gw.close();
     }

@@ -7,6 +7,7 @@ import { decodeCursor, encodeCursor, neighbours } from '../src/predictions/pagin
 import { PredictionBody, rewriteUrls, sameId } from '../src/predictions/prediction.js';
 import { normalizePrefer } from '../src/predictions/prefer.js';
 import { fromUpstreamStatus, parseRetryAfter, scrub } from '../src/upstream/answers.js';
+import { Deliverer, refuseUrl } from '../src/webhooks/deliver.js';
 
 const codeOf = (fn: () => unknown) => {
   try {
@@ -143,5 +144,37 @@ describe('upstream answers', () => {
     const leaky = fromUpstreamStatus(400, JSON.stringify({ detail: `bad key ${key}, Bearer abc` }), undefined, [key]);
     expect(leaky.message).toBe('upstream: bad key [redacted], Bearer [redacted]');
     expect(scrub(`{"logs":"${key}"}`, [key])).toBe('{"logs":"[redacted]"}');
+  });
+});
+
+describe('webhook addresses', () => {
+  const policy = { allowHttpHosts: [], allowPrivateHosts: [] };
+  // IPv4-compatible (::/96), v4-mapped, NAT64 and 6to4 forms of private IPv4, and IPv6 outside global unicast.
+  const refused = [
+    'https://[::127.0.0.1]/', 'https://[::10.0.0.1]/', 'https://[::169.254.169.254]/', 'https://[::8.8.8.8]/',
+    'https://[::ffff:127.0.0.1]/', 'https://[::ffff:10.0.0.1]/', 'https://[64:ff9b::10.0.0.1]/', 'https://[64:ff9b::169.254.169.254]/',
+    'https://[64:ff9b:1::8.8.8.8]/', 'https://[2002:a00:1::1]/', 'https://[2002:c0a8:101::]/', 'https://[2002:7f00:1::1]/',
+    'https://[fec0::1]/', 'https://[100::1]/', 'https://[4000::1]/', 'https://[2001:db8::1]/', 'https://[fd00::1]/', 'https://0x7f.1/',
+  ];
+  const allowed = ['https://[2606:4700:4700::1111]/', 'https://[64:ff9b::8.8.8.8]/', 'https://[2002:808:808::1]/', 'https://[::ffff:8.8.8.8]/', 'https://8.8.8.8/'];
+
+  it('refuses every literal that is not global unicast, judging embedded IPv4 by itself', () => {
+    for (const url of refused) expect(refuseUrl(url, policy), url).toMatch(/private, loopback or reserved/);
+    for (const url of allowed) expect(refuseUrl(url, policy), url).toBeUndefined();
+  });
+
+  it('refuses such a literal again when delivering (no lookup sees it), without a retry', async () => {
+    const deliverer = new Deliverer(policy, 1000);
+    try {
+      for (const url of ['https://[::127.0.0.1]:1/hook', 'https://[64:ff9b::7f00:1]:1/hook']) {
+        expect(await deliverer.send(url, { id: 'msg_1', secret: `whsec_${Buffer.alloc(24).toString('base64')}`, body: '{}' }), url).toEqual({
+          ok: false,
+          retry: false,
+          reason: expect.stringMatching(/private, loopback or reserved/),
+        });
+      }
+    } finally {
+      await deliverer.close();
+    }
   });
 });

@@ -6,7 +6,7 @@ import { type IncomingHttpHeaders, type Server, createServer } from 'node:http';
 import { validateWebhook } from 'replicate';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, expectProblem, sendHeadOnly, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
 
 interface Received {
   headers: IncomingHttpHeaders;
@@ -211,12 +211,27 @@ describe.each([['redis'], ['memory']] as const)('with the %s store', (kind) => {
     expectInOrder(receiver.delivered(id), id);
   });
 
+  it('refuses a body key the upstream could read as webhook or webhook_events_filter (any case, Unicode folding), and sends nothing', async () => {
+    s.sim.clearRequests();
+    for (const key of ['Webhook', 'WEBHOOK', 'webHook', 'webhooK', 'Webhook_Events_Filter', 'WEBHOOK_EVENTS_FILTER', 'webhook_eventſ_filter']) {
+      const value = key.toLowerCase().includes('filter') ? ['start'] : 'https://example.com/hook';
+      const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'x' }, [key]: value } });
+      expectProblem(r, 422, /write webhook or webhook_events_filter exactly so/);
+    }
+    expect(upstreamCalls(s.sim)).toHaveLength(0);
+  });
+
   it('refuses webhook URLs the gateway must not call: plain http, private addresses, names that resolve to loopback', async () => {
     s.sim.clearRequests();
     for (const [url, why] of [
       ['http://example.com/hook', /^webhook must be an https URL/],
       ['https://10.1.2.3/hook', /^webhook points at a private, loopback or reserved address/],
       ['https://[::1]/hook', /private, loopback/],
+      ['https://[::127.0.0.1]/hook', /private, loopback/],
+      ['https://[::169.254.169.254]/hook', /private, loopback/],
+      ['https://[::ffff:10.0.0.1]/hook', /private, loopback/],
+      ['https://[64:ff9b::10.0.0.1]/hook', /private, loopback/],
+      ['https://[2002:c0a8:101::1]/hook', /private, loopback/],
       ['https://user:pw@example.com/hook', /credentials/],
       ['ftp://example.com/hook', /https/],
     ] as const) {
@@ -414,14 +429,44 @@ describe('WEBHOOK_MODE=upstream: the upstream calls the gateway back', () => {
     const at = new Date();
     const bigHeaders = { 'webhook-id': 'msg_big', 'webhook-timestamp': String(Math.floor(at.getTime() / 1000)), 'webhook-signature': new Webhook(upstreamSecret).sign('msg_big', at, big) };
     expect((await post(big, bigHeaders)).status).toBe(204);
-    // A link the gateway never issued changes nothing either.
+    // A link the gateway never issued changes nothing either: 404.
     expect((await post(forged, signed('msg_2'))).status).toBe(204);
     const unknown = await call(gw.url, 'POST', `/gateway/v1/webhooks/upstream/${'z'.repeat(32)}`, { rawBody: forged, headers: { 'content-type': 'application/json', ...signed('msg_3') } });
-    expect(unknown.status).toBe(204);
+    expect(unknown.status).toBe(404);
     await new Promise((r2) => setTimeout(r2, 300));
     expect(receiver.delivered(id)).toHaveLength(1);
     // The receiver link is a credential too: never in the access log.
     expect(gw.logs.join('\n')).not.toContain(receiverPath.split('/').pop());
+  });
+
+  it('answers an unknown link, missing or stale signature headers and an over-long body before the body is sent; a bad signature is read through the HMAC, never kept', async () => {
+    s.sim.clearRequests();
+    await createWithHook(gw.url, KEY_A, { webhook: `${receiver.url}/noread`, webhook_events_filter: ['completed'] });
+    const receiverPath = new URL((upstreamCalls(s.sim).find((c) => c.method === 'POST')!.body as { webhook: string }).webhook).pathname;
+    const fifteenMb = { 'content-type': 'application/json', 'content-length': String(15 * 1024 * 1024) };
+    const now = String(Math.floor(Date.now() / 1000));
+    const looksSigned = { 'webhook-id': 'msg_nobody', 'webhook-timestamp': now, 'webhook-signature': `v1,${Buffer.alloc(32).toString('base64')}` };
+    // Each answer comes while the 15 MB are still unsent: the gateway cannot have waited for them.
+    const unknownLink = await sendHeadOnly(gw.url, 'POST', `/gateway/v1/webhooks/upstream/${'z'.repeat(32)}`, { ...fifteenMb, ...looksSigned });
+    expect(unknownLink).toMatchObject({ status: 404, body: { status: 404 } });
+    const unsigned = await sendHeadOnly(gw.url, 'POST', receiverPath, fifteenMb);
+    expect(unsigned).toMatchObject({ status: 401, body: { status: 401 } });
+    const stale = await sendHeadOnly(gw.url, 'POST', receiverPath, { ...fifteenMb, ...looksSigned, 'webhook-timestamp': String(Number(now) - 3600) });
+    expect(stale).toMatchObject({ status: 401, body: { detail: expect.stringMatching(/too old/) } });
+    const tooLong = await sendHeadOnly(gw.url, 'POST', receiverPath, { ...looksSigned, 'content-type': 'application/json', 'content-length': String(gw.config.UPSTREAM_MAX_BODY_BYTES + 1) });
+    expect(tooLong).toMatchObject({ status: 413, body: { detail: expect.stringMatching(/UPSTREAM_MAX_BODY_BYTES/) } });
+    // Headers that pass: the body streams through the HMAC; a wrong signature is 401 and a body past the cap 413.
+    const wrong = await call(gw.url, 'POST', receiverPath, { rawBody: 'x'.repeat(1024 * 1024), headers: { 'content-type': 'application/json', ...looksSigned } });
+    expectProblem(wrong, 401, /not valid/);
+    const chunked = new ReadableStream({
+      pull(c) {
+        c.enqueue(new Uint8Array(1024 * 1024));
+      },
+    });
+    const endless = await fetch(gw.url + receiverPath, { method: 'POST', body: chunked, duplex: 'half', headers: { 'content-type': 'application/json', ...looksSigned } } as RequestInit).catch((err: Error) => err);
+    // The gateway answers 413 and closes; a client still sending may see the close before the answer.
+    if (endless instanceof Response) expect(endless.status).toBe(413);
+    else expect(String(endless.cause ?? endless)).toMatch(/closed|reset|EPIPE|other side/i);
   });
 });
 

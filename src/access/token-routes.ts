@@ -48,6 +48,10 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
     for (const m of body.models ?? []) {
       if (!patternWithin(m, tenant.models)) throw new GatewayError('FORBIDDEN', `model ${m} is not allowed for tenant ${tenant.id}`);
     }
+    // Without a price table every create costs 0: a cost budget would be accepted and never reached.
+    if (body.budget?.cost !== undefined && !app.budgets.prices) {
+      throw new GatewayError('VALIDATION', 'budget.cost needs a price table to count money, and the operator has not set PRICES_FILE');
+    }
     const budget = tokenBudget(tenant, body.budget);
     const { token, expiresAt } = await opts.signer.sign(tenant.id, {
       ttlSeconds: body.ttl_seconds ?? TOKEN_DEFAULT_TTL_SECONDS,

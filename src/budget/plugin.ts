@@ -15,8 +15,11 @@ import { type PriceTable, readPricesFile } from './prices.js';
  */
 export function checkTenantBudgets(tenants: readonly Tenant[], prices: PriceTable | undefined, hasDefault: boolean): void {
   tenants.forEach((t, i) => {
-    if (!t.budget?.cost) return;
-    if (!prices) throw new ConfigError(`invalid configuration: tenants.${i}.budget.cost needs PRICES_FILE (a price table) to count money`);
+    // A token's cost budget counts money like the tenant's: without a price table every create would cost 0 and the
+    // budget would be silently unlimited.
+    const field = t.budget?.cost ? 'budget.cost' : t.tokenBudget?.cost !== undefined ? 'tokenBudget.cost' : undefined;
+    if (!field) return;
+    if (!prices) throw new ConfigError(`invalid configuration: tenants.${i}.${field} needs PRICES_FILE (a price table) to count money`);
     if (hasDefault) return;
     t.models?.forEach((m, j) => {
       if (!m.endsWith('/*') && !prices.knows(m)) {

@@ -67,6 +67,13 @@ export class PriceTable {
   constructor(doc: z.output<typeof PricesFileSchema>, readonly defaultSeconds: number) {
     this.currency = doc.currency ?? '';
     this.hasDefault = doc.default !== undefined;
+    // A reservation must be a number Redis can add: an estimate that overflows (perImage 1e308 × expectedImages 10)
+    // would fail every create of that model in the store, so it stops the boot, naming the entry.
+    for (const [name, p] of [...Object.entries(doc.models).map(([k, v]) => [`models.${k}`, v] as const), ['default', doc.default] as const]) {
+      if (p && !Number.isFinite(this.#expected(p))) {
+        throw new PricesError(`invalid configuration: PRICES_FILE ${name}: its estimate (perImage × expectedImages + perSecond × expectedSeconds) is too large to count`);
+      }
+    }
     this.#models = new Map(Object.entries(doc.models).map(([k, v]) => [k.toLowerCase(), v]));
     // An unknown model costs what the operator says, or else the most the table charges: a budget in money must not
     // be passed by naming a model the table forgot.

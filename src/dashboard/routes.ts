@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
 import { credentialOf, sameSecret } from '../access/credentials.js';
 import { GatewayError } from '../errors.js';
 import { buildOverview } from './overview.js';
@@ -15,6 +16,8 @@ import type { OpsStats } from './stats.js';
 export const SESSION_COOKIE = 'fgw_admin';
 const SESSION_TTL_MS = 8 * 3_600_000;
 const OVERVIEW_REUSE_MS = 1000;
+/** The largest sign-in or sign-out body, in any content type. */
+const SIGN_IN_BODY_LIMIT = 4096;
 
 export const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -28,6 +31,20 @@ const SECURITY_HEADERS = {
   'cross-origin-resource-policy': 'same-origin',
   'cache-control': 'no-store',
 };
+
+/**
+ * The security headers on every answer under /gateway/admin, set at the root by path: a hook of the dashboard's own
+ * routes would miss what no route of it answers (404s, a wrong method, a refusal by a hook of the API's context).
+ */
+export const dashboardHeaders = fp(
+  async (app) => {
+    app.addHook('onRequest', async (request, reply) => {
+      const path = request.url.split('?', 1)[0]!;
+      if (path === '/gateway/admin' || path.startsWith('/gateway/admin/')) reply.headers(SECURITY_HEADERS);
+    });
+  },
+  { name: 'dashboard-headers' },
+);
 
 interface Asset {
   body: Buffer;
@@ -71,9 +88,6 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
   const adminKey = config.ADMIN_API_KEY;
   const stats = opts.stats;
 
-  app.addHook('onRequest', async (_request, reply) => {
-    reply.headers(SECURITY_HEADERS);
-  });
   if (!adminKey || !stats) {
     app.get('/*', { config: { auth: 'session' } }, async () => {
       throw new GatewayError('FORBIDDEN', 'the dashboard is disabled: set ADMIN_API_KEY');
@@ -85,8 +99,8 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
   const sessionKey = (sid: string) => `dash:sess:${sha256(sid)}`;
   const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
 
-  // The login form posts application/x-www-form-urlencoded; only here, and small.
-  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_request, body, done) => {
+  // The login form posts application/x-www-form-urlencoded; only here. Its limit is the routes' (SIGN_IN_BODY_LIMIT).
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
@@ -109,8 +123,13 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     // Sec-Fetch-Site, which no page can forge, still says same-origin).
     const sameOrigin =
       origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase()) || (origin === 'null' && site === 'same-origin');
-    if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused');
+    // Refused before its body is read: closing the connection spares reading the rest.
+    if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused', { headers: { connection: 'close' } });
   }
+
+  // Sign-in and sign-out: the origin is checked in onRequest, before a byte of the body is read, and the body, whatever
+  // its content type, may be 4 KiB at most (a key and a CSRF token), not BODY_LIMIT_BYTES.
+  const post = { config: { auth: 'session' as const }, bodyLimit: SIGN_IN_BODY_LIMIT, onRequest: async (request: FastifyRequest) => checkSameOrigin(request) };
 
   function page(reply: FastifyReply, name: 'dashboard' | 'login', status = 200, message = ''): FastifyReply {
     const html = pages[name].replace('<!--message-->', message ? `<p class="refused" role="alert">${escapeHtml(message)}</p>` : '');
@@ -128,8 +147,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     return reply.header('cache-control', 'public, max-age=300').type(asset.type).send(asset.body);
   });
 
-  app.post('/login', { config: { auth: 'session' } }, async (request, reply) => {
-    checkSameOrigin(request);
+  app.post('/login', post, async (request, reply) => {
     const key = (request.body as { key?: unknown } | undefined)?.key;
     if (typeof key !== 'string' || !sameSecret(key, adminKey)) {
       try {
@@ -145,8 +163,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     return reply.code(303).header('set-cookie', cookie(request, sid, SESSION_TTL_MS / 1000)).header('location', '/gateway/admin/').send();
   });
 
-  app.post('/logout', { config: { auth: 'session' } }, async (request, reply) => {
-    checkSameOrigin(request);
+  app.post('/logout', post, async (request, reply) => {
     const session = await sessionOf(request);
     if (!session) throw new GatewayError('UNAUTHENTICATED', 'not logged in to the dashboard');
     const token = request.headers['x-csrf-token'] ?? (request.body as { csrf?: unknown } | undefined)?.csrf;

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { publicBase } from '../http/base.js';
 import { parse } from '../http/validate.js';
+import { deeperThan } from '../lib/json-depth.js';
 import type { FileMeta } from '../store/file-store.js';
 import { FILE_ID, fileObject, mayUse, uploaderOf } from './file-object.js';
 import type { FileUrlSigner } from './signed-urls.js';
@@ -30,8 +31,10 @@ function safeName(given: string | undefined, fallback: string): string {
   return name || fallback;
 }
 
-function parseMetadata(text: string): Record<string, unknown> {
+function parseMetadata(text: string, maxDepth: number): Record<string, unknown> {
   if (text.trim() === '') return {};
+  // The stored file's meta is serialised with it: metadata deep enough to overflow JSON.stringify would fail there.
+  if (deeperThan(text, maxDepth)) throw new GatewayError('VALIDATION', `metadata nests deeper than JSON_MAX_DEPTH (${maxDepth}) levels`);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -79,16 +82,19 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
           const bytes = await part.toBuffer();
           if (part.fieldname === 'content') content = { bytes, filename: part.filename, mimetype: part.mimetype };
           // The JS client sends metadata as a JSON Blob, the Python client as a field.
-          else if (part.fieldname === 'metadata') metadata = parseMetadata(bytes.subarray(0, METADATA_MAX_BYTES + 1).toString());
-        } else if (part.fieldname === 'metadata') metadata = parseMetadata(String(part.value));
+          else if (part.fieldname === 'metadata') metadata = parseMetadata(bytes.subarray(0, METADATA_MAX_BYTES + 1).toString(), config.JSON_MAX_DEPTH);
+        } else if (part.fieldname === 'metadata') metadata = parseMetadata(String(part.value), config.JSON_MAX_DEPTH);
         else if (part.fieldname === 'filename') name = String(part.value);
         else if (part.fieldname === 'type') type = String(part.value);
       }
     } catch (err) {
+      if (err instanceof GatewayError) throw err;
       const code = (err as { code?: string }).code;
       if (code === 'FST_REQ_FILE_TOO_LARGE') throw new GatewayError('PAYLOAD_TOO_LARGE', `the file is larger than FILES_MAX_BYTES (${config.FILES_MAX_BYTES} bytes)`);
       if (code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT' || code === 'FST_FIELDS_LIMIT') throw new GatewayError('BAD_REQUEST', 'send one file in a part named "content", with at most a few small fields');
-      throw err;
+      // Whatever else fails here is the parser reading the client's body: no boundary parameter, a boundary that
+      // never occurs, a body cut off before the closing boundary (busboy's errors carry no code, only fixed texts).
+      throw new GatewayError('BAD_REQUEST', `the body is not well-formed multipart/form-data: ${String((err as Error).message).slice(0, 200)}`, { cause: err });
     }
     if (!content) throw new GatewayError('VALIDATION', 'the form has no file in a part named "content"');
 

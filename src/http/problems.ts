@@ -12,10 +12,15 @@ export function problemReply(reply: FastifyReply, err: GatewayError, requestId: 
 }
 
 /** Fastify's own errors (bad JSON, body too large, wrong content type) keep their 4xx status and safe message. */
-export function toGatewayError(err: FastifyError): GatewayError {
+export function toGatewayError(err: FastifyError, request?: FastifyRequest): GatewayError {
   if (err instanceof GatewayError) return err;
   const status = err.statusCode ?? 500;
-  if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new GatewayError('PAYLOAD_TOO_LARGE', 'the request body is larger than BODY_LIMIT_BYTES allows');
+  if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    // A route with a smaller limit of its own (the dashboard's sign-in) says so, rather than naming the variable.
+    const own = request?.routeOptions.bodyLimit;
+    const limit = own !== undefined && own !== request?.server.initialConfig.bodyLimit ? `this route's limit of ${own} bytes` : 'BODY_LIMIT_BYTES';
+    return new GatewayError('PAYLOAD_TOO_LARGE', `the request body is larger than ${limit} allows`);
+  }
   if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new GatewayError('UNSUPPORTED_MEDIA_TYPE', 'send the body as Content-Type: application/json');
   if (status >= 400 && status < 500) return new GatewayError('BAD_REQUEST', err.message, { status });
   return new GatewayError('INTERNAL', 'the gateway failed to handle this request', { cause: err });
@@ -24,7 +29,7 @@ export function toGatewayError(err: FastifyError): GatewayError {
 /** The handler itself, shared with Fastify's `frameworkErrors` (which runs before any plugin). */
 export function makeFailureHandler(onStoreError: () => void) {
   return function fail(err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-    const e = toGatewayError(err);
+    const e = toGatewayError(err, request);
     // Counted here, once per failed request, whichever part of the request path met the outage.
     if (e.code === 'STORE_UNAVAILABLE') onStoreError();
     if (e.statusCode >= 500) {

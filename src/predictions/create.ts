@@ -80,7 +80,8 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
-    // retry cannot start it a second time. Any other failure created nothing.
+    // retry cannot start it a second time. Any other failure created nothing, or nothing the gateway can hand over
+    // (an answer that is not a prediction, an id its routes refuse): the key and the reservation are freed.
     const timedOut = err instanceof GatewayError && err.code === 'UPSTREAM_TIMEOUT';
     if (idem && !timedOut) await idem.release();
     if (reservation) await deps.budgets.end(reservation, timedOut);

@@ -2,12 +2,19 @@
 // and rendering it with URLs that point back at the gateway.
 import { GatewayError } from '../errors.js';
 import { deeperThan } from '../lib/json-depth.js';
+import { PREDICTION_ID } from './schemas.js';
 
 export type Prediction = Record<string, unknown> & { id?: unknown; status?: unknown; urls?: Record<string, unknown> };
 
 export const TERMINAL_STATUSES: ReadonlySet<string> = new Set(['succeeded', 'failed', 'canceled', 'aborted']);
 
 export const isTerminal = (p: Prediction): boolean => typeof p.status === 'string' && TERMINAL_STATUSES.has(p.status);
+
+/** A string from outside for a log line: JSON-quoted, printable ASCII only (no control or bidi characters), cut short. */
+export function logSafe(s: string, max = 200): string {
+  const shown = JSON.stringify(s.slice(0, max)).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return s.length > max ? `${shown}... (${s.length} characters)` : shown;
+}
 
 /** Bodies above this size are never kept in process memory (they can carry whole images as data: URIs). */
 export const MAX_REMEMBERED_BODY = 256 * 1024;
@@ -56,6 +63,15 @@ export class PredictionBody {
     }
     if (!p || typeof p !== 'object' || Array.isArray(p) || typeof (p as Prediction).id !== 'string') {
       throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered with a body that is not a prediction');
+    }
+    const id = (p as Prediction).id as string;
+    // An id the gateway's own routes refuse could never be read, canceled or listed through them (its urls.get would
+    // answer 422), and '/' or '..' would reach other upstream paths: refuse the answer. The id goes to the log only,
+    // as the cause, escaped and cut short.
+    if (!PREDICTION_ID.test(id)) {
+      throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered with a prediction id the gateway cannot serve (letters, digits, "_" and "-", at most 128)', {
+        cause: new Error(`upstream prediction id ${logSafe(id)}`),
+      });
     }
     return new PredictionBody(raw, p as Prediction);
   }

@@ -15,6 +15,17 @@ import { cancelPrediction, getPrediction } from './read.js';
 import { untilStored } from './store-retry.js';
 import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
 
+const WEBHOOK_FIELDS = new Set(['webhook', 'webhook_events_filter']);
+
+/**
+ * A body key an upstream may take for `webhook` or `webhook_events_filter` though it is not spelt so: Go's
+ * encoding/json matches names case-insensitively, with Unicode folding (the Kelvin sign is a k, "ſ" an s). Such a key
+ * would go upstream as sent and have the upstream call the URL itself, past the gateway's policy and signing.
+ */
+function webhookLookalike(body: Record<string, unknown>): string | undefined {
+  return Object.keys(body).find((k) => !WEBHOOK_FIELDS.has(k) && WEBHOOK_FIELDS.has(k.normalize('NFKC').toLowerCase()));
+}
+
 const header = (request: FastifyRequest, name: string) => {
   const v = request.headers[name];
   return typeof v === 'string' ? v : undefined;
@@ -60,6 +71,10 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
   ): Promise<Answer> {
     // Exactly the bytes the client sent go upstream (unknown fields included), but for its gateway file URLs and its
     // webhook, which stays with the gateway: the upstream would sign with the account's secret and point at itself.
+    const lookalike = webhookLookalike(body);
+    if (lookalike !== undefined) {
+      throw new GatewayError('VALIDATION', `${JSON.stringify(lookalike).slice(0, 80)} is not a field the gateway takes; write webhook or webhook_events_filter exactly so (in lower case)`);
+    }
     const raw = request.rawBody ?? JSON.stringify(body);
     let forward = raw;
     let receiver: string | undefined;

@@ -4,8 +4,10 @@ import { z } from 'zod';
 const slug = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'may hold only letters, digits, ".", "_" and "-"');
 
 export const ModelParamsSchema = z.object({ owner: slug, name: slug });
+/** A prediction id the gateway's routes serve: also what an upstream answer's id must be (src/predictions/prediction.ts). */
+export const PREDICTION_ID = /^[A-Za-z0-9_-]{1,128}$/;
 export const IdParamsSchema = z.object({
-  id: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'may hold only letters, digits, "_" and "-"'),
+  id: z.string().regex(PREDICTION_ID, 'may hold only letters, digits, "_" and "-"'),
 });
 
 const EVENTS = ['start', 'output', 'logs', 'completed'] as const;

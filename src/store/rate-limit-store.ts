@@ -12,7 +12,7 @@
 // A spent window is also remembered locally until Redis expires it: a client hammering past its limit is refused
 // without a Redis trip. That is exact, since a fixed window's count never goes down before it expires.
 import type { Redis } from 'ioredis';
-import { storeUnavailable } from '../errors.js';
+import { storeFailure, storeUnavailable } from '../errors.js';
 import { BoundedMap } from '../lib/bounded-map.js';
 import { keys } from './keys.js';
 
@@ -110,8 +110,8 @@ export function leasedRedisStore(redis: Redis, leaseMax: number, keyOf: (key: st
       if (err || !r) {
         const waiting = b.waiting;
         b.waiting = [];
-        // The same 503 as any other store failure; @fastify/rate-limit passes it on unchanged.
-        const failure = storeUnavailable(err);
+        // The same answer as any other store failure; @fastify/rate-limit passes it on unchanged.
+        const failure = err ? storeFailure(err) : storeUnavailable();
         for (const w of waiting) w.cb(failure);
         return;
       }

@@ -2,8 +2,9 @@
 // file; per tenant, `files:{t:<tenant>}` orders its ids by upload time and `filesizes:{t:<tenant>}` holds
 // "size expiresAt" per id, so the quota check and the claim of the bytes are one script. A file is read by its id
 // alone (the signed-link route knows no tenant), so it has its own hash tag, and an upload is two steps: the
-// tenant's quota (claims the size), then the file. A failure between them leaves a size counted for a file that is
-// not there, until that file's expiry; it can only make the quota stricter, never looser.
+// tenant's quota (claims the size), then the file. A write that fails after the claim releases it; only a process
+// that dies between the two leaves a size counted for a file that is not there, until that file's expiry (stricter,
+// never looser).
 import type { Redis } from 'ioredis';
 import { rethrowUnavailable } from '../errors.js';
 import type { FileMeta, FilePage, FileStore } from './file-store.js';
@@ -65,15 +66,30 @@ export class RedisFileStore implements FileStore {
   }
 
   async put(meta: FileMeta, bytes: Buffer, quotaBytes: number) {
+    // Serialised before the claim: a meta that cannot be written must not cost quota.
+    const json = JSON.stringify(meta);
     const now = Date.now();
     const ttl = Math.max(1, meta.expiresAt - now);
     const used = await this.#client
       .fgwFileQuota(keys.files(meta.tenant), keys.fileSizes(meta.tenant), meta.id, meta.createdAt, meta.size, quotaBytes, now, meta.expiresAt, ttl)
       .catch(rethrowUnavailable);
     if (used >= 0) return { stored: false as const, usedBytes: used };
-    // One key: a MULTI is slot-safe.
-    await this.#client.multi().hset(keys.file(meta.id), 'meta', JSON.stringify(meta), 'data', bytes).pexpire(keys.file(meta.id), ttl).exec().catch(rethrowUnavailable);
+    try {
+      // One key: a MULTI is slot-safe. EXEC resolves even when a command in it failed: look at each reply.
+      const replies = await this.#client.multi().hset(keys.file(meta.id), 'meta', json, 'data', bytes).pexpire(keys.file(meta.id), ttl).exec();
+      const failed = replies?.find(([err]) => err)?.[0];
+      if (!replies || failed) throw failed ?? new Error('the file write was discarded');
+    } catch (err) {
+      // The claim is for a file that is not there: give it back (best effort; lost, it counts until its expiry).
+      await this.#unindex(meta.tenant, meta.id).catch(() => {});
+      rethrowUnavailable(err);
+    }
     return { stored: true as const };
+  }
+
+  /** Forgets a file in its tenant's index and sizes: both keys are the tenant's (one slot). */
+  #unindex(tenant: string, id: string) {
+    return this.#client.multi().zrem(keys.files(tenant), id).hdel(keys.fileSizes(tenant), id).exec();
   }
 
   async meta(id: string) {
@@ -88,8 +104,8 @@ export class RedisFileStore implements FileStore {
 
   async delete(id: string, tenant: string) {
     if ((await this.#client.fgwFileDelete(keys.file(id), tenant).catch(rethrowUnavailable)) !== 1) return false;
-    // Both keys are the tenant's (one slot). Lost in a failure, the entries only count until the file's expiry.
-    await this.#client.multi().zrem(keys.files(tenant), id).hdel(keys.fileSizes(tenant), id).exec().catch(rethrowUnavailable);
+    // Lost in a failure, the entries only count until the file's expiry.
+    await this.#unindex(tenant, id).catch(rethrowUnavailable);
     return true;
   }
 

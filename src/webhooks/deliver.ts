@@ -16,10 +16,25 @@ export interface UrlPolicy {
 /** Host names as URL gives them: IPv6 in brackets. */
 const hostOf = (u: URL) => u.hostname.toLowerCase();
 
-const isPublic = (address: string): boolean => {
+const v4IsPublic = (hi: number, lo: number) => new ipaddr.IPv4([hi >> 8, hi & 0xff, lo >> 8, lo & 0xff]).range() === 'unicast';
+
+/**
+ * Global unicast only. An IPv6 address that carries an IPv4 one (v4-mapped, NAT64's 64:ff9b::/96, 6to4's
+ * 2002::/16) reaches that IPv4 address, so it is judged by it; IPv4-compatible ::/96 is deprecated and, like every
+ * IPv6 address outside 2000::/3 or in a special range (ipaddr.js knows no range for ::/96: it called it unicast), refused.
+ */
+export function isGlobalUnicast(address: string): boolean {
   if (!ipaddr.isValid(address)) return false;
-  return ipaddr.process(address).range() === 'unicast';
-};
+  const ip = ipaddr.parse(address);
+  if (ip.kind() === 'ipv4') return ip.range() === 'unicast';
+  const { parts } = ip as ipaddr.IPv6;
+  const range = ip.range();
+  if (range === 'ipv4Mapped') return v4IsPublic(parts[6]!, parts[7]!);
+  // The well-known NAT64 prefix only (DNS64 gives it for IPv4-only hosts); the local-use 64:ff9b:1::/48 is not global.
+  if (range === 'rfc6052') return parts[2] === 0 && parts[3] === 0 && parts[4] === 0 && parts[5] === 0 && v4IsPublic(parts[6]!, parts[7]!);
+  if (range === '6to4') return v4IsPublic(parts[1]!, parts[2]!);
+  return range === 'unicast' && (parts[0]! & 0xe000) === 0x2000;
+}
 
 /** Why a webhook URL is refused outright (at create), or undefined. Names are resolved later, at each delivery. */
 export function refuseUrl(raw: string, policy: UrlPolicy): string | undefined {
@@ -34,7 +49,7 @@ export function refuseUrl(raw: string, policy: UrlPolicy): string | undefined {
   if (u.protocol === 'http:' && !policy.allowHttpHosts.includes(host)) return 'must be an https URL (http only for hosts in WEBHOOK_ALLOW_HTTP_HOSTS)';
   if (u.protocol !== 'https:' && u.protocol !== 'http:') return 'must be an https URL';
   const literal = host.replace(/^\[|\]$/g, '');
-  if (ipaddr.isValid(literal) && !isPublic(literal) && !policy.allowPrivateHosts.includes(host)) {
+  if (ipaddr.isValid(literal) && !isGlobalUnicast(literal) && !policy.allowPrivateHosts.includes(host)) {
     return 'points at a private, loopback or reserved address (allowed only for hosts in WEBHOOK_ALLOW_PRIVATE_HOSTS)';
   }
   return undefined;
@@ -50,7 +65,7 @@ function guardedLookup(policy: UrlPolicy): LookupFunction {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, '', 0);
       const list = addresses as unknown as { address: string; family: number }[];
-      const allowed = policy.allowPrivateHosts.includes(hostname.toLowerCase()) ? list : list.filter((a) => isPublic(a.address));
+      const allowed = policy.allowPrivateHosts.includes(hostname.toLowerCase()) ? list : list.filter((a) => isGlobalUnicast(a.address));
       if (allowed.length === 0) {
         return callback(new RefusedAddress(`${hostname} resolves to a private, loopback or reserved address`), '', 0);
       }
@@ -66,7 +81,10 @@ export class Deliverer {
   readonly #agent: Agent;
   readonly #timeoutMs: number;
 
+  readonly #policy: UrlPolicy;
+
   constructor(policy: UrlPolicy, timeoutMs: number) {
+    this.#policy = policy;
     this.#timeoutMs = timeoutMs;
     // Connecting gets less than the whole attempt: a host that drops SYNs should not hold a watcher for long.
     this.#agent = new Agent({ connect: { lookup: guardedLookup(policy), timeout: Math.min(timeoutMs, 3000) }, connections: 64, keepAliveTimeout: 10_000 });
@@ -74,6 +92,10 @@ export class Deliverer {
 
   /** One attempt. Retried later: 5xx, 408, 429, timeouts, connection errors. Never: other 4xx, 3xx, refused addresses. */
   async send(url: string, msg: { id: string; secret: string; body: string }): Promise<Outcome> {
+    // An address literal is connected to without a lookup, so the lookup's guard never sees it: check it here, on
+    // every attempt (a URL accepted under an older policy, or by an older gateway, is judged by this one).
+    const refused = refuseUrl(url, this.#policy);
+    if (refused) return { ok: false, retry: false, reason: `the webhook URL ${refused}` };
     const timestamp = new Date();
     const signature = new Webhook(msg.secret).sign(msg.id, timestamp, msg.body);
     try {

@@ -1,11 +1,12 @@
 // The tenant's side of webhooks (its signing secret, its last delivery failures) and the receiver the upstream
 // calls in WEBHOOK_MODE=upstream. A receiver call is only a hint: the gateway re-reads the prediction itself.
 import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
-import { Webhook } from 'standardwebhooks';
 import { z } from 'zod';
 import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
+import { UpstreamSignature, drain } from './signature.js';
 
 /** How long a receiver link and a seen upstream message id are remembered. */
 const SEEN_MS = 10 * 60_000;
@@ -39,38 +40,40 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
   });
 }
 
-/** Outside auth: the upstream has no tenant key. Unknown links, bad signatures and replays change nothing. */
+/**
+ * Outside auth: the upstream has no tenant key. Unknown links, bad signatures and replays change nothing, and all
+ * that can be refused is refused before the body is read: the link, the declared length, the signature headers.
+ */
 export async function webhookReceiverRoutes(app: FastifyInstance): Promise<void> {
   const { config, kv, webhooks } = app;
-  const verifier = config.UPSTREAM_WEBHOOK_SECRET ? new Webhook(config.UPSTREAM_WEBHOOK_SECRET) : undefined;
-  // The payload is never used, only verified: read it as text, as large as an upstream answer may be (it echoes
-  // the input, inlined files included) and as deep, rather than under the limits for client bodies.
+  const signature = config.UPSTREAM_WEBHOOK_SECRET ? new UpstreamSignature(config.UPSTREAM_WEBHOOK_SECRET) : undefined;
+  // A webhook's body is the prediction, as large as an upstream answer may be (it echoes the input, inlined files
+  // too); it is never used, only verified. So it is not parsed or kept: the handler gets the stream and reads it
+  // through the HMAC once the headers have passed.
+  const maxBytes = config.UPSTREAM_MAX_BODY_BYTES;
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (request, body, done) => {
-    request.rawBody = body as string;
-    done(null, undefined);
-  });
+  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
+  // Refusals close the connection, so that Node does not read the rest of a body nobody asked for.
+  const refuse = (code: 'NOT_FOUND' | 'PAYLOAD_TOO_LARGE', detail: string) => new GatewayError(code, detail, { headers: { connection: 'close' } });
 
-  app.post('/gateway/v1/webhooks/upstream/:token', { bodyLimit: config.UPSTREAM_MAX_BODY_BYTES }, async (request, reply) => {
+  app.post('/gateway/v1/webhooks/upstream/:token', async (request, reply) => {
     const { token } = parse(TokenParams, request.params, 'path');
-    if (verifier) {
-      const headers = {
-        'webhook-id': String(request.headers['webhook-id'] ?? ''),
-        'webhook-timestamp': String(request.headers['webhook-timestamp'] ?? ''),
-        'webhook-signature': String(request.headers['webhook-signature'] ?? ''),
-      };
-      try {
-        // Checks the signature and that the timestamp is within five minutes.
-        verifier.verify(request.rawBody ?? '', headers);
-      } catch {
-        throw new GatewayError('UNAUTHENTICATED', 'the webhook signature is missing, not valid, or its timestamp is too old');
+    if (Number(request.headers['content-length'] ?? 0) > maxBytes) throw refuse('PAYLOAD_TOO_LARGE', `the webhook body is larger than UPSTREAM_MAX_BODY_BYTES (${maxBytes}) allows`);
+    const id = await kv.get(receiverKey(token));
+    if (!id) throw refuse('NOT_FOUND', 'no such webhook receiver: the gateway never issued this link, or it has expired');
+    const body = request.body as Readable | undefined;
+    if (signature) {
+      const signed = signature.headers(request.headers);
+      if (!(await signature.verify(body, signed, maxBytes))) {
+        throw new GatewayError('UNAUTHENTICATED', 'the webhook signature is not valid');
       }
-      if (!(await kv.setIfAbsent(`whseen:${headers['webhook-id']}`, '1', SEEN_MS))) {
+      if (!(await kv.setIfAbsent(`whseen:${signed.id}`, '1', SEEN_MS))) {
         throw new GatewayError('CONFLICT', 'this webhook message was received already');
       }
+    } else {
+      await drain(body, maxBytes);
     }
-    const id = await kv.get(receiverKey(token));
-    if (id) await webhooks.hint(id);
+    await webhooks.hint(id);
     return reply.code(204).send();
   });
 }

@@ -4,6 +4,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
@@ -279,3 +280,30 @@ export function startGatewayProcess(
 
 /** Stops every gateway process this file started and has not stopped yet. */
 export const stopAllGatewayProcesses = stopAllProcesses;
+
+/**
+ * Sends only a request's head (its Content-Length announcing a body that never comes) and resolves with the answer.
+ * An answer at all proves the server refused without reading the body: it could not have read what was never sent.
+ */
+export async function sendHeadOnly(base: string, method: string, path: string, headers: Record<string, string>): Promise<{ status: number; body: any }> {
+  const { hostname, port } = new URL(base);
+  const socket = connect(Number(port), hostname);
+  const head = [`${method} ${path} HTTP/1.1`, `host: ${hostname}:${port}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)].join('\r\n');
+  socket.write(`${head}\r\n\r\n`);
+  let text = '';
+  socket.setEncoding('utf8').on('data', (d: string) => (text += d));
+  // The answer, complete once its own Content-Length has arrived (the server may keep the socket open for the body).
+  await new Promise<void>((resolve, reject) => {
+    const done = () => {
+      const at = text.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: (\d+)/i.exec(text.slice(0, at))?.[1];
+      return at >= 0 && length !== undefined && Buffer.byteLength(text.slice(at + 4)) >= Number(length);
+    };
+    socket.on('data', () => done() && resolve());
+    socket.on('end', () => (done() ? resolve() : reject(new Error(`the server closed without an answer: ${JSON.stringify(text)}`))));
+    socket.on('error', reject);
+  });
+  socket.destroy();
+  const at = text.indexOf('\r\n\r\n');
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]), body: JSON.parse(text.slice(at + 4)) };
+}
