@@ -4,7 +4,8 @@ import { spendTokenCreate } from '../access/tokens.js';
 import { GatewayError, storeUnavailable } from '../errors.js';
 import { today } from '../usage/day.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
-import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
+import { claimCreate } from './idempotency.js';
+import type { ClientAttempt } from './client-retries.js';
 import { PredictionBody } from './prediction.js';
 import { refreshRunning } from './paging.js';
 import { normalizePrefer } from './prefer.js';
@@ -22,6 +23,8 @@ export interface CreateInput {
   prefer?: string;
   cancelAfter?: string;
   idempotencyKey?: unknown;
+  /** The client's own retry marker (X-Stainless-Retry-Count), if it sends one. */
+  attempt?: ClientAttempt;
 }
 
 /** How deep an upstream prediction may nest: the client's own limit, plus the prediction and its `input`. */
@@ -44,14 +47,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
 
   // Keys are scoped to the credential: two browser tokens of one tenant never replay each other's creates.
   const token = caller.principal.token;
-  const key = idempotencyKey(token ? `${tenant}:token:${token.jti}` : tenant, input.idempotencyKey);
-  const idem = key ? new IdempotentCreate(store, key, fingerprintOf(input.path, input.body)) : undefined;
-  if (idem) {
-    const replay = await idem.claim(timeoutMs + 30_000, Date.now() + timeoutMs);
-    if (replay) {
-      metrics.idempotentReplays.inc();
-      return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
-    }
+  const { idem, replay } = await claimCreate(store, token ? `${tenant}:token:${token.jti}` : tenant, input, timeoutMs);
+  if (replay) {
+    metrics.idempotentReplays.inc();
+    return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
   }
 
   let res;
@@ -102,7 +101,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         json: res.body,
         day: today(),
         terminal,
-        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
+        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
         // Settled when anything sees the prediction end, or released after PREDICTION_TTL_SECONDS.
         reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_TTL_SECONDS * 1000 },
       }),

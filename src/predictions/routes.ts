@@ -8,6 +8,7 @@ import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
 import { EVENTS, type EventName } from '../webhooks/webhooks.js';
 import { receiverKey, receiverToken } from '../webhooks/routes.js';
+import { clientAttempt, preferWithin } from './client-retries.js';
 import { createPrediction } from './create.js';
 import type { Answer, Caller } from './deps.js';
 import { listPredictions } from './paging.js';
@@ -74,14 +75,17 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
       forward = JSON.stringify(rest);
     }
     const bases = [base(request), `${request.protocol}://${request.host}`];
+    const attempt = clientAttempt(request.headers);
     const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
       forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
       model,
-      prefer: header(request, 'prefer'),
+      // A client that says when it gives up is answered before then, held or not (src/predictions/client-retries.ts).
+      prefer: preferWithin(header(request, 'prefer'), attempt?.answerWithinMs),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
+      attempt,
     });
     if (body.webhook !== undefined && answer.created) {
       const id = answer.created;

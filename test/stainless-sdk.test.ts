@@ -1,0 +1,82 @@
+// Replicate's new official SDK (`replicate-stainless`), unchanged but for its base URL and token, against the gateway
+// over real HTTP (issue 23, items 11-17); where the SDK cannot show a detail, the requests it sends are sent by hand.
+import Replicate from 'replicate-stainless';
+import { describe, expect, it } from 'vitest';
+import { fingerprintOf } from '../src/predictions/idempotency.js';
+import { KEY_A, KEY_B, MODEL_PATH, call, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
+
+const s = useSimulator(100);
+const gw = useGateway(() => ({ sim: s }));
+
+const sdk = (opts: { key?: string; timeout?: number; maxRetries?: number } = {}) =>
+  new Replicate({ bearerToken: opts.key ?? KEY_A, baseURL: `${gw.url}/replicate/v1`, timeout: opts.timeout, maxRetries: opts.maxRetries });
+const upstreamCreates = () => upstreamCalls(s.sim).filter((r) => r.method === 'POST' && !r.url.endsWith('/cancel'));
+
+describe('creates the SDK retries on its own (X-Stainless-Retry-Count)', () => {
+  const marked = (attempt: string, input: Record<string, unknown>, key = KEY_A) =>
+    call(gw.url, 'POST', MODEL_PATH, { key, body: { input }, headers: { 'x-stainless-retry-count': attempt } });
+
+  it('answers a held create before the client times out: a 1.5 s SDK timeout with Prefer: wait=3 makes one upstream create', async () => {
+    const client = sdk({ maxRetries: 2 });
+    // The SDK announces a per-request timeout (X-Stainless-Timeout: 1, whole seconds): too short to hold a create.
+    const { data, response } = await client.models.predictions
+      .create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'held', duration_ms: 10_000 }, Prefer: 'wait=3' }, { timeout: 1500 })
+      .withResponse();
+    expect(response.status).toBe(201);
+    expect(response.headers.get('idempotent-replayed')).toBeNull();
+    expect(data.status).toBe('starting');
+    expect(upstreamCreates()).toHaveLength(1);
+    expect(upstreamCreates()[0]!.headers.prefer).toBeUndefined();
+    // Its default timeout (60 s, not announced) is the longest wait: run()'s Prefer: wait is held 57 s at most.
+    s.sim.clearRequests();
+    await client.models.predictions.create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'quick' }, Prefer: 'wait' });
+    expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=57');
+  });
+
+  it('answers a retry of a create the client gave up on with that create, never a second job', async () => {
+    // The upstream holds its answer 2.5 s; the SDK gives up after 1.5 s and retries (with backoff, honouring retry-after).
+    const client = sdk({ timeout: 1500, maxRetries: 3 });
+    const { data, response } = await client.models.predictions
+      .create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'slow upstream', hold_ms: 2500 } })
+      .withResponse();
+    expect(response.status).toBe(201);
+    expect(response.headers.get('idempotent-replayed')).toBe('true');
+    expect(upstreamCreates()).toHaveLength(1);
+    expect((await client.predictions.get({ prediction_id: data.id })).id).toBe(data.id);
+  });
+
+  it('lets a retry that arrives while the first attempt is still waiting wait for it', async () => {
+    const input = { prompt: 'waits', hold_ms: 1500 };
+    const first = marked('0', input);
+    await waitFor(() => upstreamCreates().length === 1, 5000, 'the first attempt to reach the upstream');
+    const retry = await marked('1', input);
+    expect((await first).status).toBe(201);
+    expect(retry.status).toBe(201);
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    expect(retry.body.id).toBe((await first).body.id);
+    expect(upstreamCreates()).toHaveLength(1);
+  });
+
+  it('keeps first attempts apart, scopes retries to the exact body, and costs unmarked creates no store trip', async () => {
+    const input = { prompt: `same ${Date.now()}` };
+    const a = await marked('0', input);
+    const b = await marked('0', input);
+    // Two identical first attempts are two jobs the client asked for.
+    expect(b.body.id).not.toBe(a.body.id);
+    // A retry is answered with the newest identical first attempt; a different body is a job of its own.
+    const retry = await marked('2', input);
+    expect(retry.body.id).toBe(b.body.id);
+    const other = await marked('1', { ...input, seed: 1 });
+    expect(other.status).toBe(201);
+    expect(other.headers.get('idempotent-replayed')).toBeNull();
+    // Another tenant's identical retry is not answered with this tenant's prediction.
+    const theirs = await marked('1', input, KEY_B);
+    expect(theirs.headers.get('idempotent-replayed')).toBeNull();
+    expect(upstreamCreates()).toHaveLength(4);
+    // Without the marker nothing is claimed in the store.
+    const plain = { prompt: `unmarked ${Date.now()}` };
+    await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: plain } });
+    expect(await gw.app.store.idemGet(`team-a:retry:${fingerprintOf('/models/black-forest-labs/flux-schnell/predictions', JSON.stringify({ input: plain }))}`)).toBeNull();
+    expect(await gw.app.store.idemGet(`team-a:retry:${fingerprintOf('/models/black-forest-labs/flux-schnell/predictions', JSON.stringify({ input }))}`)).not.toBeNull();
+  });
+});
