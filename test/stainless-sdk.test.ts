@@ -80,3 +80,13 @@ describe('creates the SDK retries on its own (X-Stainless-Retry-Count)', () => {
     expect(await gw.app.store.idemGet(`team-a:retry:${fingerprintOf('/models/black-forest-labs/flux-schnell/predictions', JSON.stringify({ input }))}`)).not.toBeNull();
   });
 });
+
+describe('problem JSON as the SDK reads it', () => {
+  it('carries `message` (the same text as `detail`), from which the SDK builds its error message', async () => {
+    const err = await sdk().predictions.get({ prediction_id: 'nope' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Replicate.NotFoundError);
+    expect((err as Error).message).toBe('404 prediction nope was not found');
+    const r = await call(gw.url, 'GET', '/replicate/v1/predictions/nope', { key: KEY_A });
+    expect(r.body).toEqual({ type: 'urn:fuhu-gateway:problem:not-found', title: 'Not found', status: 404, detail: 'prediction nope was not found', message: 'prediction nope was not found', request_id: r.headers.get('x-request-id') });
+  });
+});
