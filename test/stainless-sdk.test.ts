@@ -6,7 +6,8 @@ import { fingerprintOf } from '../src/predictions/idempotency.js';
 import { KEY_A, KEY_B, MODEL_PATH, call, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(100);
-const gw = useGateway(() => ({ sim: s }));
+const ORIGIN = 'https://app.example.com';
+const gw = useGateway(() => ({ sim: s, tenants: [{ id: 'team-a', keys: [KEY_A], allowedOrigins: [ORIGIN] }, { id: 'team-b', keys: [KEY_B] }] }));
 
 const sdk = (opts: { key?: string; timeout?: number; maxRetries?: number } = {}) =>
   new Replicate({ bearerToken: opts.key ?? KEY_A, baseURL: `${gw.url}/replicate/v1`, timeout: opts.timeout, maxRetries: opts.maxRetries });
@@ -88,5 +89,34 @@ describe('problem JSON as the SDK reads it', () => {
     expect((err as Error).message).toBe('404 prediction nope was not found');
     const r = await call(gw.url, 'GET', '/replicate/v1/predictions/nope', { key: KEY_A });
     expect(r.body).toEqual({ type: 'urn:fuhu-gateway:problem:not-found', title: 'Not found', status: 404, detail: 'prediction nope was not found', message: 'prediction nope was not found', request_id: r.headers.get('x-request-id') });
+  });
+});
+
+describe('the SDK in a browser', () => {
+  it('passes the CORS preflight: every header the SDK sends is allowed, and QUERY (models.search) too', async () => {
+    let sent: Headers | undefined;
+    const client = new Replicate({
+      bearerToken: KEY_A,
+      baseURL: `${gw.url}/replicate/v1`,
+      fetch: async (url, init) => {
+        sent = new Headers(init?.headers);
+        return fetch(url, init);
+      },
+    });
+    await client.models.predictions.create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'cors' } }, { timeout: 30_000 });
+    // What a browser lists in Access-Control-Request-Headers: all but the CORS-safelisted ones.
+    const asked = [...sent!.keys()].filter((h) => h !== 'accept');
+    expect(asked).toEqual(expect.arrayContaining(['x-stainless-retry-count', 'x-stainless-timeout', 'x-stainless-os', 'x-stainless-package-version']));
+    for (const method of ['POST', 'GET', 'QUERY']) {
+      const res = await fetch(`${gw.url}${MODEL_PATH}`, {
+        method: 'OPTIONS',
+        headers: { origin: ORIGIN, 'access-control-request-method': method, 'access-control-request-headers': asked.join(',') },
+      });
+      expect(res.status).toBe(204);
+      expect(res.headers.get('access-control-allow-origin')).toBe(ORIGIN);
+      const allowed = (res.headers.get('access-control-allow-headers') ?? '').toLowerCase().split(/\s*,\s*/);
+      expect(allowed).toEqual(expect.arrayContaining(asked));
+      expect((res.headers.get('access-control-allow-methods') ?? '').split(/\s*,\s*/)).toContain(method);
+    }
   });
 });
