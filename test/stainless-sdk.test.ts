@@ -120,3 +120,49 @@ describe('the SDK in a browser', () => {
     }
   });
 });
+
+describe('the prediction list with created_after / created_before', () => {
+  it('lists only the window, across pages, keeping it in next and previous; a bad date is 422', async () => {
+    const client = sdk({ key: KEY_B });
+    const make = (prompt: string) => client.models.predictions.create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt } });
+    /** A moment after every prediction made so far and before any made next (the index has microseconds). */
+    const mark = async () => {
+      const at = Date.now() + 1;
+      await waitFor(() => Date.now() > at, 1000, 'the clock to pass the mark');
+      return at;
+    };
+    for (let i = 0; i < 3; i++) await make(`before ${i}`);
+    const after = new Date(await mark()).toISOString();
+    const inside: string[] = [];
+    for (let i = 0; i < 105; i++) inside.push((await make(`inside ${i}`)).id);
+    // The same moment with an offset and microseconds: 12:00:00.001000+02:00 is 10:00:00.001Z.
+    const beforeMs = await mark();
+    const before = new Date(beforeMs + 2 * 3600_000).toISOString().replace('Z', '000+02:00');
+    for (let i = 0; i < 3; i++) await make(`after ${i}`);
+
+    const first = await client.predictions.list({ created_after: after, created_before: before });
+    expect(first.results).toHaveLength(100);
+    expect(first.results[0]!.id).toBe(inside.at(-1));
+    const next = new URL(first.next);
+    expect(`${next.origin}${next.pathname}`).toBe(`${gw.url}/replicate/v1/predictions`);
+    expect(next.searchParams.get('created_after')).toBe(after);
+    expect(next.searchParams.get('created_before')).toBe(before);
+    const second = await call(gw.url, 'GET', first.next.slice(gw.url.length), { key: KEY_B });
+    expect(second.body.results.map((p: { id: string }) => p.id)).toEqual(inside.slice(0, 5).reverse());
+    // The last page of the window says so, and its previous link keeps the window too.
+    expect(second.body.next).toBeNull();
+    expect(new URL(second.body.previous).searchParams.get('created_before')).toBe(before);
+    const seen: string[] = [];
+    for await (const p of client.predictions.list({ created_after: after, created_before: before })) seen.push(p.id);
+    expect(seen).toEqual([...inside].reverse());
+    // One bound alone.
+    const newer = await client.predictions.list({ created_after: new Date(beforeMs).toISOString() });
+    expect(newer.results.map((p) => p.input)).toEqual([2, 1, 0].map((i) => ({ prompt: `after ${i}` })));
+    expect(newer.hasNextPage()).toBe(false);
+
+    const bad = await client.predictions.list({ created_after: 'yesterday' }).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(Replicate.UnprocessableEntityError);
+    expect((bad as Error).message).toBe('422 query created_after must be an ISO 8601 date-time, e.g. 2025-01-31T12:00:00Z');
+    expect((await call(gw.url, 'GET', '/replicate/v1/predictions?created_before=2025-02-30T00:00:00Z', { key: KEY_B })).status).toBe(422);
+  });
+});

@@ -3,6 +3,7 @@
 import { GatewayError } from '../errors.js';
 import type { IndexEntry, ListQuery } from '../store/store.js';
 import type { Caller, PredictionDeps } from './deps.js';
+import { type CreatedWindow, windowPage } from './list-window.js';
 import { keepTerminal } from './read.js';
 import { PredictionBody } from './prediction.js';
 
@@ -98,13 +99,16 @@ async function refreshRunningNow(deps: PredictionDeps, caller: Caller): Promise<
   return after.filter((b, i) => b.terminal && !before[i]!.terminal).length;
 }
 
-/** One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim). */
-export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string): Promise<string> {
+/**
+ * One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim), which
+ * keep the `created_after`/`created_before` window (the SDK re-sends only what the link holds after its first page).
+ */
+export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string, window: CreatedWindow = { query: '' }): Promise<string> {
   const q = decodeCursor(cursor);
-  const { entries, hasMore } = await deps.store.listPage(caller.principal.tenant.id, q);
+  const { entries, hasMore } = await windowPage(deps.store, caller.principal.tenant.id, q, window);
   const { next, previous } = neighbours(q, entries, hasMore);
   const link = (dir: 'n' | 'p', score: number | undefined) =>
-    score === undefined ? null : `${base}/replicate/v1/predictions?cursor=${encodeCursor(dir, score)}`;
+    score === undefined ? null : `${base}/replicate/v1/predictions?cursor=${encodeCursor(dir, score)}${window.query}`;
   const bodies = await refreshed(deps, caller, entries.map((e) => new PredictionBody(e.json)));
   const results = bodies.map((b) => b.render(base));
   return `{"next":${JSON.stringify(link('n', next))},"previous":${JSON.stringify(link('p', previous))},"results":[${results.join(',')}]}`;

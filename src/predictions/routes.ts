@@ -11,6 +11,7 @@ import { receiverKey, receiverToken } from '../webhooks/routes.js';
 import { clientAttempt, preferWithin } from './client-retries.js';
 import { createPrediction } from './create.js';
 import type { Answer, Caller } from './deps.js';
+import { createdWindow } from './list-window.js';
 import { listPredictions } from './paging.js';
 import { cancelPrediction, getPrediction } from './read.js';
 import { untilStored } from './store-retry.js';
@@ -126,8 +127,9 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
 
   // Key only: a browser token would otherwise list every prediction of its tenant, other end users' included.
   app.get('/predictions', { config: { keyOnly: true } }, async (request, reply) => {
-    const { cursor } = parse(ListQuerySchema, request.query, 'query');
-    const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request));
+    const { cursor, created_after, created_before } = parse(ListQuerySchema, request.query, 'query');
+    const window = createdWindow(created_after, created_before);
+    const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request), window);
     return reply.code(200).type('application/json; charset=utf-8').send(page);
   });
 }
