@@ -3,11 +3,21 @@
 import Replicate from 'replicate-stainless';
 import { describe, expect, it } from 'vitest';
 import { fingerprintOf } from '../src/predictions/idempotency.js';
+import { CATALOGUE, HARDWARE, simVersionOf } from '../src/simulator/models.js';
 import { KEY_A, KEY_B, MODEL_PATH, call, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(100);
 const ORIGIN = 'https://app.example.com';
-const gw = useGateway(() => ({ sim: s, tenants: [{ id: 'team-a', keys: [KEY_A], allowedOrigins: [ORIGIN] }, { id: 'team-b', keys: [KEY_B] }] }));
+// team-c may use one black-forest-labs model and meta's.
+const KEY_C = 'team-c-key-0123456789abcdef';
+const gw = useGateway(() => ({
+  sim: s,
+  tenants: [
+    { id: 'team-a', keys: [KEY_A], allowedOrigins: [ORIGIN] },
+    { id: 'team-b', keys: [KEY_B] },
+    { id: 'team-c', keys: [KEY_C], models: ['black-forest-labs/flux-dev', 'meta/*', 'sim/*'] },
+  ],
+}));
 
 const sdk = (opts: { key?: string; timeout?: number; maxRetries?: number } = {}) =>
   new Replicate({ bearerToken: opts.key ?? KEY_A, baseURL: `${gw.url}/replicate/v1`, timeout: opts.timeout, maxRetries: opts.maxRetries });
@@ -164,5 +174,73 @@ describe('the prediction list with created_after / created_before', () => {
     expect(bad).toBeInstanceOf(Replicate.UnprocessableEntityError);
     expect((bad as Error).message).toBe('422 query created_after must be an ISO 8601 date-time, e.g. 2025-01-31T12:00:00Z');
     expect((await call(gw.url, 'GET', '/replicate/v1/predictions?created_before=2025-02-30T00:00:00Z', { key: KEY_B })).status).toBe(422);
+  });
+});
+
+/** Every URL in a JSON text: none may point at the upstream's host (a client would send the tenant's key there). */
+const urlsIn = (text: string) => [...text.matchAll(/https?:\/\/[^"\s]+/g)].map((m) => m[0]);
+const expectGatewayLinks = (page: { next?: unknown; previous?: unknown }) => {
+  for (const link of [page.next, page.previous]) if (link) expect(String(link).startsWith(`${gw.url}/replicate/v1/`)).toBe(true);
+};
+
+describe('paged reads the gateway forwards', () => {
+  it('model versions: next and previous are gateway URLs, and their cursor reaches the upstream', async () => {
+    const model = 'sim/versioned-model';
+    const first = await sdk().models.versions.list({ model_owner: 'sim', model_name: 'versioned-model' }) as unknown as { next: string; previous: string | null; results: { id: string }[] };
+    expect(first.results.map((v) => v.id)).toEqual([simVersionOf(model), simVersionOf(`${model}#1`)]);
+    expect(first.next).toMatch(new RegExp(`^${gw.url}/replicate/v1/models/sim/versioned-model/versions\\?cursor=[\\w%-]+$`));
+    expect(first.previous).toBeNull();
+    const second = await call(gw.url, 'GET', first.next.slice(gw.url.length), { key: KEY_A });
+    expect(second.body.results.map((v: { id: string }) => v.id)).toEqual([simVersionOf(`${model}#2`)]);
+    expect(second.body.next).toBeNull();
+    expectGatewayLinks(second.body);
+    expect(upstreamCalls(s.sim, /versions\?cursor=/)).toHaveLength(1);
+    const back = await call(gw.url, 'GET', second.body.previous.slice(gw.url.length), { key: KEY_A });
+    expect(back.body.results).toEqual(first.results);
+    for (const r of [first, second.body, back.body]) expect(urlsIn(JSON.stringify(r)).filter((u) => u.includes('api.replicate.com'))).toEqual([]);
+    expect((await call(gw.url, 'GET', '/replicate/v1/models/sim/versioned-model/versions?cursor=%20', { key: KEY_A })).status).toBe(422);
+  });
+});
+
+describe('catalogue reads: hardware, collections, the model list and search', () => {
+  const names = (models: { owner: string; name: string }[]) => models.map((m) => `${m.owner}/${m.name}`);
+
+  it('forwards hardware and collections, keeping a collection\'s models to the allowlist', async () => {
+    expect(await sdk().hardware.list()).toEqual(HARDWARE);
+    const collections = (await sdk().collections.list()) as unknown as { next: string; results: { slug: string }[] };
+    expect(collections.results.map((c) => c.slug)).toEqual(['text-to-image', 'speech-to-text']);
+    expectGatewayLinks(collections);
+    const rest = await call(gw.url, 'GET', collections.next.slice(gw.url.length), { key: KEY_A });
+    expect(rest.body.results.map((c: { slug: string }) => c.slug)).toEqual(['language-models']);
+    const all = (await sdk().collections.get({ collection_slug: 'text-to-image' })) as unknown as { models: { owner: string; name: string }[] };
+    expect(names(all.models)).toEqual(['black-forest-labs/flux-schnell', 'black-forest-labs/flux-dev', 'stability-ai/sdxl']);
+    const mine = (await sdk({ key: KEY_C }).collections.get({ collection_slug: 'text-to-image' })) as unknown as { models: { owner: string; name: string }[] };
+    expect(names(mine.models)).toEqual(['black-forest-labs/flux-dev']);
+    await expect(sdk().collections.get({ collection_slug: 'nope' })).rejects.toBeInstanceOf(Replicate.NotFoundError);
+  });
+
+  it('lists models page by page through gateway links, only those the caller may use', async () => {
+    const every: string[] = [];
+    for await (const m of sdk().models.list()) every.push(`${m.owner}/${m.name}`);
+    expect(every).toEqual(CATALOGUE);
+    // team-c's models sit on pages 1 and 3: the page between, empty for it, is skipped rather than ending the list.
+    const mine: string[] = [];
+    for await (const m of sdk({ key: KEY_C }).models.list()) mine.push(`${m.owner}/${m.name}`);
+    expect(mine).toEqual(['black-forest-labs/flux-dev', 'meta/meta-llama-3-8b']);
+    const first = await call(gw.url, 'GET', '/replicate/v1/models', { key: KEY_A });
+    expectGatewayLinks(first.body);
+    expect(first.body.next).toMatch(new RegExp(`^${gw.url}/replicate/v1/models\\?cursor=`));
+  });
+
+  it('searches with QUERY /models (the words as text/plain), keeping the allowlist', async () => {
+    const found = (await sdk().models.search({ body: 'flux' })) as unknown as { results: { owner: string; name: string }[] };
+    expect(names(found.results)).toEqual(['black-forest-labs/flux-schnell', 'black-forest-labs/flux-dev']);
+    const search = upstreamCalls(s.sim).find((r) => r.method === 'QUERY')!;
+    expect(search.body).toBe('flux');
+    expect(search.headers['content-type']).toMatch(/^text\/plain/);
+    const mine = (await sdk({ key: KEY_C }).models.search({ body: 'flux' })) as unknown as { results: { owner: string; name: string }[] };
+    expect(names(mine.results)).toEqual(['black-forest-labs/flux-dev']);
+    const empty = await fetch(`${gw.url}/replicate/v1/models`, { method: 'QUERY', headers: { authorization: `Bearer ${KEY_A}`, 'content-type': 'text/plain' }, body: ' ' });
+    expect(empty.status).toBe(422);
   });
 });
