@@ -244,3 +244,32 @@ describe('catalogue reads: hardware, collections, the model list and search', ()
     expect(empty.status).toBe(422);
   });
 });
+
+describe('file uploads from the SDK', () => {
+  it('stores metadata sent as metadata[key] fields as the object it was', async () => {
+    const client = sdk();
+    const metadata = { purpose: 'test', nested: { k: 'v' }, tags: ['a', 'b'], n: 3 };
+    const created = await client.files.create({ content: new File([Buffer.from('hello')], 'hello.txt', { type: 'text/plain' }), filename: 'hello.txt', type: 'text/plain', metadata });
+    // A form keeps no types: the number comes back as the string the SDK sent.
+    const expected = { purpose: 'test', nested: { k: 'v' }, tags: ['a', 'b'], n: '3' };
+    expect(created.metadata).toEqual(expected);
+    expect((await client.files.get({ file_id: created.id })).metadata).toEqual(expected);
+    const upload = (fields: [string, string][]) => {
+      const form = new FormData();
+      form.append('content', new Blob(['x']), 'x.txt');
+      for (const [k, v] of fields) form.append(k, v);
+      return fetch(`${gw.url}/replicate/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${KEY_A}` }, body: form });
+    };
+    // __proto__ is a key like any other, never the object's prototype.
+    const proto = await upload([['metadata[__proto__][polluted]', 'yes']]);
+    expect(proto.status).toBe(201);
+    expect((await proto.json()).metadata).toEqual(JSON.parse('{"__proto__":{"polluted":"yes"}}'));
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    const conflict = await upload([['metadata[a]', '1'], ['metadata[a][b]', '2']]);
+    expect(conflict.status).toBe(422);
+    expect((await conflict.json()).detail).toBe('metadata field metadata[a][b] conflicts with another metadata field');
+    const deep = await upload([[`metadata${'[k]'.repeat(65)}`, 'x']]);
+    expect(deep.status).toBe(422);
+    expect((await deep.json()).detail).toBe('metadata nests deeper than JSON_MAX_DEPTH (64) levels');
+  });
+});
