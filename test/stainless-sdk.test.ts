@@ -1,10 +1,16 @@
 // Replicate's new official SDK (`replicate-stainless`), unchanged but for its base URL and token, against the gateway
 // over real HTTP (issue 23, items 11-17); where the SDK cannot show a detail, the requests it sends are sent by hand.
+import { readFileSync } from 'node:fs';
+import { type Server, createServer } from 'node:http';
+import { dirname, join, normalize } from 'node:path';
+import { createRequire } from 'node:module';
+import type { Browser } from 'playwright-core';
 import Replicate from 'replicate-stainless';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { launchChromium } from './helpers/chromium.js';
 import { fingerprintOf } from '../src/predictions/idempotency.js';
 import { CATALOGUE, HARDWARE, simVersionOf } from '../src/simulator/models.js';
-import { KEY_A, KEY_B, MODEL_PATH, call, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
+import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, startGateway, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(100);
 const ORIGIN = 'https://app.example.com';
@@ -42,6 +48,15 @@ describe('creates the SDK retries on its own (X-Stainless-Retry-Count)', () => {
     s.sim.clearRequests();
     await client.models.predictions.create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'quick' }, Prefer: 'wait' });
     expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=57');
+    // The Python SDKs say X-Stainless-Read-Timeout (seconds, fractional): 5 s less 1.25 s, less a second for the create.
+    s.sim.clearRequests();
+    const py = await call(gw.url, 'POST', MODEL_PATH, {
+      key: KEY_A,
+      body: { input: { prompt: 'python' } },
+      headers: { 'x-stainless-retry-count': '0', 'x-stainless-read-timeout': '5.0', prefer: 'wait=60' },
+    });
+    expect(py.status).toBe(201);
+    expect(upstreamCreates()[0]!.headers.prefer).toBe('wait=2');
   });
 
   it('answers a retry of a create the client gave up on with that create, never a second job', async () => {
@@ -103,6 +118,61 @@ describe('problem JSON as the SDK reads it', () => {
 });
 
 describe('the SDK in a browser', () => {
+  // A page on its own origin loads the SDK's own ES modules (no bundler) and calls the gateway with CORS.
+  const SDK_DIR = dirname(createRequire(import.meta.url).resolve('replicate-stainless'));
+  const PAGE = readFileSync(new URL('./fixtures/stainless-page/index.html', import.meta.url), 'utf8');
+  let site: Server;
+  let origin: string;
+  let browserGw: Gateway;
+  let browser: Browser;
+
+  beforeAll(async () => {
+    site = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0]!;
+      if (path === '/') return res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(PAGE);
+      const file = normalize(path.slice('/sdk/'.length));
+      if (!path.startsWith('/sdk/') || !file.endsWith('.mjs') || file.startsWith('..')) return res.writeHead(404).end();
+      try {
+        res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' }).end(readFileSync(join(SDK_DIR, file)));
+      } catch {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((resolve) => site.listen(0, '127.0.0.1', resolve));
+    origin = `http://127.0.0.1:${(site.address() as { port: number }).port}`;
+    browserGw = await startGateway({
+      sim: s,
+      tenants: [{ id: 'web', keys: ['web-tenant-key-0123456789abcdef'], allowedOrigins: [origin] }],
+      env: { TOKEN_SIGNING_SECRET: 'stainless-browser-signing-secret-0123456789', LOG_LEVEL: 'warn' },
+    });
+    browser = await launchChromium();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await browserGw?.close();
+    await new Promise((resolve) => site?.close(resolve));
+  });
+
+  it('creates, reads and searches from a page on another origin, with a short-lived token', async () => {
+    const minted = await call(browserGw.url, 'POST', '/gateway/v1/tokens', { key: 'web-tenant-key-0123456789abcdef', body: { ttl_seconds: 300, models: ['black-forest-labs/*'] } });
+    expect(minted.status).toBe(201);
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      await page.goto(`${origin}/?gateway=${encodeURIComponent(browserGw.url)}&token=${encodeURIComponent(minted.body.token)}`, { timeout: 5000 });
+      await page.waitForSelector('#out[data-state="done"], #out[data-state="error"]', { timeout: 10_000 });
+      const text = await page.locator('#out').innerText();
+      expect(await page.locator('#out').getAttribute('data-state'), text).toBe('done');
+      const r = JSON.parse(text);
+      expect(r.got).toBe(r.id);
+      expect(r.urlsGet).toBe(`${browserGw.url}/replicate/v1/predictions/${r.id}`);
+      expect(r.hardware).toBe(HARDWARE.length);
+      expect(r.found).toEqual(['flux-schnell', 'flux-dev']);
+    } finally {
+      await context.close();
+    }
+  });
+
   it('passes the CORS preflight: every header the SDK sends is allowed, and QUERY (models.search) too', async () => {
     let sent: Headers | undefined;
     const client = new Replicate({
