@@ -33,7 +33,19 @@ describe('creates the SDK retries on its own (X-Stainless-Retry-Count)', () => {
   const marked = (attempt: string, input: Record<string, unknown>, key = KEY_A) =>
     call(gw.url, 'POST', MODEL_PATH, { key, body: { input }, headers: { 'x-stainless-retry-count': attempt } });
 
-  it('answers a held create before the client times out: a 1.5 s SDK timeout with Prefer: wait=3 makes one upstream create', async () => {
+  it('makes one upstream create where a 1.5 s SDK timeout with Prefer: wait=3 made three (issue 23)', async () => {
+    // The SDK gives up on the held create after 1.5 s and sends it again, twice: the retries wait for the first.
+    const { data, response } = await sdk({ timeout: 1500, maxRetries: 2 })
+      .models.predictions.create({ model_owner: 'black-forest-labs', model_name: 'flux-schnell', input: { prompt: 'as seen', duration_ms: 10_000 }, Prefer: 'wait=3' })
+      .withResponse();
+    expect(response.status).toBe(201);
+    expect(response.headers.get('idempotent-replayed')).toBe('true');
+    expect(upstreamCreates()).toHaveLength(1);
+    expect(upstreamCreates()[0]!.body).toMatchObject({ input: { prompt: 'as seen' } });
+    expect(data.status).not.toBe('succeeded');
+  });
+
+  it('answers a held create before the client times out, where the client says when that is', async () => {
     const client = sdk({ maxRetries: 2 });
     // The SDK announces a per-request timeout (X-Stainless-Timeout: 1, whole seconds): too short to hold a create.
     const { data, response } = await client.models.predictions
