@@ -54,6 +54,23 @@ export interface AppDeps {
 
 const REQUEST_ID = /^[\w.:@-]{1,128}$/;
 
+/**
+ * What Replicate's new SDK (and any Stainless-generated JS client) sends on every request; a browser asks for them
+ * in its preflight, and one not listed fails the call ("Failed to fetch"). The retry count and timeout are read by
+ * src/predictions/client-retries.ts. Firefox lets the SDK set User-Agent, which then needs allowing too.
+ */
+const SDK_HEADERS = [
+  'X-Stainless-Arch',
+  'X-Stainless-Lang',
+  'X-Stainless-OS',
+  'X-Stainless-Package-Version',
+  'X-Stainless-Retry-Count',
+  'X-Stainless-Runtime',
+  'X-Stainless-Runtime-Version',
+  'X-Stainless-Timeout',
+  'User-Agent',
+];
+
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const metrics = new Metrics();
   const fail = makeFailureHandler(() => metrics.storeErrors.inc());
@@ -118,8 +135,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // Preflights are answered for any origin some tenant allows; each request's own origin is checked after auth.
   await app.register(cors, {
     origin: (origin, cb) => cb(null, origin ? app.tenants.someAllowOrigin(origin) : false),
-    methods: ['GET', 'POST', 'DELETE', 'OPTIONS'],
-    allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id'],
+    // QUERY: the model search of Replicate's new SDK (`models.search`).
+    methods: ['GET', 'POST', 'DELETE', 'QUERY', 'OPTIONS'],
+    allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id', ...SDK_HEADERS],
     exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', 'server-timing', ...BUDGET_HEADERS],
     maxAge: 600,
   });

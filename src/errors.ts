@@ -31,6 +31,7 @@ export interface Problem {
   title: string;
   status: number;
   detail: string;
+  message: string;
   [extra: string]: unknown;
 }
 
@@ -66,6 +67,9 @@ export class GatewayError extends Error {
       title: this.title,
       status: this.statusCode,
       detail: this.message,
+      // An extension member (RFC 9457 §3.2): Replicate's own SDK builds its error text from `body.message` and would
+      // otherwise print the whole JSON.
+      message: this.message,
       ...this.extra,
     };
     if (requestId) problem.request_id = requestId;

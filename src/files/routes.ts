@@ -10,10 +10,12 @@ import { parse } from '../http/validate.js';
 import { deeperThan } from '../lib/json-depth.js';
 import type { FileMeta } from '../store/file-store.js';
 import { FILE_ID, fileObject, mayUse, uploaderOf } from './file-object.js';
+import { FormMetadata, isMetadataField } from './form-metadata.js';
 import type { FileUrlSigner } from './signed-urls.js';
 
 const PAGE_SIZE = 100;
 const METADATA_MAX_BYTES = 64 * 1024;
+const METADATA_MAX_FIELDS = 64;
 const IdParams = z.object({ id: z.string().regex(FILE_ID, 'is not a file id this gateway issued') });
 const ListQuery = z.object({ cursor: z.string().max(100).optional() });
 const SignedQuery = z.object({ expires: z.string().max(20).optional(), signature: z.string().max(100).optional() });
@@ -62,7 +64,8 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
   const { config, files } = app;
   await app.register(multipart, {
     // One file part (content) and the small fields the clients add; anything larger is refused while it streams.
-    limits: { fileSize: config.FILES_MAX_BYTES, files: 2, fields: 8, fieldSize: METADATA_MAX_BYTES, parts: 10, headerPairs: 100 },
+    // Replicate's new SDK sends a metadata object as one field per leaf (src/files/form-metadata.ts): room for 64.
+    limits: { fileSize: config.FILES_MAX_BYTES, files: 2, fields: METADATA_MAX_FIELDS + 8, fieldSize: METADATA_MAX_BYTES, fieldNameSize: 1024, parts: METADATA_MAX_FIELDS + 10, headerPairs: 100 },
   });
 
   const notMultipart = () => new GatewayError('UNSUPPORTED_MEDIA_TYPE', 'send the file as multipart/form-data with the file in a part named "content"');
@@ -76,6 +79,7 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
     let metadata: Record<string, unknown> = {};
     let name: string | undefined;
     let type: string | undefined;
+    const formMetadata = new FormMetadata(METADATA_MAX_BYTES, config.JSON_MAX_DEPTH);
     try {
       for await (const part of request.parts()) {
         if (part.type === 'file') {
@@ -84,6 +88,7 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
           // The JS client sends metadata as a JSON Blob, the Python client as a field.
           else if (part.fieldname === 'metadata') metadata = parseMetadata(bytes.subarray(0, METADATA_MAX_BYTES + 1).toString(), config.JSON_MAX_DEPTH);
         } else if (part.fieldname === 'metadata') metadata = parseMetadata(String(part.value), config.JSON_MAX_DEPTH);
+        else if (isMetadataField(part.fieldname)) formMetadata.add(part.fieldname, String(part.value));
         else if (part.fieldname === 'filename') name = String(part.value);
         else if (part.fieldname === 'type') type = String(part.value);
       }
@@ -97,6 +102,7 @@ export async function fileRoutes(app: FastifyInstance): Promise<void> {
       throw new GatewayError('BAD_REQUEST', `the body is not well-formed multipart/form-data: ${String((err as Error).message).slice(0, 200)}`, { cause: err });
     }
     if (!content) throw new GatewayError('VALIDATION', 'the form has no file in a part named "content"');
+    if (!formMetadata.empty) metadata = formMetadata.merged(metadata);
 
     const id = randomBytes(24).toString('base64url');
     const now = Date.now();

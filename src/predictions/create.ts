@@ -5,7 +5,8 @@ import { spendTokenCreate } from '../access/tokens.js';
 import { GatewayError, storeUnavailable } from '../errors.js';
 import { today } from '../usage/day.js';
 import type { Answer, Caller, PredictionDeps } from './deps.js';
-import { IdempotentCreate, fingerprintOf, idempotencyKey } from './idempotency.js';
+import { claimCreate } from './idempotency.js';
+import type { ClientAttempt } from './client-retries.js';
 import { PredictionBody } from './prediction.js';
 import { normalizePrefer } from './prefer.js';
 import { untilStored } from './store-retry.js';
@@ -27,6 +28,8 @@ export interface CreateInput {
   webhook?: string;
   /** The upstream was given the gateway's receiver: it calls back, and polling is only the fallback. */
   hinted?: boolean;
+  /** The client's own retry marker (X-Stainless-Retry-Count), if it sends one. */
+  attempt?: ClientAttempt;
 }
 
 /** How deep an upstream prediction may nest: the client's own limit, plus the prediction and its `input`. */
@@ -44,14 +47,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
 
   // Keys are scoped to the credential: two browser tokens of one tenant never replay each other's creates.
   const token = caller.principal.token;
-  const key = idempotencyKey(token ? `${tenant}:token:${token.jti}` : tenant, input.idempotencyKey);
-  const idem = key ? new IdempotentCreate(store, key, fingerprintOf(input.path, input.body)) : undefined;
-  if (idem) {
-    const replay = await idem.claim(timeoutMs + 30_000, Date.now() + timeoutMs);
-    if (replay) {
-      metrics.idempotentReplays.inc();
-      return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
-    }
+  const { idem, replay } = await claimCreate(store, token ? `${tenant}:token:${token.jti}` : tenant, input, timeoutMs);
+  if (replay) {
+    metrics.idempotentReplays.inc();
+    return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
   }
 
   let res;
@@ -104,7 +103,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         json: res.body,
         day: today(),
         terminal,
-        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: config.IDEMPOTENCY_TTL_SECONDS },
+        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
         // Settled when the gateway sees the prediction end; the watcher gives up on it (and settles it as expired)
         // after PREDICTION_MAX_OPEN_SECONDS, and the reservation lapses a minute after that if even that failed.
         reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_MAX_OPEN_SECONDS * 1000 + 60_000 },

@@ -4,6 +4,7 @@
 import { GatewayError } from '../errors.js';
 import type { IndexEntry, ListQuery } from '../store/store.js';
 import type { Caller, PredictionDeps } from './deps.js';
+import { type CreatedWindow, windowPage } from './list-window.js';
 import { PredictionBody } from './prediction.js';
 
 export const PAGE_SIZE = 100;
@@ -30,13 +31,16 @@ export function neighbours(q: ListQuery, entries: IndexEntry[], hasMore: boolean
   return { next: olderExist && last ? last.score : undefined, previous: newerExist && first ? first.score : undefined };
 }
 
-/** One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim). */
-export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string): Promise<string> {
+/**
+ * One page as the client gets it: `next`/`previous` absolute gateway URLs (the client follows them verbatim), which
+ * keep the `created_after`/`created_before` window (the SDK re-sends only what the link holds after its first page).
+ */
+export async function listPredictions(deps: PredictionDeps, caller: Caller, cursor: string | undefined, base: string, window: CreatedWindow = { query: '' }): Promise<string> {
   const q = decodeCursor(cursor);
-  const { entries, hasMore } = await deps.store.listPage(caller.principal.tenant.id, q);
+  const { entries, hasMore } = await windowPage(deps.store, caller.principal.tenant.id, q, window);
   const { next, previous } = neighbours(q, entries, hasMore);
   const link = (dir: 'n' | 'p', score: number | undefined) =>
-    score === undefined ? null : `${base}/replicate/v1/predictions?cursor=${encodeCursor(dir, score)}`;
+    score === undefined ? null : `${base}/replicate/v1/predictions?cursor=${encodeCursor(dir, score)}${window.query}`;
   const results = entries.map((e) => new PredictionBody(e.json).render(base));
   return `{"next":${JSON.stringify(link('n', next))},"previous":${JSON.stringify(link('p', previous))},"results":[${results.join(',')}]}`;
 }

@@ -8,8 +8,10 @@ import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
 import { EVENTS, type EventName, Webhooks } from '../webhooks/webhooks.js';
 import { receiverKey, receiverToken } from '../webhooks/routes.js';
+import { clientAttempt, preferWithin } from './client-retries.js';
 import { createPrediction } from './create.js';
 import type { Answer, Caller } from './deps.js';
+import { createdWindow } from './list-window.js';
 import { listPredictions } from './paging.js';
 import { cancelPrediction, getPrediction } from './read.js';
 import { untilStored } from './store-retry.js';
@@ -90,16 +92,19 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
     }
     const bases = [base(request), `${request.protocol}://${request.host}`];
     const spec = body.webhook !== undefined ? { url: body.webhook, events: body.webhook_events_filter, base: base(request) } : undefined;
+    const attempt = clientAttempt(request.headers);
     const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
       forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
       model,
-      prefer: header(request, 'prefer'),
+      // A client that says when it gives up is answered before then, held or not (src/predictions/client-retries.ts).
+      prefer: preferWithin(header(request, 'prefer'), attempt?.answerWithinMs),
       cancelAfter: header(request, 'cancel-after'),
       idempotencyKey: request.headers['idempotency-key'],
       webhook: spec && Webhooks.spec(spec),
       hinted: receiver !== undefined,
+      attempt,
     });
     if (spec && answer.created) {
       const id = answer.created;
@@ -141,8 +146,9 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
 
   // Key only: a browser token would otherwise list every prediction of its tenant, other end users' included.
   app.get('/predictions', { config: { keyOnly: true } }, async (request, reply) => {
-    const { cursor } = parse(ListQuerySchema, request.query, 'query');
-    const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request));
+    const { cursor, created_after, created_before } = parse(ListQuerySchema, request.query, 'query');
+    const window = createdWindow(created_after, created_before);
+    const page = await listPredictions(deps, caller(request, 'get'), cursor, base(request), window);
     return reply.code(200).type('application/json; charset=utf-8').send(page);
   });
 }

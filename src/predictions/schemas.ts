@@ -32,4 +32,5 @@ export const CreateByVersionSchema = z.looseObject({
   version: z.string({ error: 'is required (a non-empty string)' }).min(1, 'is required (a non-empty string)'),
 });
 
-export const ListQuerySchema = z.object({ cursor: z.string().max(200).optional() });
+const isoQuery = z.string({ error: 'must be given once, as an ISO 8601 date-time' }).max(64, 'must be an ISO 8601 date-time').optional();
+export const ListQuerySchema = z.object({ cursor: z.string().max(200).optional(), created_after: isoQuery, created_before: isoQuery });

@@ -37,10 +37,13 @@ export interface UpstreamTracing {
 }
 
 export interface UpstreamRequest {
-  method: 'GET' | 'POST';
+  /** QUERY: a read with a body (RFC 10008), the model search. */
+  method: 'GET' | 'POST' | 'QUERY';
   /** Path below the base URL, starting with '/'. */
   path: string;
   body?: string;
+  /** The body's type; default application/json. */
+  contentType?: string;
   requestId: string;
   /** Whose call this is: bulkheads and breakers are per tenant. */
   tenant: string;
@@ -250,7 +253,7 @@ export class UpstreamClient {
       'user-agent': 'fuhu-gateway',
       'x-request-id': req.requestId,
     };
-    if (req.body !== undefined) headers['content-type'] = 'application/json';
+    if (req.body !== undefined) headers['content-type'] = req.contentType ?? 'application/json';
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
     const path = this.#basePath + req.path;
