@@ -1,6 +1,8 @@
 // buildApp: orders the plugins and routes, and returns an app that is not listening.
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
+import { streamRoutes } from './lifecycle/routes.js';
+import { PredictionStreams } from './lifecycle/streams.js';
 import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
@@ -137,7 +139,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     origin: (origin, cb) => cb(null, origin ? app.tenants.someAllowOrigin(origin) : false),
     // QUERY: the model search of Replicate's new SDK (`models.search`).
     methods: ['GET', 'POST', 'DELETE', 'QUERY', 'OPTIONS'],
-    allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id', ...SDK_HEADERS],
+    allowedHeaders: ['Authorization', 'Content-Type', 'Prefer', 'Idempotency-Key', 'Cancel-After', 'X-Request-Id', 'Last-Event-ID', ...SDK_HEADERS],
     exposedHeaders: ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'retry-after', 'x-cache', 'x-request-id', 'idempotent-replayed', 'server-timing', ...BUDGET_HEADERS],
     maxAge: 600,
   });
@@ -168,6 +170,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
+    await api.register(streamRoutes, { prefix: '/gateway/v1', streams: new PredictionStreams({ store: app.store, pubsub: app.pubsub, config, log: app.log.child({ component: 'streams' }) }) });
     await api.register(dashboardRoutes, { prefix: '/gateway/admin', stats: app.opsStats });
   });
 

@@ -153,6 +153,9 @@ export const ConfigSchema = z.object({
   WATCH_MIN_MS: int(10, 3_600_000).default(1000),
   WATCH_MAX_MS: int(10, 3_600_000).default(30_000),
   UPSTREAM_WATCH_READS_PER_MINUTE: int(1, 1_000_000).default(1500),
+  // Browser streams (GET /gateway/v1/predictions/{id}/events) open at once, per tenant and per client address.
+  MAX_STREAMS_PER_TENANT: int(1, 10_000_000).default(1000),
+  MAX_STREAMS_PER_IP: int(1, 10_000_000).default(100),
   // Default: a day, or PREDICTION_TTL_SECONDS when that is shorter.
   PREDICTION_MAX_OPEN_SECONDS: int(1, 365 * 86400).optional(),
   CACHE_TTL_SECONDS: int(1, 365 * 86400).default(86400),

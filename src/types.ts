@@ -20,6 +20,8 @@ export interface TokenGrant {
   maxCreates?: number;
   /** The token's own budget over its lifetime, inside its tenant's (src/budget/). */
   budget?: Partial<Record<'creates' | 'predictTimeSeconds' | 'cost', number>>;
+  /** A token for these predictions only: their GET, cancel and event stream (routes marked `predictionScoped`). */
+  predictions?: string[];
 }
 
 export interface Principal {
@@ -76,5 +78,9 @@ declare module 'fastify' {
     create?: boolean;
     /** Tokens may not mint tokens. */
     keyOnly?: boolean;
+    /** A route about one prediction (`:id`): a token for predictions may use it for its own. */
+    predictionScoped?: boolean;
+    /** The token may come as `?token=` (EventSource sends no headers); never logged (src/http/request-log.ts). */
+    queryToken?: boolean;
   }
 }

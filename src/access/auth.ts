@@ -4,7 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Logger } from 'pino';
 import { GatewayError } from '../errors.js';
-import { credentialOf, sameSecret } from './credentials.js';
+import { credentialOf, queryToken, sameSecret } from './credentials.js';
 import { type TokenSigner, looksLikeJwt } from './tokens.js';
 
 const AUTH_FAILURE_WINDOW_MS = 60_000;
@@ -55,7 +55,8 @@ export default fp<AuthOptions>(
       const mode = request.routeOptions.config.auth ?? 'tenant';
       // The dashboard checks its own session cookie or the admin key (src/dashboard/routes.ts).
       if (mode === 'session') return;
-      const credential = credentialOf(request);
+      // EventSource cannot send headers: a route that streams to browsers also takes the token as `?token=`.
+      const credential = credentialOf(request) ?? (request.routeOptions.config.queryToken ? queryToken(request) : undefined);
       if (mode === 'metrics') {
         if (!config.METRICS_TOKEN) return;
         if (!credential || !sameSecret(credential, config.METRICS_TOKEN)) return fail(request, 'send "Authorization: Bearer <METRICS_TOKEN>"');
@@ -87,6 +88,13 @@ export default fp<AuthOptions>(
         const t = tenants.get(verified.tenantId);
         if (!t) return fail(request, 'the token names a tenant that no longer exists');
         if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
+        const only = verified.grant.predictions;
+        if (only) {
+          const id = (request.params as { id?: unknown } | undefined)?.id;
+          if (!request.routeOptions.config.predictionScoped || typeof id !== 'string' || !only.includes(id)) {
+            throw new GatewayError('FORBIDDEN', 'this token is for reading, canceling and watching its own predictions only');
+          }
+        }
         request.principal = { tenant: t, token: verified.grant };
       } else {
         return fail(request, 'the key is not valid');

@@ -10,6 +10,12 @@ export function credentialOf(request: FastifyRequest): string | undefined {
   return m?.[1];
 }
 
+/** `?token=<x>`, on the routes that take it (a browser's EventSource cannot send an Authorization header). */
+export function queryToken(request: FastifyRequest): string | undefined {
+  const t = (request.query as { token?: unknown } | undefined)?.token;
+  return typeof t === 'string' && t.length > 0 ? t : undefined;
+}
+
 /** Compares fixed-length digests, so not even the secret's length shows in the time taken. */
 export function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(hash('sha256', a, 'buffer'), hash('sha256', b, 'buffer'));

@@ -5,6 +5,7 @@ import { GatewayError } from '../errors.js';
 import { parse } from '../http/validate.js';
 import { patternWithin } from './allowlist.js';
 import type { TokenGrant } from '../types.js';
+import { PREDICTION_ID } from '../predictions/schemas.js';
 import { ModelPatternSchema, type Tenant } from './tenants.js';
 import { TOKEN_DEFAULT_TTL_SECONDS, TOKEN_MAX_TTL_SECONDS, type TokenSigner } from './tokens.js';
 
@@ -13,6 +14,8 @@ const TokenRequestSchema = z.strictObject({
   ttl_seconds: z.number({ error: 'must be a number' }).int('must be a whole number').min(30).max(TOKEN_MAX_TTL_SECONDS).optional(),
   models: z.array(ModelPatternSchema).min(1).optional(),
   max_creates: z.number({ error: 'must be a number' }).int('must be a whole number').min(1).max(1_000_000).optional(),
+  // A token for these predictions only: their GET, cancel and event stream, nothing else (a browser watching a job).
+  predictions: z.array(z.string().regex(PREDICTION_ID, 'may hold only letters, digits, "_" and "-"')).min(1).max(100).optional(),
   // The token's own budget for its lifetime, spent and settled like the tenant's, which it stays inside of.
   budget: z
     .strictObject({
@@ -53,11 +56,19 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
       throw new GatewayError('VALIDATION', 'budget.cost needs a price table to count money, and the operator has not set PRICES_FILE');
     }
     const budget = tokenBudget(tenant, body.budget);
+    // Only the tenant's own predictions: someone else's looks exactly like a missing one.
+    for (const id of body.predictions ?? []) {
+      if ((await app.store.lookup(id)).owner !== tenant.id) throw new GatewayError('NOT_FOUND', `prediction ${id} was not found`);
+    }
+    if (body.predictions && (body.models || body.max_creates !== undefined || body.budget)) {
+      throw new GatewayError('VALIDATION', 'a token for predictions cannot create: leave out models, max_creates and budget');
+    }
     const { token, expiresAt } = await opts.signer.sign(tenant.id, {
       ttlSeconds: body.ttl_seconds ?? TOKEN_DEFAULT_TTL_SECONDS,
       models: body.models,
       maxCreates: body.max_creates,
-      budget,
+      budget: body.predictions ? undefined : budget,
+      predictions: body.predictions,
     });
     reply.header('cache-control', 'no-store');
     return reply.code(201).send({
@@ -66,7 +77,8 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
       tenant: tenant.id,
       models: body.models ?? null,
       max_creates: body.max_creates ?? null,
-      budget: budget ? { creates: budget.creates, predict_time_seconds: budget.predictTimeSeconds, cost: budget.cost } : null,
+      budget: budget && !body.predictions ? { creates: budget.creates, predict_time_seconds: budget.predictTimeSeconds, cost: budget.cost } : null,
+      predictions: body.predictions ?? null,
     });
   });
 }

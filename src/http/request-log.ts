@@ -5,11 +5,11 @@ import fp from 'fastify-plugin';
 
 /**
  * The URL as logged: capability URLs are credentials (a signed file link's signature, the upstream's webhook
- * receiver token), and anyone who can read the logs must not be able to use them.
+ * receiver token, a browser stream's `?token=`), and anyone who can read the logs must not be able to use them.
  */
 export function loggableUrl(url: string): string {
   return url
-    .replace(/([?&]signature=)[^&]*/g, '$1[redacted]')
+    .replace(/([?&](?:signature|token)=)[^&]*/g, '$1[redacted]')
     .replace(/^(\/gateway\/v1\/webhooks\/upstream\/)[^/?]+/, '$1[redacted]');
 }
 

@@ -121,12 +121,12 @@ export class Lifecycle {
     const p = body.prediction;
     const logs = typeof p.logs === 'string' ? p.logs.length : 0;
     const output = p.output === undefined || p.output === null ? '' : hash('sha1', JSON.stringify(p.output), 'base64url');
-    const [changed] = await Promise.all([
+    const [version] = await Promise.all([
       store.observe({ id: body.id, json: body.raw, rank: p.status === 'processing' ? 1 : 0, logs, digest: `${String(p.status)}|${logs}|${output}` }),
-      opts.look ? store.openSchedule(body.id, Date.now() + config.WATCH_MIN_MS, true) : undefined,
+      opts.look ? store.openSchedule(body.id, Date.now() + config.WATCH_MIN_MS, 'later') : undefined,
     ]);
-    if (changed) this.#emit({ id: body.id, tenant, body, ended: false, webhook: opts.webhook });
-    return changed;
+    if (version > 0) this.#emit({ id: body.id, tenant, body, ended: false, webhook: opts.webhook });
+    return version > 0;
   }
 
   /** The reports of the request path are not worth failing (or delaying) a client's answer for: logged and let go. */

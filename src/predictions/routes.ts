@@ -134,12 +134,12 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
     return send(request, reply, await create(request, '/predictions', body, () => versions.modelOf(body.version)));
   });
 
-  app.get('/predictions/:id', async (request, reply) => {
+  app.get('/predictions/:id', { config: { predictionScoped: true } }, async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     return send(request, reply, await getPrediction(deps, caller(request, 'get'), id));
   });
 
-  app.post('/predictions/:id/cancel', async (request, reply) => {
+  app.post('/predictions/:id/cancel', { config: { predictionScoped: true } }, async (request, reply) => {
     const { id } = parse(IdParamsSchema, request.params, 'path');
     return send(request, reply, await cancelPrediction(deps, caller(request, 'cancel'), id));
   });

@@ -23,6 +23,9 @@ export const keys = {
   openMeta: 'openm:{o}',
   openStrikes: 'opens:{o}',
   openReads: 'openr:{o}',
+  /** Open browser streams (src/lifecycle/streams.ts): a tenant's, and an address's. */
+  streams: (tenant: string) => `streams:${t(tenant)}`,
+  streamsOfIp: (ip: string) => `streams:{i:${ip}}`,
   index: (tenant: string) => `idx:${t(tenant)}`,
   seen: (tenant: string, id: string) => `seen:${t(tenant)}:${id}`,
   usage: (tenant: string, day: string) => `usage:${t(tenant)}:${day}`,

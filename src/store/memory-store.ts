@@ -36,7 +36,8 @@ export class MemoryStore implements Store {
   #nextExpiry = Infinity;
   /** The open set: every prediction created and not yet seen ending (bounded by the creates that are running). */
   readonly #open = new Map<string, { due: number; meta: OpenMeta; strikes: number }>();
-  readonly #life: BoundedMap<{ r: number; l: number; d: string }>;
+  readonly #life: BoundedMap<{ r: number; l: number; d: string; v: number }>;
+  readonly #slots = new Map<string, Map<string, number>>();
   #reads = { window: -1, used: 0 };
 
   constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
@@ -104,7 +105,7 @@ export class MemoryStore implements Store {
       this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
       if (this.#records.has(rec.id)) this.#records.set(rec.id, rec.json, this.#records.expiresIn(rec.id));
       // Rank 2: a late running state (a read that started before the end) is never written over the end.
-      this.#life.set(rec.id, { r: 2, l: 0, d: '' }, this.#opts.predictionTtlSeconds * 1000);
+      this.#life.set(rec.id, { r: 2, l: 0, d: '', v: (this.#life.get(rec.id)?.v ?? 0) + 1 }, this.#opts.predictionTtlSeconds * 1000);
     }
     this.#open.delete(rec.id);
     if (this.#seen.get(rec.id)) return false;
@@ -114,17 +115,39 @@ export class MemoryStore implements Store {
     return true;
   }
 
-  async current(id: string): Promise<{ record: string | null; open: boolean }> {
-    return { record: this.#records.get(id) ?? null, open: this.#open.has(id) };
+  async current(id: string): Promise<{ record: string | null; open: boolean; version: number }> {
+    return { record: this.#records.get(id) ?? null, open: this.#open.has(id), version: this.#life.get(id)?.v ?? 0 };
   }
 
-  async observe(o: Observation): Promise<boolean> {
+  async observe(o: Observation): Promise<number> {
     const last = this.#life.get(o.id);
-    if (last && (o.rank < last.r || (o.rank === last.r && o.logs < last.l) || last.d === o.digest)) return false;
-    if (!this.#records.has(o.id)) return false;
+    if (last && (o.rank < last.r || (o.rank === last.r && o.logs < last.l) || last.d === o.digest)) return 0;
+    if (!this.#records.has(o.id)) return 0;
     this.#records.set(o.id, o.json, this.#records.expiresIn(o.id));
-    this.#life.set(o.id, { r: o.rank, l: o.logs, d: o.digest }, this.#opts.predictionTtlSeconds * 1000);
+    const v = (last?.v ?? 0) + 1;
+    this.#life.set(o.id, { r: o.rank, l: o.logs, d: o.digest, v }, this.#opts.predictionTtlSeconds * 1000);
+    return v;
+  }
+
+  async slotAcquire(set: string, member: string, max: number, now: number, expiresAt: number): Promise<boolean> {
+    let slots = this.#slots.get(set);
+    if (!slots) this.#slots.set(set, (slots = new Map()));
+    for (const [m, until] of slots) if (until <= now) slots.delete(m);
+    if (slots.has(member)) return true;
+    if (slots.size >= max) return false;
+    slots.set(member, expiresAt);
     return true;
+  }
+
+  async slotRefresh(set: string, members: string[], expiresAt: number): Promise<void> {
+    const slots = this.#slots.get(set);
+    for (const m of members) if (slots?.has(m)) slots.set(m, expiresAt);
+  }
+
+  async slotRelease(set: string, member: string): Promise<void> {
+    const slots = this.#slots.get(set);
+    slots?.delete(member);
+    if (slots?.size === 0) this.#slots.delete(set);
   }
 
   async openClaim(c: OpenClaim): Promise<OpenEntry[]> {
@@ -139,9 +162,9 @@ export class MemoryStore implements Store {
     });
   }
 
-  async openSchedule(id: string, due: number, later = false): Promise<void> {
+  async openSchedule(id: string, due: number, mode?: 'later' | 'earlier'): Promise<void> {
     const e = this.#open.get(id);
-    if (e && (!later || due > e.due)) e.due = due;
+    if (e && (mode === undefined || (mode === 'later' ? due > e.due : due < e.due))) e.due = due;
   }
 
   async openStrike(id: string): Promise<number> {

@@ -103,6 +103,7 @@ local function cacheTerminal(term, rec, life, json, cacheTtl, predictionTtl)
   redis.call('SET', term, json, 'EX', cacheTtl)
   redis.call('SET', rec, json, 'XX', 'KEEPTTL')
   redis.call('HSET', life, 'r', 2)
+  redis.call('HINCRBY', life, 'v', 1)
   redis.call('EXPIRE', life, predictionTtl)
 end
 `;
@@ -154,10 +155,21 @@ end
 if #ids > 0 then redis.call('HINCRBY', KEYS[4], 'n', #ids) end
 return out`;
 
-// {o} KEYS: open. ARGV: id, due, later ('1': only if later than now scheduled). Only a prediction still open.
+// {o} KEYS: open. ARGV: id, due, mode ('later' or 'earlier': only if that moves it that way). Only a prediction
+// still open.
 const OPEN_SCHEDULE = `
-if ARGV[3] == '1' then return redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2], ARGV[1]) end
+if ARGV[3] == 'later' then return redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2], ARGV[1]) end
+if ARGV[3] == 'earlier' then return redis.call('ZADD', KEYS[1], 'XX', 'LT', ARGV[2], ARGV[1]) end
 return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])`;
+
+// KEYS: a slot set (one key). ARGV: member, max, now, expiresAt. Lapsed slots go first; 1 if taken.
+const SLOT_ACQUIRE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return 1`;
 
 // {o} KEYS: open, opens. ARGV: id. Counts a 404 for an open prediction (0: it is not open).
 const OPEN_STRIKE = `
@@ -177,8 +189,9 @@ if rank < r or (rank == r and logs < l) then return 0 end
 if redis.call('HGET', KEYS[2], 'd') == ARGV[3] then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[4], 'XX', 'KEEPTTL') then return 0 end
 redis.call('HSET', KEYS[2], 'r', rank, 'l', logs, 'd', ARGV[3])
+local v = redis.call('HINCRBY', KEYS[2], 'v', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-return 1`;
+return v`;
 
 // The two steps of a create, as functions over their own keys (K) and arguments (A).
 // claim, {p:}: K own, rec. A tenant, json, predictionTtl. The owner is set only if absent (false and nothing written
@@ -338,6 +351,7 @@ interface ScriptedRedis extends Redis {
   fgwOpenClaim(...args: (string | number)[]): Promise<string[]>;
   fgwOpenStrike(...args: (string | number)[]): Promise<number>;
   fgwOpenSchedule(...args: (string | number)[]): Promise<number>;
+  fgwSlotAcquire(...args: (string | number)[]): Promise<number>;
   fgwObserve(...args: (string | number)[]): Promise<number>;
   fgwCreateAll(...args: (string | number)[]): Promise<number>;
   fgwClaimPrediction(...args: (string | number)[]): Promise<number>;
@@ -388,6 +402,7 @@ export class RedisStore implements Store {
     define('fgwOpenClaim', 4, OPEN_CLAIM);
     define('fgwOpenStrike', 2, OPEN_STRIKE);
     define('fgwOpenSchedule', 1, OPEN_SCHEDULE);
+    define('fgwSlotAcquire', 1, SLOT_ACQUIRE);
     define('fgwObserve', 2, OBSERVE);
     define('fgwCreateAll', 12, CREATE_ALL);
     define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
@@ -479,16 +494,32 @@ export class RedisStore implements Store {
     return Number(first) === 1;
   }
 
-  async current(id: string): Promise<{ record: string | null; open: boolean }> {
-    const [record, due] = await Promise.all([this.#client.get(keys.record(id)), this.#client.zscore(keys.open, id)]).catch(rethrowUnavailable);
-    return { record: record ?? null, open: due !== null };
+  async current(id: string): Promise<{ record: string | null; open: boolean; version: number }> {
+    const [record, due, version] = await Promise.all([this.#client.get(keys.record(id)), this.#client.zscore(keys.open, id), this.#client.hget(keys.life(id), 'v')]).catch(
+      rethrowUnavailable,
+    );
+    return { record: record ?? null, open: due !== null, version: Number(version ?? 0) };
   }
 
-  async observe(o: Observation): Promise<boolean> {
-    const written = await this.#client
+  async observe(o: Observation): Promise<number> {
+    const version = await this.#client
       .fgwObserve(keys.record(o.id), keys.life(o.id), o.rank, o.logs, o.digest, o.json, this.#opts.predictionTtlSeconds)
       .catch(rethrowUnavailable);
-    return Number(written) === 1;
+    return Number(version);
+  }
+
+  async slotAcquire(set: string, member: string, max: number, now: number, expiresAt: number): Promise<boolean> {
+    return Number(await this.#client.fgwSlotAcquire(set, member, max, now, expiresAt).catch(rethrowUnavailable)) === 1;
+  }
+
+  async slotRefresh(set: string, members: string[], expiresAt: number): Promise<void> {
+    if (!members.length) return;
+    await this.#client.zadd(set, 'XX', ...members.flatMap((m) => [String(expiresAt), m])).catch(rethrowUnavailable);
+    await this.#client.pexpireat(set, expiresAt).catch(rethrowUnavailable);
+  }
+
+  async slotRelease(set: string, member: string): Promise<void> {
+    await this.#client.zrem(set, member).catch(rethrowUnavailable);
   }
 
   async openClaim(c: OpenClaim): Promise<OpenEntry[]> {
@@ -503,8 +534,8 @@ export class RedisStore implements Store {
     return out;
   }
 
-  async openSchedule(id: string, due: number, later = false): Promise<void> {
-    await this.#client.fgwOpenSchedule(keys.open, id, due, later ? '1' : '').catch(rethrowUnavailable);
+  async openSchedule(id: string, due: number, mode?: 'later' | 'earlier'): Promise<void> {
+    await this.#client.fgwOpenSchedule(keys.open, id, due, mode ?? '').catch(rethrowUnavailable);
   }
 
   async openStrike(id: string): Promise<number> {

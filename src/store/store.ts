@@ -172,17 +172,29 @@ export interface Store {
    * replicas: then the answer is true, and the caller runs what must happen once (events, webhooks).
    */
   recordTerminal(rec: TerminalRecord): Promise<boolean>;
-  /** The prediction as the gateway last saw it (its record: the end is written over it), and whether it is open. */
-  current(id: string): Promise<{ record: string | null; open: boolean }>;
-  /** Writes a running prediction over its record if it shows something newer; true if it did (what changed is news). */
-  observe(o: Observation): Promise<boolean>;
+  /**
+   * The prediction as the gateway last saw it (its record: the end is written over it), whether it is open, and its
+   * version: a number that grows with every state written over the record (browser streams resume from it).
+   */
+  current(id: string): Promise<{ record: string | null; open: boolean; version: number }>;
+  /** Writes a running prediction over its record if it shows something newer: its new version, or 0 if it did not. */
+  observe(o: Observation): Promise<number>;
   /** The open predictions due now, oldest due first, leased to the caller (they are not due again for `leaseMs`). */
   openClaim(c: OpenClaim): Promise<OpenEntry[]>;
   /**
    * When an open prediction is next due. `later`: only if that is later than now scheduled (a client's look
-   * postpones the watcher's, never brings it forward). Nothing happens to a prediction no longer open.
+   * postpones the watcher's, never brings it forward); `earlier`: only if sooner (a browser stream wants it looked at
+   * often). Nothing happens to a prediction no longer open.
    */
-  openSchedule(id: string, due: number, later?: boolean): Promise<void>;
+  openSchedule(id: string, due: number, mode?: 'later' | 'earlier'): Promise<void>;
+  /**
+   * Takes one of `max` slots in a set (the open streams of a tenant or an address), until `expiresAt` unless
+   * refreshed: slots of a replica that died lapse by themselves. False when the set is full.
+   */
+  slotAcquire(set: string, member: string, max: number, now: number, expiresAt: number): Promise<boolean>;
+  /** Moves the expiry of slots this replica still holds. */
+  slotRefresh(set: string, members: string[], expiresAt: number): Promise<void>;
+  slotRelease(set: string, member: string): Promise<void>;
   /** Counts a look that found the upstream answering 404; the count so far. */
   openStrike(id: string): Promise<number>;
   /** How many predictions are open, and when the most overdue of them was due (null: none is due). */
