@@ -232,3 +232,91 @@ describe.each(factories)('%s store: budget reservations', (_kind, make) => {
     expect(await reserve('f21', [], { share: share('a') })).toMatchObject({ ok: false, reason: 'account', total: 10 });
   });
 });
+
+describe.each(factories)('%s store: the open set, what a prediction last showed, and slots', (_kind, make) => {
+  let store: Store;
+  beforeAll(async () => {
+    store = await make();
+  });
+  afterAll(async () => {
+    await store.close();
+  });
+  const now = Date.now();
+  const claim = (max = 10, window = 1, windowLimit = 100, at = now) => store.openClaim({ now: at, max, leaseMs: 5000, window, windowLimit });
+
+  it('enters a create into the open set with its metadata, leases what is due, oldest due first, and leaves it exactly once', async () => {
+    const meta = (tenant: string) => ({ tenant, createdAt: now, webhook: '{"url":"https://x.example/h"}' });
+    await store.recordCreate({ tenant: 'team-o', id: 'o2', score: NOW, json: pred('o2'), day: DAY, open: { due: now - 1000, meta: meta('team-o') } });
+    await store.recordCreate({ tenant: 'team-o', id: 'o1', score: NOW, json: pred('o1'), day: DAY, open: { due: now - 2000, meta: meta('team-o') } });
+    await store.recordCreate({ tenant: 'team-o', id: 'o3', score: NOW, json: pred('o3'), day: DAY, open: { due: now + 60_000, meta: meta('team-o') } });
+    // A create that came back terminal never enters.
+    await store.recordCreate({ tenant: 'team-o', id: 'o4', score: NOW, json: pred('o4', 'succeeded'), day: DAY, terminal: { status: 'succeeded', predictTime: 0 } });
+    expect(await store.openStats(now)).toEqual({ open: 3, oldestDue: now - 2000 });
+    const got = await claim();
+    expect(got.map((e) => e.id)).toEqual(['o1', 'o2']);
+    expect(got[0]).toMatchObject({ tenant: 'team-o', createdAt: now, webhook: '{"url":"https://x.example/h"}', strikes: 0 });
+    // Leased: not due again for anyone until the lease ends.
+    expect(await claim()).toEqual([]);
+    expect((await claim(10, 2, 100, now + 6000)).map((e) => e.id).sort()).toEqual(['o1', 'o2']);
+    // A client's look only postpones; a stream only brings forward.
+    await store.openSchedule('o3', now + 1000, 'later');
+    await store.openSchedule('o3', now - 1, 'earlier');
+    expect((await claim(10, 3)).map((e) => e.id)).toEqual(['o3']);
+    expect(await store.openStrike('o3')).toBe(1);
+    expect(await store.openStrike('o3')).toBe(2);
+    expect(await store.openStrike('gone')).toBe(0);
+    // Leaving: the first end counts, a second does not; then nothing about it is scheduled again.
+    expect(await store.recordTerminal({ id: 'o1', tenant: 'team-o', json: pred('o1', 'succeeded'), status: 'succeeded', predictTime: 1, day: DAY })).toBe(true);
+    expect(await store.recordTerminal({ id: 'o1', tenant: 'team-o', json: pred('o1', 'succeeded'), status: 'succeeded', predictTime: 1, day: DAY })).toBe(false);
+    await store.openSchedule('o1', now - 5000);
+    expect((await claim(10, 4, 100, now + 20_000)).map((e) => e.id).sort()).toEqual(['o2', 'o3']);
+    // An expired one leaves without a body, counted as expired.
+    expect(await store.recordTerminal({ id: 'o2', tenant: 'team-o', status: 'expired', predictTime: 0, spendReserved: true, day: DAY })).toBe(true);
+    expect((await store.openStats(now + 30_000)).open).toBe(1);
+    expect((await store.usageGet('team-o', [DAY]))[DAY]).toMatchObject({ succeeded: 2, expired: 1 });
+    expect(await store.current('o2')).toMatchObject({ record: pred('o2'), open: false });
+  });
+
+  it('claims no more in a window than its read budget allows, whoever asks', async () => {
+    for (let i = 0; i < 5; i++) await store.recordCreate({ tenant: 'team-b', id: `b${i}`, score: NOW, json: pred(`b${i}`), day: DAY, open: { due: now - 100_000 + i, meta: { tenant: 'team-b', createdAt: now } } });
+    const w = 1_000_000;
+    expect(await claim(3, w, 4)).toHaveLength(3);
+    expect(await claim(3, w, 4)).toHaveLength(1);
+    expect(await claim(3, w, 4)).toHaveLength(0);
+    expect((await claim(3, w + 1, 4, now + 10_000)).length).toBeGreaterThan(0);
+  });
+
+  it('writes what a running prediction shows over its record only when it is news, with a version that grows', async () => {
+    await store.recordCreate({ tenant: 'team-v', id: 'v1', score: NOW, json: pred('v1'), day: DAY });
+    const see = (status: string, rank: number, logs = 0, output = '') =>
+      store.observe({ id: 'v1', json: pred('v1', status, { logs: 'x'.repeat(logs), output }), rank, logs, digest: `${status}|${logs}|${output}` });
+    expect(await see('starting', 0)).toBe(1);
+    expect(await see('starting', 0)).toBe(0);
+    expect(await see('processing', 1, 5)).toBe(2);
+    // Older answers arriving late change nothing.
+    expect(await see('starting', 0)).toBe(0);
+    expect(await see('processing', 1, 3)).toBe(0);
+    expect(await see('processing', 1, 5, 'img')).toBe(3);
+    expect(await store.current('v1')).toMatchObject({ version: 3, record: pred('v1', 'processing', { logs: 'xxxxx', output: 'img' }) });
+    await store.recordTerminal({ id: 'v1', tenant: 'team-v', json: pred('v1', 'succeeded'), status: 'succeeded', predictTime: 1, day: DAY });
+    expect(await store.current('v1')).toMatchObject({ version: 4, record: pred('v1', 'succeeded') });
+    // After the end, a late running state is never written over it.
+    expect(await see('processing', 1, 9)).toBe(0);
+    // No record, nothing to write.
+    expect(await store.observe({ id: 'nope', json: pred('nope'), rank: 0, logs: 0, digest: 'd' })).toBe(0);
+  });
+
+  it('hands out at most max slots of a set, gives them back, and lets lapsed ones go', async () => {
+    const set = keys.streams('team-s');
+    const now = Date.now();
+    expect(await store.slotAcquire(set, 'a', 2, now, now + 1000)).toBe(true);
+    expect(await store.slotAcquire(set, 'b', 2, now, now + 1000)).toBe(true);
+    expect(await store.slotAcquire(set, 'c', 2, now, now + 1000)).toBe(false);
+    await store.slotRelease(set, 'a');
+    expect(await store.slotAcquire(set, 'c', 2, now, now + 1000)).toBe(true);
+    await store.slotRefresh(set, ['b'], now + 60_000);
+    // 'c' lapsed (its replica stopped refreshing it); 'b' was refreshed.
+    expect(await store.slotAcquire(set, 'd', 2, now + 2000, now + 60_000)).toBe(true);
+    expect(await store.slotAcquire(set, 'e', 2, now + 2000, now + 60_000)).toBe(false);
+  });
+});

@@ -162,13 +162,26 @@ if ARGV[3] == 'later' then return redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2
 if ARGV[3] == 'earlier' then return redis.call('ZADD', KEYS[1], 'XX', 'LT', ARGV[2], ARGV[1]) end
 return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])`;
 
+// A slot set lives as long as its longest-lived slot: its expiry only ever moves later.
+const SLOT_FN = `
+local function extend(key, at)
+  if redis.call('PTTL', key) == -1 then redis.call('PEXPIREAT', key, at) else redis.call('PEXPIREAT', key, at, 'GT') end
+end
+`;
+
 // KEYS: a slot set (one key). ARGV: member, max, now, expiresAt. Lapsed slots go first; 1 if taken.
-const SLOT_ACQUIRE = `
+const SLOT_ACQUIRE = `${SLOT_FN}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+extend(KEYS[1], ARGV[4])
+return 1`;
+
+// KEYS: a slot set. ARGV: expiresAt, members. Only slots still held move.
+const SLOT_REFRESH = `${SLOT_FN}
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i]) end
+extend(KEYS[1], ARGV[1])
 return 1`;
 
 // {o} KEYS: open, opens. ARGV: id. Counts a 404 for an open prediction (0: it is not open).
@@ -352,6 +365,7 @@ interface ScriptedRedis extends Redis {
   fgwOpenStrike(...args: (string | number)[]): Promise<number>;
   fgwOpenSchedule(...args: (string | number)[]): Promise<number>;
   fgwSlotAcquire(...args: (string | number)[]): Promise<number>;
+  fgwSlotRefresh(...args: (string | number)[]): Promise<number>;
   fgwObserve(...args: (string | number)[]): Promise<number>;
   fgwCreateAll(...args: (string | number)[]): Promise<number>;
   fgwClaimPrediction(...args: (string | number)[]): Promise<number>;
@@ -403,6 +417,7 @@ export class RedisStore implements Store {
     define('fgwOpenStrike', 2, OPEN_STRIKE);
     define('fgwOpenSchedule', 1, OPEN_SCHEDULE);
     define('fgwSlotAcquire', 1, SLOT_ACQUIRE);
+    define('fgwSlotRefresh', 1, SLOT_REFRESH);
     define('fgwObserve', 2, OBSERVE);
     define('fgwCreateAll', 12, CREATE_ALL);
     define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
@@ -514,8 +529,7 @@ export class RedisStore implements Store {
 
   async slotRefresh(set: string, members: string[], expiresAt: number): Promise<void> {
     if (!members.length) return;
-    await this.#client.zadd(set, 'XX', ...members.flatMap((m) => [String(expiresAt), m])).catch(rethrowUnavailable);
-    await this.#client.pexpireat(set, expiresAt).catch(rethrowUnavailable);
+    await this.#client.fgwSlotRefresh(set, expiresAt, ...members).catch(rethrowUnavailable);
   }
 
   async slotRelease(set: string, member: string): Promise<void> {
