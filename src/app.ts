@@ -5,6 +5,8 @@ import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
+import adminPlugin from './admin/plugin.js';
+import { adminRoutes } from './admin/routes.js';
 import auth from './access/auth.js';
 import limits from './access/limits.js';
 import tenantsPlugin from './access/tenants-plugin.js';
@@ -94,6 +96,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   );
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
+  await app.register(adminPlugin);
   await app.register(upstreamPlugin, { upstream: deps.upstream });
   await app.register(budgetsPlugin, { now: deps.now });
   await app.register(predictionsPlugin);
@@ -148,6 +151,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
+    await api.register(adminRoutes, { prefix: '/gateway/v1/admin' });
     await api.register(dashboardRoutes, { prefix: '/gateway/admin', stats: app.opsStats });
   });
 

@@ -64,7 +64,7 @@ describe('the dashboard in a browser', () => {
 
       const cookies = await context.cookies();
       const session = cookies.find((c) => c.name === 'fgw_admin')!;
-      expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/gateway/admin' });
+      expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/gateway' });
 
       // Traffic after the page is open: the next refresh (every 3 s) shows it.
       for (let i = 0; i < 3; i++) await createPrediction(gw.url, KEY_A, { prompt: `a ${i}`, duration_ms: 60_000 });

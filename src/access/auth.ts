@@ -3,7 +3,9 @@ import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Logger } from 'pino';
-import { GatewayError } from '../errors.js';
+import { keyIdOf } from '../admin/api-keys.js';
+import { Sessions, sameOriginOnly } from '../dashboard/session.js';
+import { GatewayError, storeUnavailable } from '../errors.js';
 import { credentialOf, sameSecret } from './credentials.js';
 import { type TokenSigner, looksLikeJwt } from './tokens.js';
 
@@ -47,9 +49,60 @@ export default fp<AuthOptions>(
       throw new GatewayError('UNAUTHENTICATED', detail);
     }
 
+    const sessions = config.ADMIN_API_KEY ? new Sessions(app.kv, config.ADMIN_API_KEY) : undefined;
+    const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
+
+    /** The tenant of a credential; a well-formed API key while the API tenants are not loaded yet gets 503, not 401. */
+    function identify(credential: string) {
+      const found = tenants.identify(credential);
+      if (!found && !app.adminTenants.loaded && keyIdOf(credential)) throw storeUnavailable(undefined, 'the API-managed keys are not loaded yet; retry shortly');
+      return found;
+    }
+
+    /**
+     * The admin API: ADMIN_API_KEY, a dashboard session (its CSRF token on every change), or on `teamAdmin` routes
+     * an API key with role admin (the route checks that it is its own tenant's).
+     */
+    async function admitAdmin(request: FastifyRequest, credential: string | undefined): Promise<void> {
+      if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
+      if (credential) {
+        if (sameSecret(credential, config.ADMIN_API_KEY)) {
+          request.adminActor = { type: 'admin_key' };
+          return;
+        }
+        const who = identify(credential);
+        if (who?.role === 'admin' && who.keyId && request.routeOptions.config.teamAdmin) {
+          request.adminActor = { type: 'team_admin', tenant: who.tenant.id, key_id: who.keyId };
+          request.principal = { tenant: who.tenant, keyId: who.keyId, role: who.role };
+          (request.log as unknown as Logger).setBindings({ tenant: who.tenant.id, keyId: who.keyId });
+          return;
+        }
+        // A valid tenant key is a known caller without the right: 403, not 401.
+        if (who) {
+          throw new GatewayError('FORBIDDEN', who.role === 'admin' ? "a team admin key manages its own tenant's keys and reads its audit events only" : 'a tenant key cannot use the admin API');
+        }
+        return fail(request, 'the admin key is not valid');
+      }
+      const session = sessions && (await sessions.of(request));
+      if (!session) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>", or sign in to the dashboard');
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        sameOriginOnly(request, ownOrigins);
+        const token = request.headers['x-csrf-token'];
+        if (typeof token !== 'string' || !sameSecret(token, session.csrf)) throw new GatewayError('FORBIDDEN', "a change through the dashboard session needs the session's CSRF token (x-csrf-token)");
+      }
+      request.adminActor = { type: 'dashboard_session', session: Sessions.label(session.sid) };
+    }
+
     app.decorateRequest('principal', null);
+    app.decorateRequest('adminActor', null);
     // The dashboard's login counts its wrong guesses in the same window as every other credential.
     app.decorate('authFailure', fail);
+
+    // Usage per API key id: every authenticated request, and the creates that were made.
+    app.addHook('onResponse', async (request, reply) => {
+      const keyId = request.principal?.keyId;
+      if (keyId && !request.adminActor) app.keyUsage.count(keyId, request.routeOptions.config.create === true && reply.statusCode < 300);
+    });
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
       const mode = request.routeOptions.config.auth ?? 'tenant';
@@ -61,22 +114,13 @@ export default fp<AuthOptions>(
         if (!credential || !sameSecret(credential, config.METRICS_TOKEN)) return fail(request, 'send "Authorization: Bearer <METRICS_TOKEN>"');
         return;
       }
-      if (mode === 'admin') {
-        if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
-        if (!credential) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>"');
-        if (!sameSecret(credential, config.ADMIN_API_KEY)) {
-          // A valid tenant key is a known caller without the right: 403, not 401.
-          if (tenants.lookup(credential)) throw new GatewayError('FORBIDDEN', 'a tenant key cannot use the admin API');
-          return fail(request, 'the admin key is not valid');
-        }
-        return;
-      }
+      if (mode === 'admin') return admitAdmin(request, credential);
       if (!credential) {
         return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
       }
-      const tenant = tenants.lookup(credential);
-      if (tenant) {
-        request.principal = { tenant };
+      const who = identify(credential);
+      if (who) {
+        request.principal = who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant };
       } else if (signer && looksLikeJwt(credential)) {
         let verified;
         try {
@@ -86,13 +130,16 @@ export default fp<AuthOptions>(
         }
         const t = tenants.get(verified.tenantId);
         if (!t) return fail(request, 'the token names a tenant that no longer exists');
+        // A tenant deleted and created again through the API: the old tenant's tokens stay dead.
+        const gen = tenants.generation(t.id);
+        if (gen !== undefined && verified.grant.gen !== gen) return fail(request, 'the token was issued before its tenant was (re)created');
         if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
         request.principal = { tenant: t, token: verified.grant };
       } else {
         return fail(request, 'the key is not valid');
       }
       // In place rather than a new child logger: every later line of this request names the tenant, at less cost.
-      (request.log as unknown as Logger).setBindings({ tenant: request.principal.tenant.id });
+      (request.log as unknown as Logger).setBindings(request.principal.keyId ? { tenant: request.principal.tenant.id, keyId: request.principal.keyId } : { tenant: request.principal.tenant.id });
 
       // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
       const origin = request.headers.origin;
@@ -104,5 +151,5 @@ export default fp<AuthOptions>(
       }
     });
   },
-  { name: 'auth', dependencies: ['@fastify/rate-limit'] },
+  { name: 'auth', dependencies: ['@fastify/rate-limit', 'admin'] },
 );

@@ -54,6 +54,7 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
       models: body.models,
       maxCreates: body.max_creates,
       budget,
+      gen: app.tenants.generation(tenant.id),
     });
     reply.header('cache-control', 'no-store');
     return reply.code(201).send({

@@ -32,13 +32,14 @@ export class TokenSigner {
     this.#secret = new TextEncoder().encode(secret);
   }
 
-  async sign(tenantId: string, opts: { ttlSeconds: number; models?: string[]; maxCreates?: number; budget?: TokenGrant['budget'] }): Promise<{ token: string; expiresAt: Date }> {
+  async sign(tenantId: string, opts: { ttlSeconds: number; models?: string[]; maxCreates?: number; budget?: TokenGrant['budget']; gen?: string }): Promise<{ token: string; expiresAt: Date }> {
     const now = Math.floor(Date.now() / 1000);
     const exp = now + opts.ttlSeconds;
     const claims: Record<string, unknown> = {};
     if (opts.models) claims.models = opts.models;
     if (opts.maxCreates !== undefined) claims.max_creates = opts.maxCreates;
     if (opts.budget) claims.budget = opts.budget;
+    if (opts.gen) claims.gen = opts.gen;
     const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
       .setSubject(tenantId)
@@ -61,7 +62,8 @@ export class TokenSigner {
       const models = Array.isArray(payload.models) ? payload.models.filter((m): m is string => typeof m === 'string') : undefined;
       const maxCreates = typeof payload.max_creates === 'number' ? payload.max_creates : undefined;
       const budget = budgetClaim(payload.budget);
-      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates, ...(budget && { budget }) } };
+      const gen = typeof payload.gen === 'string' ? payload.gen : undefined;
+      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates, ...(budget && { budget }), ...(gen && { gen }) } };
     } catch (err) {
       if (err instanceof GatewayError) throw err;
       if (err instanceof joseErrors.JWTExpired) throw new GatewayError('UNAUTHENTICATED', 'the token has expired; request a new one');

@@ -1,7 +1,7 @@
 // The operator's dashboard under /gateway/admin: a login form that trades ADMIN_API_KEY for a session cookie (the
 // session lives in the shared kv, so any replica serves it), the page and its static files (uPlot included, from
 // node_modules, no CDN), and the JSON it refreshes from. Strict CSP, no inline script or style, CSRF-safe POSTs.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -10,10 +10,10 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { credentialOf, sameSecret } from '../access/credentials.js';
 import { GatewayError } from '../errors.js';
 import { buildOverview } from './overview.js';
+import { SESSION_COOKIE, SESSION_COOKIE_PATH, SESSION_TTL_MS, Sessions, sameOriginOnly } from './session.js';
 import type { OpsStats } from './stats.js';
 
-export const SESSION_COOKIE = 'fgw_admin';
-const SESSION_TTL_MS = 8 * 3_600_000;
+export { SESSION_COOKIE };
 const OVERVIEW_REUSE_MS = 1000;
 
 export const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -49,22 +49,6 @@ function loadAssets(): { pages: Record<'dashboard' | 'login', string>; assets: M
 }
 
 const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
-
-function cookieValue(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
-  for (const part of header.split(';')) {
-    const i = part.indexOf('=');
-    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
-  }
-  return undefined;
-}
-
-interface Session {
-  csrf: string;
-  /** Which admin key made it: rotating ADMIN_API_KEY ends every session. */
-  key: string;
-}
 
 export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsStats | undefined }): Promise<void> {
   const { config, kv } = app;
@@ -80,9 +64,8 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     });
     return;
   }
-  const keyTag = sha256(`fgw-dashboard:${adminKey}`).slice(0, 16);
+  const sessions = new Sessions(kv, adminKey);
   const { pages, assets } = loadAssets();
-  const sessionKey = (sid: string) => `dash:sess:${sha256(sid)}`;
   const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
 
   // The login form posts application/x-www-form-urlencoded; only here, and small.
@@ -90,27 +73,9 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
-  async function sessionOf(request: FastifyRequest): Promise<Session | undefined> {
-    const sid = cookieValue(request.headers.cookie, SESSION_COOKIE);
-    if (!sid || !/^[A-Za-z0-9_-]{43}$/.test(sid)) return undefined;
-    const text = await kv.get(sessionKey(sid));
-    if (!text) return undefined;
-    const s = JSON.parse(text) as Session;
-    return s.key === keyTag ? s : undefined;
-  }
+  const sessionOf = (request: FastifyRequest) => sessions.of(request);
 
-  /** A POST must come from this gateway's own pages: SameSite=Strict already keeps the cookie off others, this is the second lock. */
-  function checkSameOrigin(request: FastifyRequest): void {
-    const site = request.headers['sec-fetch-site'];
-    const origin = request.headers.origin;
-    const own = `${request.protocol}://${request.host}`.toLowerCase();
-    const sameSite = site === undefined || site === 'same-origin' || site === 'none';
-    // Scripts and curl send no Origin; a browser always does on a POST ("null" from some pages, when
-    // Sec-Fetch-Site, which no page can forge, still says same-origin).
-    const sameOrigin =
-      origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase()) || (origin === 'null' && site === 'same-origin');
-    if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused');
-  }
+  const checkSameOrigin = (request: FastifyRequest) => sameOriginOnly(request, ownOrigins);
 
   function page(reply: FastifyReply, name: 'dashboard' | 'login', status = 200, message = ''): FastifyReply {
     const html = pages[name].replace('<!--message-->', message ? `<p class="refused" role="alert">${escapeHtml(message)}</p>` : '');
@@ -118,7 +83,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
   }
 
   const cookie = (request: FastifyRequest, sid: string, maxAgeS: number) =>
-    `${SESSION_COOKIE}=${sid}; Path=/gateway/admin; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
+    `${SESSION_COOKIE}=${sid}; Path=${SESSION_COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
 
   app.get('/', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'dashboard' : 'login'));
 
@@ -141,7 +106,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
       }
     }
     const sid = randomBytes(32).toString('base64url');
-    await kv.set(sessionKey(sid), JSON.stringify({ csrf: randomBytes(24).toString('base64url'), key: keyTag } satisfies Session), SESSION_TTL_MS);
+    await sessions.create(sid, randomBytes(24).toString('base64url'));
     return reply.code(303).header('set-cookie', cookie(request, sid, SESSION_TTL_MS / 1000)).header('location', '/gateway/admin/').send();
   });
 
@@ -151,7 +116,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     if (!session) throw new GatewayError('UNAUTHENTICATED', 'not logged in to the dashboard');
     const token = request.headers['x-csrf-token'] ?? (request.body as { csrf?: unknown } | undefined)?.csrf;
     if (typeof token !== 'string' || !sameSecret(token, session.csrf)) throw new GatewayError('FORBIDDEN', 'the logout needs the CSRF token of this session');
-    await kv.set(sessionKey(cookieValue(request.headers.cookie, SESSION_COOKIE)!), '', 1);
+    await sessions.end(session.sid);
     return reply.code(204).header('set-cookie', cookie(request, '', 0)).send();
   });
 
