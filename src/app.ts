@@ -18,6 +18,7 @@ import type { Config } from './config.js';
 import { GatewayError } from './errors.js';
 import { healthRoutes, metricsRoute } from './http/health.js';
 import jsonBody from './http/json-body.js';
+import openapi, { openapiRoute } from './http/openapi.js';
 import problems, { makeClientErrorHandler, makeFailureHandler } from './http/problems.js';
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
@@ -104,6 +105,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   // The HTTP edge: failures as problem JSON, the JSON body, request ids and the access log.
   await app.register(problems, { fail });
+  // Before every route: it collects them for GET /gateway/v1/openapi.json.
+  await app.register(openapi);
   await app.register(jsonBody);
   await app.register(requestLog);
   await app.register(dashboardStats);
@@ -128,6 +131,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   });
 
   await app.register(healthRoutes);
+  await app.register(openapiRoute);
   // Links the upstream fetches files from (FILES_DELIVERY=url): outside auth, the signature is the permission.
   const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;
   const fileSigner = config.FILES_DELIVERY === 'url' && fileSecret ? new FileUrlSigner(fileSecret) : undefined;
