@@ -4,11 +4,11 @@
 // traffic on the first one's page.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Browser, BrowserContext, Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { CSP } from '../src/dashboard/routes.js';
-import { launchChromium } from './helpers/chromium.js';
+import { launchChromium, openWatchedPage } from './helpers/chromium.js';
 import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, startGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(150);
@@ -34,19 +34,7 @@ afterAll(async () => {
   await gw?.close();
 });
 
-/** A fresh browser context with every URL it requested and every console error or CSP violation it met. */
-async function openPage(): Promise<{ context: BrowserContext; page: Page; urls: string[]; errors: string[] }> {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 1100 } });
-  const page = await context.newPage();
-  const urls: string[] = [];
-  const errors: string[] = [];
-  page.on('request', (r) => urls.push(r.url()));
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(m.text());
-  });
-  page.on('pageerror', (e) => errors.push(e.message));
-  return { context, page, urls, errors };
-}
+const openPage = () => openWatchedPage(browser);
 
 const cellOf = (page: Page, tenant: string, field: string) => page.locator(`tr[data-tenant="${tenant}"] td[data-field="${field}"]`);
 

@@ -35,17 +35,21 @@ interface Asset {
 }
 
 /** The page's files, read once at boot: ours next to this module (copied into dist by the build), uPlot's from its package. */
-function loadAssets(): { pages: Record<'dashboard' | 'login', string>; assets: Map<string, Asset> } {
+type PageName = 'dashboard' | 'login' | 'teams';
+
+function loadAssets(): { pages: Record<PageName, string>; assets: Map<string, Asset> } {
   const here = join(dirname(fileURLToPath(import.meta.url)), 'static');
   const uplot = join(dirname(createRequire(import.meta.url).resolve('uplot/package.json')), 'dist');
   const file = (dir: string, name: string) => readFileSync(join(dir, name));
   const assets = new Map<string, Asset>([
     ['dashboard.js', { body: file(here, 'dashboard.js'), type: 'text/javascript; charset=utf-8' }],
+    ['teams.js', { body: file(here, 'teams.js'), type: 'text/javascript; charset=utf-8' }],
     ['dashboard.css', { body: file(here, 'dashboard.css'), type: 'text/css; charset=utf-8' }],
     ['uPlot.iife.min.js', { body: file(uplot, 'uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8' }],
     ['uPlot.min.css', { body: file(uplot, 'uPlot.min.css'), type: 'text/css; charset=utf-8' }],
   ]);
-  return { pages: { dashboard: file(here, 'dashboard.html').toString('utf8'), login: file(here, 'login.html').toString('utf8') }, assets };
+  const page = (name: string) => file(here, name).toString('utf8');
+  return { pages: { dashboard: page('dashboard.html'), login: page('login.html'), teams: page('teams.html') }, assets };
 }
 
 const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -77,7 +81,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
 
   const checkSameOrigin = (request: FastifyRequest) => sameOriginOnly(request, ownOrigins);
 
-  function page(reply: FastifyReply, name: 'dashboard' | 'login', status = 200, message = ''): FastifyReply {
+  function page(reply: FastifyReply, name: PageName, status = 200, message = ''): FastifyReply {
     const html = pages[name].replace('<!--message-->', message ? `<p class="refused" role="alert">${escapeHtml(message)}</p>` : '');
     return reply.code(status).type('text/html; charset=utf-8').send(html);
   }
@@ -86,6 +90,16 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     `${SESSION_COOKIE}=${sid}; Path=${SESSION_COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
 
   app.get('/', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'dashboard' : 'login'));
+
+  // Teams and keys (the admin API, src/admin/, called with the session cookie and its CSRF token).
+  app.get('/teams', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'teams' : 'login'));
+
+  /** The session's CSRF token, for the teams page's changes through the admin API. */
+  app.get('/api/session', { config: { auth: 'session' } }, async (request) => {
+    const session = await sessionOf(request);
+    if (!session) throw new GatewayError('UNAUTHENTICATED', 'not signed in to the dashboard');
+    return { csrf: session.csrf };
+  });
 
   app.get('/assets/:name', { config: { auth: 'session' } }, async (request, reply) => {
     const asset = assets.get((request.params as { name: string }).name);

@@ -45,6 +45,8 @@ const SUMMARIES: Record<string, [tag: string, summary: string]> = {
   'POST /gateway/admin/login': ['dashboard', 'Sign in with the admin key (a form post): a session cookie'],
   'POST /gateway/admin/logout': ['dashboard', 'Sign out (with the CSRF token)'],
   'GET /gateway/admin/api/overview': ['dashboard', "The dashboard's JSON"],
+  'GET /gateway/admin/teams': ['dashboard', 'The teams and keys page'],
+  'GET /gateway/admin/api/session': ['dashboard', "The session's CSRF token"],
 };
 
 /** Fastify's `:param` and `*` in OpenAPI's `{param}` form. */
