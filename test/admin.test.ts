@@ -3,11 +3,12 @@
 // revoked; team admins limited to their own tenant; the audit trail, its chain and `npm run audit:verify`.
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
-import { KEY_A, call, expectProblem, useGateway, useSimulator } from './helpers/stack.js';
+import { KEY_A, call, expectProblem, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 import { ROOT } from './support/processes.js';
 
 const ADMIN = 'admin-key-for-the-admin-api-0123456789';
@@ -58,6 +59,8 @@ describe('tenants through the admin API', () => {
     expectProblem(await admin('POST', '/tenants', { id: 'bad three' }), 422, /^id /);
     expectProblem(await admin('POST', '/tenants', { id: 'bad-four', keys: ['x'.repeat(20)] }), 422, /keys .*POST \/gateway\/v1\/admin\/tenants\/bad-four\/keys/);
     expectProblem(await admin('POST', '/tenants', { id: 'api-one' }), 409, /already exists/);
+    // The checks the tenants file gets apply too: a cost budget needs a price table.
+    expectProblem(await admin('POST', '/tenants', { id: 'bad-five', budget: { cost: { max: 5, period: 'month' } } }), 422, /^budget\.cost needs PRICES_FILE/);
     expect((await admin('GET', '/tenants/bad-one')).status).toBe(404);
   });
 
@@ -68,6 +71,31 @@ describe('tenants through the admin API', () => {
     expectProblem(await admin('DELETE', '/tenants/team-a'), 409, /tenants file/);
     expectProblem(await admin('POST', '/tenants/team-a/keys', {}), 409, /tenants file/);
     expect((await admin('GET', '/tenants/team-a')).body).toMatchObject({ id: 'team-a', source: 'file' });
+  });
+
+  it('lets the tenants file win for an id in both: its settings and keys apply, the API one and its keys are inactive until the file drops it', async () => {
+    await newTenant('both', { maxRunning: 9 });
+    const k = await newKey('both');
+    expect((await account(k.key)).status).toBe(200);
+    const file = gw.config.TENANTS_FILE;
+    const original = readFileSync(file, 'utf8');
+    try {
+      writeFileSync(file, JSON.stringify({ tenants: [...TENANTS, { id: 'both', keys: ['both-file-key-0123456789abcdef'], rateLimit: lots }] }));
+      expect(gw.app.tenants.reload()).toMatchObject({ ok: true });
+      expectProblem(await account(k.key), 401);
+      expect((await account('both-file-key-0123456789abcdef')).body).toMatchObject({ username: 'both' });
+      expect((await admin('GET', '/tenants/both')).body).toMatchObject({ source: 'file' });
+      expect((await admin('GET', '/tenants')).body.tenants.filter((t: { id: string }) => t.id === 'both')).toEqual([
+        expect.objectContaining({ source: 'file' }),
+        expect.objectContaining({ source: 'api', shadowedByFile: true, maxRunning: 9 }),
+      ]);
+      expectProblem(await admin('PATCH', '/tenants/both', { maxRunning: 1 }), 409, /tenants file/);
+    } finally {
+      writeFileSync(file, original);
+      expect(gw.app.tenants.reload()).toMatchObject({ ok: true });
+    }
+    // The file dropped it: the API tenant and its key are back.
+    expect((await account(k.key)).status).toBe(200);
   });
 
   it('changes a tenant with a JSON merge patch, honours If-Match (412 on a stale ETag), and the change applies to requests', async () => {
@@ -125,6 +153,11 @@ describe('keys with a stable id', () => {
     // The key's id names it in the access log.
     expect(gw.logs.some((l) => l.includes(`"keyId":"${k.id}"`))).toBe(true);
     expectProblem(await admin('POST', '/tenants/api-keys/keys', { expires_at: '2001-01-01T00:00:00Z' }), 422, /expires_at/);
+    // A key past its expires_at is refused (checked at each request, on every replica).
+    const soon = await newKey('api-keys', { expires_at: new Date(Date.now() + 1000).toISOString() });
+    expect((await account(soon.key)).status).toBe(200);
+    await waitFor(async () => (await account(soon.key)).status === 401, 5000, 'the key to expire');
+    expect(Date.now()).toBeGreaterThanOrEqual(Date.parse(soon.expires_at!));
     expectProblem(await admin('POST', '/tenants/api-keys/keys', { role: 'owner' }), 422, /^role /);
   });
 

@@ -173,7 +173,8 @@ export class AdminService {
     try {
       this.registry.check([Object.freeze({ id, ...settings })]);
     } catch (err) {
-      throw new GatewayError('VALIDATION', (err as Error).message);
+      // The file's wording ("invalid configuration: tenants.3.budget.cost …") named for this request's body.
+      throw new GatewayError('VALIDATION', (err as Error).message.replace(/^invalid configuration: tenants\.\d+\./, ''));
     }
     return settings;
   }
