@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
-import { KEY_A, call, expectProblem, useGateway, useSimulator, waitFor } from './helpers/stack.js';
+import { KEY_A, call, createPrediction, expectProblem, upstreamCalls, useGateway, useSimulator, waitFor } from './helpers/stack.js';
 import { ROOT } from './support/processes.js';
 
 const ADMIN = 'admin-key-for-the-admin-api-0123456789';
@@ -115,14 +115,17 @@ describe('tenants through the admin API', () => {
     for (let i = 0; i < 5; i++) expect((await account(k.key)).status).toBe(200);
   });
 
-  it('deletes a tenant: its keys and tokens stop working at once', async () => {
+  it('deletes a tenant: its keys and tokens stop working at once, its running prediction is left to finish', async () => {
     await newTenant('api-gone');
     const k = await newKey('api-gone');
+    const running = await createPrediction(gw.url, k.key, { prompt: 'still running', duration_ms: 300 });
     const tok = await call(gw.url, 'POST', '/gateway/v1/tokens', { key: k.key, body: {} });
     expect(tok.status).toBe(201);
     expect((await account(tok.body.token)).status).toBe(200);
     expect((await admin('DELETE', '/tenants/api-gone')).status).toBe(204);
     expectProblem(await account(k.key), 401);
+    await waitFor(() => s.sim.predictions.get(running)?.status === 'succeeded', 5000, 'the prediction to finish upstream');
+    expect(upstreamCalls(s.sim, /\/cancel$/)).toEqual([]);
     expectProblem(await account(tok.body.token), 401);
     // The same id created again: the old key and token stay dead.
     await newTenant('api-gone');
@@ -299,6 +302,19 @@ describe('the audit trail', () => {
     } finally {
       redis.disconnect();
     }
+  });
+});
+
+describe('without Redis', () => {
+  const mem = useGateway(() => ({ sim: s, tenants: TENANTS, redis: 'memory', env: { ADMIN_API_KEY: ADMIN, LOG_LEVEL: 'warn' } }));
+  it('manages tenants and keys in the process, with the same answers', async () => {
+    const made = await call(mem.url, 'POST', '/gateway/v1/admin/tenants', { key: ADMIN, body: { id: 'mem-team' } });
+    expect(made.status).toBe(201);
+    const k = await call(mem.url, 'POST', '/gateway/v1/admin/tenants/mem-team/keys', { key: ADMIN, body: {} });
+    expect((await call(mem.url, 'GET', '/replicate/v1/account', { key: k.body.key })).body).toMatchObject({ username: 'mem-team' });
+    expect((await call(mem.url, 'DELETE', `/gateway/v1/admin/tenants/mem-team/keys/${k.body.id}`, { key: ADMIN })).status).toBe(204);
+    expectProblem(await call(mem.url, 'GET', '/replicate/v1/account', { key: k.body.key }), 401);
+    expect((await call(mem.url, 'GET', '/gateway/v1/admin/audit', { key: ADMIN })).body.events.map((e: { action: string }) => e.action)).toEqual(['tenant.create', 'key.create', 'key.revoke']);
   });
 });
 
