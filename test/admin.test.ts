@@ -224,6 +224,8 @@ describe('keys with a stable id', () => {
     const usage = await admin('GET', `/tenants/api-revoke/keys/${k1.id}/usage`);
     expect(usage.status, usage.text).toBe(200);
     expect(usage.body.totals).toEqual({ requests: 3, creates: 0 });
+    const metrics = await call(gw.url, 'GET', '/metrics');
+    expect(metrics.text).toContain(`fgw_key_requests_total{tenant="api-revoke",key_id="${k1.id}"} 3`);
     expect((await admin('DELETE', `/tenants/api-revoke/keys/${k1.id}`)).status).toBe(204);
     expectProblem(await account(k1.key), 401);
     expect((await account(k2.key)).status).toBe(200);

@@ -101,7 +101,10 @@ export default fp<AuthOptions>(
     // Usage per API key id: every authenticated request, and the creates that were made.
     app.addHook('onResponse', async (request, reply) => {
       const keyId = request.principal?.keyId;
-      if (keyId && !request.adminActor) app.keyUsage.count(keyId, request.routeOptions.config.create === true && reply.statusCode < 300);
+      if (keyId && !request.adminActor) {
+        app.keyUsage.count(keyId, request.routeOptions.config.create === true && reply.statusCode < 300);
+        metrics.keyRequests.inc({ tenant: request.principal!.tenant.id, key_id: keyId });
+      }
     });
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
