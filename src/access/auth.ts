@@ -52,12 +52,19 @@ export default fp<AuthOptions>(
     const sessions = config.ADMIN_API_KEY ? new Sessions(app.kv, config.ADMIN_API_KEY) : undefined;
     const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
 
-    /** The tenant of a credential; a well-formed API key while the API tenants are not loaded yet gets 503, not 401. */
-    function identify(credential: string) {
-      const found = tenants.identify(credential);
-      if (!found && !app.adminTenants.loaded && keyIdOf(credential)) throw storeUnavailable(undefined, 'the API-managed keys are not loaded yet; retry shortly');
-      return found;
+    /** Whether an unknown credential is an API key this process cannot judge yet (the API's keys not loaded). */
+    const unloaded = (credential: string) => !app.adminTenants.loaded && keyIdOf(credential) !== undefined;
+
+    /**
+     * For an API key while this process has not loaded the API's keys yet (just booted, or the store was away): loads
+     * them first, and answers 503 rather than 401 if that fails. Only then is the lookup asynchronous.
+     */
+    async function identifyAfterLoad(credential: string) {
+      await app.adminTenants.refresh();
+      if (!app.adminTenants.loaded) throw storeUnavailable(undefined, 'the API-managed keys are not loaded yet; retry shortly');
+      return tenants.identify(credential);
     }
+    const lookup = (credential: string) => tenants.identify(credential) ?? (unloaded(credential) ? identifyAfterLoad(credential) : undefined);
 
     /**
      * The admin API: ADMIN_API_KEY, a dashboard session (its CSRF token on every change), or on `teamAdmin` routes
@@ -70,7 +77,8 @@ export default fp<AuthOptions>(
           request.adminActor = { type: 'admin_key' };
           return;
         }
-        const who = identify(credential);
+        const found = lookup(credential);
+        const who = found instanceof Promise ? await found : found;
         if (who?.role === 'admin' && who.keyId && request.routeOptions.config.teamAdmin) {
           request.adminActor = { type: 'team_admin', tenant: who.tenant.id, key_id: who.keyId };
           request.principal = { tenant: who.tenant, keyId: who.keyId, role: who.role };
@@ -121,7 +129,9 @@ export default fp<AuthOptions>(
       if (!credential) {
         return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
       }
-      const who = identify(credential);
+      // No await on the usual path: a request does not yield here.
+      const found = lookup(credential);
+      const who = found instanceof Promise ? await found : found;
       if (who) {
         request.principal = who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant };
       } else if (signer && looksLikeJwt(credential)) {

@@ -27,8 +27,6 @@ export class TenantDirectory implements ManagedTenants {
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => Promise<void>) | undefined;
   #failing = false;
-  /** Called after each refresh that changed the copy (tests and metrics). */
-  onApplied: ((version: number) => void) | undefined;
 
   constructor(
     private readonly store: TenantStore,
@@ -45,19 +43,37 @@ export class TenantDirectory implements ManagedTenants {
     return this.#copy.version >= 0;
   }
 
-  /** Loads the copy (so the first request already sees every tenant) and starts listening. */
+  readonly #onMessage = (message: string) => {
+    if (Number(message) > this.#copy.version) void this.refresh();
+  };
+
+  /**
+   * Loads the copy (so the first request already sees every tenant) and starts listening. Neither waits for a store
+   * that is not there yet: the copy stays empty (API keys get 503, /readyz says so) until the timer's check loads
+   * it, and the subscription is tried again every interval until it holds.
+   */
   async start(): Promise<void> {
-    this.#unsubscribe = await this.pubsub.subscribe(CHANGED_CHANNEL, (message) => {
-      if (Number(message) > this.#copy.version) void this.refresh();
-    });
-    // Not connected yet: the copy stays empty (API keys get 503, /readyz says so) until the timer's check loads it.
-    await this.refresh();
     this.#timer = setInterval(() => void this.#check(), this.opts.syncMs);
     this.#timer.unref();
+    void this.#subscribe();
+    await this.refresh();
+  }
+
+  async #subscribe(): Promise<void> {
+    while (this.#timer) {
+      try {
+        this.#unsubscribe = await this.pubsub.subscribe(CHANGED_CHANNEL, this.#onMessage);
+        return;
+      } catch {
+        // The version check carries changes meanwhile.
+        await new Promise((r) => setTimeout(r, this.opts.syncMs).unref());
+      }
+    }
   }
 
   async stop(): Promise<void> {
     clearInterval(this.#timer);
+    this.#timer = undefined;
     await this.#unsubscribe?.();
   }
 
@@ -107,11 +123,13 @@ export class TenantDirectory implements ManagedTenants {
           keys.set(k.id, k);
         }
         this.#copy = { version: snap.version, tenants, keys, origins };
-        this.onApplied?.(snap.version);
       } while (this.#again);
     };
-    this.#refreshing = run().finally(() => (this.#refreshing = undefined));
-    return this.#refreshing.catch((err: unknown) => this.opts.log.warn({ err }, 'admin tenant refresh failed'));
+    // Never rejects: a failed load keeps the last copy, and the next check or message tries again.
+    this.#refreshing = run()
+      .catch((err: unknown) => this.opts.log.warn({ err }, 'admin tenant refresh failed; keeping the last copy'))
+      .finally(() => (this.#refreshing = undefined));
+    return this.#refreshing;
   }
 
   identify(credential: string): Identity | undefined {
@@ -131,10 +149,6 @@ export class TenantDirectory implements ManagedTenants {
 
   get(id: string): Tenant | undefined {
     return this.#copy.tenants.get(id)?.tenant;
-  }
-
-  record(id: string): TenantRecord | undefined {
-    return this.#copy.tenants.get(id)?.record;
   }
 
   generation(id: string): string | undefined {
