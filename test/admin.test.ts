@@ -64,6 +64,16 @@ describe('tenants through the admin API', () => {
     expect((await admin('GET', '/tenants/bad-one')).status).toBe(404);
   });
 
+  it("applies an API tenant's allowedOrigins to browsers: the CORS preflight and the request's origin check", async () => {
+    await newTenant('api-web', { allowedOrigins: ['https://App.Example.com'] });
+    const k = await newKey('api-web');
+    const pre = await fetch(`${gw.url}/replicate/v1/account`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'authorization' } });
+    expect(pre.status).toBe(204);
+    expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example.com');
+    expect((await call(gw.url, 'GET', '/replicate/v1/account', { key: k.key, headers: { origin: 'https://app.example.com' } })).status).toBe(200);
+    expectProblem(await call(gw.url, 'GET', '/replicate/v1/account', { key: k.key, headers: { origin: 'https://evil.example' } }), 403, /origin/);
+  });
+
   it('keeps tenants-file tenants read-only: 409 naming the file', async () => {
     const r = await admin('PATCH', '/tenants/team-a', { maxRunning: 2 });
     expectProblem(r, 409, new RegExp(`tenants file \\(${gw.config.TENANTS_FILE.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}\\)`));
@@ -275,6 +285,9 @@ describe('the audit trail', () => {
     expect(mine.map((e) => e.action)).toEqual(['tenant.create', 'key.create', 'tenant.update', 'key.rotate']);
     expect(mine[2]).toMatchObject({ actor: { type: 'admin_key' }, before: { maxRunning: null }, after: { maxRunning: 7 }, user_agent: 'admin-test/1.0', ip: '127.0.0.1' });
     expect(mine[0]!.after.webhookSecret).toBe('[secret]');
+    const shown = await admin('GET', '/tenants/api-audit');
+    expect(shown.body.webhookSecretSet).toBe(true);
+    expect(shown.text).not.toContain('a'.repeat(20));
     for (let i = 1; i < events.length; i++) expect(events[i]!.prev).toBe(events[i - 1]!.hash);
     expect(all.text).not.toContain(k.key);
     expect(all.text).not.toContain(rotated.body.key);
