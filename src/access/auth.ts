@@ -107,12 +107,14 @@ export default fp<AuthOptions>(
     app.decorate('authFailure', fail);
 
     // Usage per API key id: every authenticated request, and the creates that were made.
-    app.addHook('onResponse', async (request, reply) => {
+    // Synchronous (a callback hook): no promise per request.
+    app.addHook('onResponse', (request, reply, done) => {
       const keyId = request.principal?.keyId;
       if (keyId && !request.adminActor) {
         app.keyUsage.count(keyId, request.routeOptions.config.create === true && reply.statusCode < 300);
         metrics.keyRequests.inc({ tenant: request.principal!.tenant.id, key_id: keyId });
       }
+      done();
     });
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
