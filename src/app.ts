@@ -7,6 +7,8 @@ import rateLimit from '@fastify/rate-limit';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
+import adminPlugin from './admin/plugin.js';
+import { adminRoutes } from './admin/routes.js';
 import auth from './access/auth.js';
 import limits from './access/limits.js';
 import tenantsPlugin from './access/tenants-plugin.js';
@@ -18,6 +20,7 @@ import type { Config } from './config.js';
 import { GatewayError } from './errors.js';
 import { healthRoutes, metricsRoute } from './http/health.js';
 import jsonBody from './http/json-body.js';
+import openapi, { openapiRoute } from './http/openapi.js';
 import problems, { makeClientErrorHandler, makeFailureHandler } from './http/problems.js';
 import requestLog from './http/request-log.js';
 import { createLogger } from './logger.js';
@@ -113,6 +116,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   );
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
+  await app.register(adminPlugin);
   await app.register(upstreamPlugin, { upstream: deps.upstream });
   await app.register(budgetsPlugin, { now: deps.now });
   await app.register(predictionsPlugin);
@@ -120,6 +124,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   // The HTTP edge: failures as problem JSON, the JSON body, request ids and the access log.
   await app.register(problems, { fail });
+  // Before every route: it collects them for GET /gateway/v1/openapi.json.
+  await app.register(openapi);
   await app.register(jsonBody);
   await app.register(requestLog);
   await app.register(dashboardStats);
@@ -147,6 +153,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // Before every route and hook that may answer under /gateway/admin, the dashboard's headers.
   await app.register(dashboardHeaders);
   await app.register(healthRoutes);
+  await app.register(openapiRoute);
   // Links the upstream fetches files from (FILES_DELIVERY=url): outside auth, the signature is the permission.
   const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;
   const fileSigner = config.FILES_DELIVERY === 'url' && fileSecret ? new FileUrlSigner(fileSecret) : undefined;
@@ -171,6 +178,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
     await api.register(streamRoutes, { prefix: '/gateway/v1', streams: new PredictionStreams({ store: app.store, pubsub: app.pubsub, config, log: app.log.child({ component: 'streams' }) }) });
+    await api.register(adminRoutes, { prefix: '/gateway/v1/admin' });
     await api.register(dashboardRoutes, { prefix: '/gateway/admin', stats: app.opsStats });
   });
 

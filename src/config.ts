@@ -168,6 +168,10 @@ export const ConfigSchema = z.object({
   AUTH_FAILURE_LIMIT: int(1, 1_000_000).default(20),
   TOKEN_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').regex(/^\S+$/, 'must not contain spaces').optional(),
+  // The admin API (src/admin/): how often each replica compares its copy of the API-managed tenants and keys with
+  // the store's change counter (a lost pub/sub message is caught by then), and how long audit events are kept.
+  ADMIN_SYNC_INTERVAL_MS: int(50, 60_000).default(500),
+  AUDIT_RETENTION_DAYS: int(1, 36_500).default(365),
   POLL_CACHE_MS: int(0, 60_000).default(500),
   IDEMPOTENCY_TTL_SECONDS: int(60, 7 * 86400).default(86400),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(10_000),

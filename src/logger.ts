@@ -6,7 +6,7 @@ import { type Logger, type LoggerOptions, pino } from 'pino';
  * (`*.token`) made every log line about three times as expensive (13 µs against 4 µs, measured with this list).
  */
 const SECRET_FIELDS = [
-  'authorization', 'cookie', 'token', 'key', 'keys', 'apiKey', 'secret', 'webhookSecret', 'password',
+  'authorization', 'cookie', 'token', 'key', 'keys', 'apiKey', 'secret', 'webhookSecret', 'password', 'csrf',
   'UPSTREAM_API_KEY', 'TOKEN_SIGNING_SECRET', 'ADMIN_API_KEY', 'METRICS_TOKEN', 'FILES_URL_SECRET', 'UPSTREAM_WEBHOOK_SECRET',
   'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD',
 ];
@@ -18,6 +18,8 @@ export const REDACT_PATHS = [
   'req.headers.cookie',
   'req.headers["x-api-key"]',
   'req.headers["idempotency-key"]',
+  'req.headers["x-csrf-token"]',
+  'answer.key',
   'req.headers["webhook-signature"]',
   'tenant.webhookSecret',
   'res.headers["set-cookie"]',

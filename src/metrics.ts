@@ -99,6 +99,13 @@ export class Metrics {
     this.#openSource = source;
   }
 
+  /** Per API-issued key: the id is not secret, and keys are as few as operators issue. */
+  readonly keyRequests = new Counter({
+    name: 'fgw_key_requests_total',
+    help: 'Requests authenticated with an API-issued key, by tenant and key id',
+    labelNames: ['tenant', 'key_id'] as const,
+    registers: [this.registry],
+  });
   readonly storeErrors = new Counter({
     name: 'fgw_store_errors_total',
     help: 'Requests that failed because the state store was unavailable',

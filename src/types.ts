@@ -7,6 +7,7 @@ import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
 import type { PubSub } from './store/pubsub.js';
 import type { Store } from './store/store.js';
+import type { TenantStore } from './store/tenant-store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
 import type { OpsStats } from './dashboard/stats.js';
 import type { Tracing } from './tracing.js';
@@ -16,6 +17,8 @@ import type { UpstreamClient } from './upstream/client.js';
 export interface TokenGrant {
   jti: string;
   exp: number;
+  /** The generation of an API-managed tenant the token was minted for (its created_at). */
+  gen?: string;
   models?: string[];
   maxCreates?: number;
   /** The token's own budget over its lifetime, inside its tenant's (src/budget/). */
@@ -27,7 +30,16 @@ export interface TokenGrant {
 export interface Principal {
   tenant: Tenant;
   token?: TokenGrant;
+  /** An API-issued key's id (src/admin/api-keys.ts): names the key in logs and usage without its secret. */
+  keyId?: string;
+  role?: 'member' | 'admin';
 }
+
+/** Who is using the admin API, as the audit trail records it. */
+export type AdminActor =
+  | { type: 'admin_key' }
+  | { type: 'dashboard_session'; session: string }
+  | { type: 'team_admin'; tenant: string; key_id: string };
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -40,6 +52,8 @@ declare module 'fastify' {
     kv: KvStore;
     /** Messages to every replica (src/store/pubsub.ts). */
     pubsub: PubSub;
+    /** API-managed tenants and keys, the audit log (src/store/tenant-store.ts). */
+    tenantStore: TenantStore;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;
@@ -54,6 +68,8 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     principal: Principal | null;
+    /** On admin routes: who is calling (set by auth). */
+    adminActor: AdminActor | null;
     /** The raw JSON body as received, forwarded unchanged to the upstream. */
     rawBody: string | undefined;
     /** For the access log: upstream latency and cache outcome. */
@@ -82,5 +98,7 @@ declare module 'fastify' {
     predictionScoped?: boolean;
     /** The token may come as `?token=` (EventSource sends no headers); never logged (src/http/request-log.ts). */
     queryToken?: boolean;
+    /** On 'admin' routes: a team admin's key (role admin) may call it for its own tenant. */
+    teamAdmin?: boolean;
   }
 }

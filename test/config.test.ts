@@ -85,6 +85,13 @@ describe('loadConfig', () => {
     expect(loadConfig({ ...base, DEFAULT_RATE_LIMIT_WINDOW: '2h' }).DEFAULT_RATE_LIMIT_WINDOW).toBe(7_200_000);
   });
 
+  it('check the admin settings, naming the variable', () => {
+    const base = { UPSTREAM_API_KEY: 'k', TENANTS_FILE: 'f' };
+    expect(loadConfig(base)).toMatchObject({ ADMIN_SYNC_INTERVAL_MS: 500, AUDIT_RETENTION_DAYS: 365 });
+    expect(() => loadConfig({ ...base, ADMIN_SYNC_INTERVAL_MS: '10' })).toThrow(/ADMIN_SYNC_INTERVAL_MS must be at least 50/);
+    expect(() => loadConfig({ ...base, AUDIT_RETENTION_DAYS: 'forever' })).toThrow(/AUDIT_RETENTION_DAYS must be a number/);
+  });
+
   it('refuse windows beyond 366 days, naming the variable', () => {
     expect(() => loadConfig({ UPSTREAM_API_KEY: 'k', TENANTS_FILE: 'f', DEFAULT_RATE_LIMIT_WINDOW: '200000000000 days' })).toThrow(/DEFAULT_RATE_LIMIT_WINDOW must be a duration from 1 ms to 366 days/);
   });

@@ -4,11 +4,11 @@
 // traffic on the first one's page.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Browser, BrowserContext, Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { CSP } from '../src/dashboard/routes.js';
-import { launchChromium } from './helpers/chromium.js';
+import { launchChromium, openWatchedPage } from './helpers/chromium.js';
 import { type Gateway, KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, sendHeadOnly, startGateway, useSimulator, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(150);
@@ -34,19 +34,7 @@ afterAll(async () => {
   await gw?.close();
 });
 
-/** A fresh browser context with every URL it requested and every console error or CSP violation it met. */
-async function openPage(): Promise<{ context: BrowserContext; page: Page; urls: string[]; errors: string[] }> {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 1100 } });
-  const page = await context.newPage();
-  const urls: string[] = [];
-  const errors: string[] = [];
-  page.on('request', (r) => urls.push(r.url()));
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(m.text());
-  });
-  page.on('pageerror', (e) => errors.push(e.message));
-  return { context, page, urls, errors };
-}
+const openPage = () => openWatchedPage(browser);
 
 const cellOf = (page: Page, tenant: string, field: string) => page.locator(`tr[data-tenant="${tenant}"] td[data-field="${field}"]`);
 
@@ -64,7 +52,7 @@ describe('the dashboard in a browser', () => {
 
       const cookies = await context.cookies();
       const session = cookies.find((c) => c.name === 'fgw_admin')!;
-      expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/gateway/admin' });
+      expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/gateway' });
 
       // Traffic after the page is open: the next refresh (every 3 s) shows it.
       for (let i = 0; i < 3; i++) await createPrediction(gw.url, KEY_A, { prompt: `a ${i}`, duration_ms: 60_000 });

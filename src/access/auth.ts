@@ -3,7 +3,9 @@ import { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Logger } from 'pino';
-import { GatewayError } from '../errors.js';
+import { keyIdOf } from '../admin/api-keys.js';
+import { Sessions, sameOriginOnly } from '../dashboard/session.js';
+import { GatewayError, storeUnavailable } from '../errors.js';
 import { credentialOf, queryToken, sameSecret } from './credentials.js';
 import { type TokenSigner, looksLikeJwt } from './tokens.js';
 
@@ -47,9 +49,73 @@ export default fp<AuthOptions>(
       throw new GatewayError('UNAUTHENTICATED', detail);
     }
 
+    const sessions = config.ADMIN_API_KEY ? new Sessions(app.kv, config.ADMIN_API_KEY) : undefined;
+    const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
+
+    /** Whether an unknown credential is an API key this process cannot judge yet (the API's keys not loaded). */
+    const unloaded = (credential: string) => !app.adminTenants.loaded && keyIdOf(credential) !== undefined;
+
+    /**
+     * For an API key while this process has not loaded the API's keys yet (just booted, or the store was away): loads
+     * them first, and answers 503 rather than 401 if that fails. Only then is the lookup asynchronous.
+     */
+    async function identifyAfterLoad(credential: string) {
+      await app.adminTenants.refresh();
+      if (!app.adminTenants.loaded) throw storeUnavailable(undefined, 'the API-managed keys are not loaded yet; retry shortly');
+      return tenants.identify(credential);
+    }
+    const lookup = (credential: string) => tenants.identify(credential) ?? (unloaded(credential) ? identifyAfterLoad(credential) : undefined);
+
+    /**
+     * The admin API: ADMIN_API_KEY, a dashboard session (its CSRF token on every change), or on `teamAdmin` routes
+     * an API key with role admin (the route checks that it is its own tenant's).
+     */
+    async function admitAdmin(request: FastifyRequest, credential: string | undefined): Promise<void> {
+      if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
+      if (credential) {
+        if (sameSecret(credential, config.ADMIN_API_KEY)) {
+          request.adminActor = { type: 'admin_key' };
+          return;
+        }
+        const found = lookup(credential);
+        const who = found instanceof Promise ? await found : found;
+        if (who?.role === 'admin' && who.keyId && request.routeOptions.config.teamAdmin) {
+          request.adminActor = { type: 'team_admin', tenant: who.tenant.id, key_id: who.keyId };
+          request.principal = { tenant: who.tenant, keyId: who.keyId, role: who.role };
+          (request.log as unknown as Logger).setBindings({ tenant: who.tenant.id, keyId: who.keyId });
+          return;
+        }
+        // A valid tenant key is a known caller without the right: 403, not 401.
+        if (who) {
+          throw new GatewayError('FORBIDDEN', who.role === 'admin' ? "a team admin key manages its own tenant's keys and reads its audit events only" : 'a tenant key cannot use the admin API');
+        }
+        return fail(request, 'the admin key is not valid');
+      }
+      const session = sessions && (await sessions.of(request));
+      if (!session) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>", or sign in to the dashboard');
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        sameOriginOnly(request, ownOrigins);
+        const token = request.headers['x-csrf-token'];
+        if (typeof token !== 'string' || !sameSecret(token, session.csrf)) throw new GatewayError('FORBIDDEN', "a change through the dashboard session needs the session's CSRF token (x-csrf-token)");
+      }
+      request.adminActor = { type: 'dashboard_session', session: Sessions.label(session.sid) };
+    }
+
     app.decorateRequest('principal', null);
+    app.decorateRequest('adminActor', null);
     // The dashboard's login counts its wrong guesses in the same window as every other credential.
     app.decorate('authFailure', fail);
+
+    // Usage per API key id: every authenticated request, and the creates that were made.
+    // Synchronous (a callback hook): no promise per request.
+    app.addHook('onResponse', (request, reply, done) => {
+      const keyId = request.principal?.keyId;
+      if (keyId && !request.adminActor) {
+        app.keyUsage.count(keyId, request.routeOptions.config.create === true && reply.statusCode < 300);
+        metrics.keyRequests.inc({ tenant: request.principal!.tenant.id, key_id: keyId });
+      }
+      done();
+    });
 
     app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
       const mode = request.routeOptions.config.auth ?? 'tenant';
@@ -62,22 +128,15 @@ export default fp<AuthOptions>(
         if (!credential || !sameSecret(credential, config.METRICS_TOKEN)) return fail(request, 'send "Authorization: Bearer <METRICS_TOKEN>"');
         return;
       }
-      if (mode === 'admin') {
-        if (!config.ADMIN_API_KEY) throw new GatewayError('FORBIDDEN', 'the admin API is disabled: set ADMIN_API_KEY');
-        if (!credential) return fail(request, 'send the admin key as "Authorization: Bearer <ADMIN_API_KEY>"');
-        if (!sameSecret(credential, config.ADMIN_API_KEY)) {
-          // A valid tenant key is a known caller without the right: 403, not 401.
-          if (tenants.lookup(credential)) throw new GatewayError('FORBIDDEN', 'a tenant key cannot use the admin API');
-          return fail(request, 'the admin key is not valid');
-        }
-        return;
-      }
+      if (mode === 'admin') return admitAdmin(request, credential);
       if (!credential) {
         return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
       }
-      const tenant = tenants.lookup(credential);
-      if (tenant) {
-        request.principal = { tenant };
+      // No await on the usual path: a request does not yield here.
+      const found = lookup(credential);
+      const who = found instanceof Promise ? await found : found;
+      if (who) {
+        request.principal = who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant };
       } else if (signer && looksLikeJwt(credential)) {
         let verified;
         try {
@@ -87,6 +146,9 @@ export default fp<AuthOptions>(
         }
         const t = tenants.get(verified.tenantId);
         if (!t) return fail(request, 'the token names a tenant that no longer exists');
+        // A tenant deleted and created again through the API: the old tenant's tokens stay dead.
+        const gen = tenants.generation(t.id);
+        if (gen !== undefined && verified.grant.gen !== gen) return fail(request, 'the token was issued before its tenant was (re)created');
         if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
         const only = verified.grant.predictions;
         if (only) {
@@ -100,7 +162,7 @@ export default fp<AuthOptions>(
         return fail(request, 'the key is not valid');
       }
       // In place rather than a new child logger: every later line of this request names the tenant, at less cost.
-      (request.log as unknown as Logger).setBindings({ tenant: request.principal.tenant.id });
+      (request.log as unknown as Logger).setBindings(request.principal.keyId ? { tenant: request.principal.tenant.id, keyId: request.principal.keyId } : { tenant: request.principal.tenant.id });
 
       // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
       const origin = request.headers.origin;
@@ -112,5 +174,5 @@ export default fp<AuthOptions>(
       }
     });
   },
-  { name: 'auth', dependencies: ['@fastify/rate-limit'] },
+  { name: 'auth', dependencies: ['@fastify/rate-limit', 'admin'] },
 );

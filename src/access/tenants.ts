@@ -161,9 +161,31 @@ export function readTenantsFile(path: string): Snapshot {
   return buildSnapshot(doc);
 }
 
-/** The live tenant set. Reads swap one snapshot reference, so a reload never shows a half-built set. */
+/** Who a credential is: its tenant and, for an API-issued key, the key's id and role. */
+export interface Identity {
+  tenant: Tenant;
+  keyId?: string;
+  role?: 'member' | 'admin';
+}
+
+/** The tenants managed through the admin API, as this process last saw them (src/admin/directory.ts). */
+export interface ManagedTenants {
+  identify(credential: string): Identity | undefined;
+  get(id: string): Tenant | undefined;
+  all(): Tenant[];
+  allowsOrigin(origin: string): boolean;
+  /** Which creation of this id it is: a token carries it, so a deleted and recreated tenant's old tokens stay dead. */
+  generation(id: string): string | undefined;
+}
+
+/**
+ * The live tenant set: the file's, and the API-managed ones when attached. An id in both is the file's: its
+ * settings and keys apply, the store's record and its keys are inactive until the file drops the id.
+ * Reads swap one snapshot reference, so a reload never shows a half-built set.
+ */
 export class TenantRegistry {
   #snap: Snapshot;
+  #managed: ManagedTenants | undefined;
   #watcher: FSWatcher | undefined;
   #debounce: NodeJS.Timeout | undefined;
   /** Checks of other parts (budgets against the price table) that a reloaded file must pass too. */
@@ -173,24 +195,50 @@ export class TenantRegistry {
     this.#snap = snapshot ?? readTenantsFile(path);
   }
 
+  attachManaged(managed: ManagedTenants): void {
+    this.#managed = managed;
+  }
+
+  /** Whether the tenants file defines this id (then the API may read it but not change it). */
+  inFile(id: string): boolean {
+    return this.#snap.byId.has(id);
+  }
+
   /** The tenant a presented key belongs to, if any. */
   lookup(key: string): Tenant | undefined {
+    return this.identify(key)?.tenant;
+  }
+
+  identify(key: string): Identity | undefined {
     // Keys are looked up by their SHA-256, so neither the map nor a timing side channel ever sees the key itself.
-    return this.#snap.byHash.get(hashKey(key));
+    const fromFile = this.#snap.byHash.get(hashKey(key));
+    if (fromFile) return { tenant: fromFile };
+    const managed = this.#managed?.identify(key);
+    return managed && !this.#snap.byId.has(managed.tenant.id) ? managed : undefined;
   }
 
   get(id: string): Tenant | undefined {
-    return this.#snap.byId.get(id);
+    return this.#snap.byId.get(id) ?? this.#managed?.get(id);
   }
 
   /** Whether some tenant allows this browser origin (the CORS preflight answers for any such origin). */
   someAllowOrigin(origin: string): boolean {
     const o = this.#snap.origins;
-    return o.has('*') || o.has(origin.toLowerCase());
+    return o.has('*') || o.has(origin.toLowerCase()) || this.#managed?.allowsOrigin(origin.toLowerCase()) === true;
   }
 
   all(): Tenant[] {
-    return [...this.#snap.byId.values()];
+    const file = [...this.#snap.byId.values()];
+    return this.#managed ? [...file, ...this.#managed.all().filter((t) => !this.#snap.byId.has(t.id))] : file;
+  }
+
+  generation(id: string): string | undefined {
+    return this.#snap.byId.has(id) ? undefined : this.#managed?.generation(id);
+  }
+
+  /** Runs the other parts' checks (budgets against the price table) on tenants about to be added; throws on a failure. */
+  check(tenants: readonly Tenant[]): void {
+    for (const c of this.#checks) c(tenants);
   }
 
   addCheck(check: (tenants: readonly Tenant[]) => void): void {

@@ -69,6 +69,7 @@ export async function tokenRoutes(app: FastifyInstance, opts: { signer?: TokenSi
       maxCreates: body.max_creates,
       budget: body.predictions ? undefined : budget,
       predictions: body.predictions,
+      gen: app.tenants.generation(tenant.id),
     });
     reply.header('cache-control', 'no-store');
     return reply.code(201).send({

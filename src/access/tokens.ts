@@ -34,7 +34,7 @@ export class TokenSigner {
 
   async sign(
     tenantId: string,
-    opts: { ttlSeconds: number; models?: string[]; maxCreates?: number; budget?: TokenGrant['budget']; predictions?: string[] },
+    opts: { ttlSeconds: number; models?: string[]; maxCreates?: number; budget?: TokenGrant['budget']; predictions?: string[]; gen?: string },
   ): Promise<{ token: string; expiresAt: Date }> {
     const now = Math.floor(Date.now() / 1000);
     const exp = now + opts.ttlSeconds;
@@ -43,6 +43,7 @@ export class TokenSigner {
     if (opts.maxCreates !== undefined) claims.max_creates = opts.maxCreates;
     if (opts.budget) claims.budget = opts.budget;
     if (opts.predictions) claims.predictions = opts.predictions;
+    if (opts.gen) claims.gen = opts.gen;
     const token = await new SignJWT(claims)
       .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
       .setSubject(tenantId)
@@ -66,7 +67,11 @@ export class TokenSigner {
       const maxCreates = typeof payload.max_creates === 'number' ? payload.max_creates : undefined;
       const budget = budgetClaim(payload.budget);
       const predictions = Array.isArray(payload.predictions) ? payload.predictions.filter((p): p is string => typeof p === 'string') : undefined;
-      return { tenantId: payload.sub, grant: { jti: payload.jti, exp: payload.exp, models, maxCreates, ...(budget && { budget }), ...(predictions && { predictions }) } };
+      const gen = typeof payload.gen === 'string' ? payload.gen : undefined;
+      return {
+        tenantId: payload.sub,
+        grant: { jti: payload.jti, exp: payload.exp, models, maxCreates, ...(budget && { budget }), ...(predictions && { predictions }), ...(gen && { gen }) },
+      };
     } catch (err) {
       if (err instanceof GatewayError) throw err;
       if (err instanceof joseErrors.JWTExpired) throw new GatewayError('UNAUTHENTICATED', 'the token has expired; request a new one');

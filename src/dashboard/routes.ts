@@ -1,7 +1,7 @@
 // The operator's dashboard under /gateway/admin: a login form that trades ADMIN_API_KEY for a session cookie (the
 // session lives in the shared kv, so any replica serves it), the page and its static files (uPlot included, from
 // node_modules, no CDN), and the JSON it refreshes from. Strict CSP, no inline script or style, CSRF-safe POSTs.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -11,10 +11,10 @@ import fp from 'fastify-plugin';
 import { credentialOf, sameSecret } from '../access/credentials.js';
 import { GatewayError } from '../errors.js';
 import { buildOverview } from './overview.js';
+import { SESSION_COOKIE, SESSION_COOKIE_PATH, SESSION_TTL_MS, Sessions, sameOriginOnly } from './session.js';
 import type { OpsStats } from './stats.js';
 
-export const SESSION_COOKIE = 'fgw_admin';
-const SESSION_TTL_MS = 8 * 3_600_000;
+export { SESSION_COOKIE };
 const OVERVIEW_REUSE_MS = 1000;
 /** The largest sign-in or sign-out body, in any content type. */
 const SIGN_IN_BODY_LIMIT = 4096;
@@ -52,36 +52,24 @@ interface Asset {
 }
 
 /** The page's files, read once at boot: ours next to this module (copied into dist by the build), uPlot's from its package. */
-function loadAssets(): { pages: Record<'dashboard' | 'login', string>; assets: Map<string, Asset> } {
+type PageName = 'dashboard' | 'login' | 'teams';
+
+function loadAssets(): { pages: Record<PageName, string>; assets: Map<string, Asset> } {
   const here = join(dirname(fileURLToPath(import.meta.url)), 'static');
   const uplot = join(dirname(createRequire(import.meta.url).resolve('uplot/package.json')), 'dist');
   const file = (dir: string, name: string) => readFileSync(join(dir, name));
   const assets = new Map<string, Asset>([
     ['dashboard.js', { body: file(here, 'dashboard.js'), type: 'text/javascript; charset=utf-8' }],
+    ['teams.js', { body: file(here, 'teams.js'), type: 'text/javascript; charset=utf-8' }],
     ['dashboard.css', { body: file(here, 'dashboard.css'), type: 'text/css; charset=utf-8' }],
     ['uPlot.iife.min.js', { body: file(uplot, 'uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8' }],
     ['uPlot.min.css', { body: file(uplot, 'uPlot.min.css'), type: 'text/css; charset=utf-8' }],
   ]);
-  return { pages: { dashboard: file(here, 'dashboard.html').toString('utf8'), login: file(here, 'login.html').toString('utf8') }, assets };
+  const page = (name: string) => file(here, name).toString('utf8');
+  return { pages: { dashboard: page('dashboard.html'), login: page('login.html'), teams: page('teams.html') }, assets };
 }
 
 const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
-
-function cookieValue(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
-  for (const part of header.split(';')) {
-    const i = part.indexOf('=');
-    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
-  }
-  return undefined;
-}
-
-interface Session {
-  csrf: string;
-  /** Which admin key made it: rotating ADMIN_API_KEY ends every session. */
-  key: string;
-}
 
 export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsStats | undefined }): Promise<void> {
   const { config, kv } = app;
@@ -94,9 +82,8 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     });
     return;
   }
-  const keyTag = sha256(`fgw-dashboard:${adminKey}`).slice(0, 16);
+  const sessions = new Sessions(kv, adminKey);
   const { pages, assets } = loadAssets();
-  const sessionKey = (sid: string) => `dash:sess:${sha256(sid)}`;
   const ownOrigins = new Set(config.PUBLIC_BASE_URL ? [new URL(config.PUBLIC_BASE_URL).origin] : []);
 
   // The login form posts application/x-www-form-urlencoded; only here. Its limit is the routes' (SIGN_IN_BODY_LIMIT).
@@ -104,42 +91,34 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
-  async function sessionOf(request: FastifyRequest): Promise<Session | undefined> {
-    const sid = cookieValue(request.headers.cookie, SESSION_COOKIE);
-    if (!sid || !/^[A-Za-z0-9_-]{43}$/.test(sid)) return undefined;
-    const text = await kv.get(sessionKey(sid));
-    if (!text) return undefined;
-    const s = JSON.parse(text) as Session;
-    return s.key === keyTag ? s : undefined;
-  }
+  const sessionOf = (request: FastifyRequest) => sessions.of(request);
 
-  /** A POST must come from this gateway's own pages: SameSite=Strict already keeps the cookie off others, this is the second lock. */
-  function checkSameOrigin(request: FastifyRequest): void {
-    const site = request.headers['sec-fetch-site'];
-    const origin = request.headers.origin;
-    const own = `${request.protocol}://${request.host}`.toLowerCase();
-    const sameSite = site === undefined || site === 'same-origin' || site === 'none';
-    // Scripts and curl send no Origin; a browser always does on a POST ("null" from some pages, when
-    // Sec-Fetch-Site, which no page can forge, still says same-origin).
-    const sameOrigin =
-      origin === undefined || origin.toLowerCase() === own || ownOrigins.has(origin.toLowerCase()) || (origin === 'null' && site === 'same-origin');
-    // Refused before its body is read: closing the connection spares reading the rest.
-    if (!sameSite || !sameOrigin) throw new GatewayError('FORBIDDEN', 'a cross-origin request to the dashboard was refused', { headers: { connection: 'close' } });
-  }
+  // Refused before its body is read: closing the connection spares reading the rest (src/dashboard/session.ts).
+  const checkSameOrigin = (request: FastifyRequest) => sameOriginOnly(request, ownOrigins);
 
   // Sign-in and sign-out: the origin is checked in onRequest, before a byte of the body is read, and the body, whatever
   // its content type, may be 4 KiB at most (a key and a CSRF token), not BODY_LIMIT_BYTES.
   const post = { config: { auth: 'session' as const }, bodyLimit: SIGN_IN_BODY_LIMIT, onRequest: async (request: FastifyRequest) => checkSameOrigin(request) };
 
-  function page(reply: FastifyReply, name: 'dashboard' | 'login', status = 200, message = ''): FastifyReply {
+  function page(reply: FastifyReply, name: PageName, status = 200, message = ''): FastifyReply {
     const html = pages[name].replace('<!--message-->', message ? `<p class="refused" role="alert">${escapeHtml(message)}</p>` : '');
     return reply.code(status).type('text/html; charset=utf-8').send(html);
   }
 
   const cookie = (request: FastifyRequest, sid: string, maxAgeS: number) =>
-    `${SESSION_COOKIE}=${sid}; Path=/gateway/admin; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
+    `${SESSION_COOKIE}=${sid}; Path=${SESSION_COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}${request.protocol === 'https' || config.PUBLIC_BASE_URL?.startsWith('https:') ? '; Secure' : ''}`;
 
   app.get('/', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'dashboard' : 'login'));
+
+  // Teams and keys (the admin API, src/admin/, called with the session cookie and its CSRF token).
+  app.get('/teams', { config: { auth: 'session' } }, async (request, reply) => page(reply, (await sessionOf(request)) ? 'teams' : 'login'));
+
+  /** The session's CSRF token, for the teams page's changes through the admin API. */
+  app.get('/api/session', { config: { auth: 'session' } }, async (request) => {
+    const session = await sessionOf(request);
+    if (!session) throw new GatewayError('UNAUTHENTICATED', 'not signed in to the dashboard');
+    return { csrf: session.csrf };
+  });
 
   app.get('/assets/:name', { config: { auth: 'session' } }, async (request, reply) => {
     const asset = assets.get((request.params as { name: string }).name);
@@ -159,7 +138,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
       }
     }
     const sid = randomBytes(32).toString('base64url');
-    await kv.set(sessionKey(sid), JSON.stringify({ csrf: randomBytes(24).toString('base64url'), key: keyTag } satisfies Session), SESSION_TTL_MS);
+    await sessions.create(sid, randomBytes(24).toString('base64url'));
     return reply.code(303).header('set-cookie', cookie(request, sid, SESSION_TTL_MS / 1000)).header('location', '/gateway/admin/').send();
   });
 
@@ -168,7 +147,7 @@ export async function dashboardRoutes(app: FastifyInstance, opts: { stats: OpsSt
     if (!session) throw new GatewayError('UNAUTHENTICATED', 'not logged in to the dashboard');
     const token = request.headers['x-csrf-token'] ?? (request.body as { csrf?: unknown } | undefined)?.csrf;
     if (typeof token !== 'string' || !sameSecret(token, session.csrf)) throw new GatewayError('FORBIDDEN', 'the logout needs the CSRF token of this session');
-    await kv.set(sessionKey(cookieValue(request.headers.cookie, SESSION_COOKIE)!), '', 1);
+    await sessions.end(session.sid);
     return reply.code(204).header('set-cookie', cookie(request, '', 0)).send();
   });
 

@@ -9,6 +9,9 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
   app.get('/healthz', { config: { pressureHandler: () => undefined } }, async () => ({ status: 'ok' }));
   app.get('/readyz', async (request, reply) => {
     if (!store.isReady()) return problemReply(reply, storeUnavailable(undefined, `the ${store.kind} store is not connected`), request.id);
+    // Not loaded yet (just booted, or the store was away at boot): try now rather than wait for the next check.
+    if (!app.adminTenants.loaded) await app.adminTenants.refresh();
+    if (!app.adminTenants.loaded) return problemReply(reply, storeUnavailable(undefined, 'the API-managed tenants and keys are not loaded yet'), request.id);
     return { status: 'ready', store: store.kind, upstream_breaker: upstream.breakerOpen ? 'open' : 'closed', tenant_breakers_open: upstream.openTenantBreakers() };
   });
 }

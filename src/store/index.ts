@@ -12,6 +12,7 @@ import { RedisFileStore } from './redis-file-store.js';
 import { createRedisClient, redisTarget } from './redis-client.js';
 import { RedisStore } from './redis-store.js';
 import type { Store } from './store.js';
+import { MemoryTenantStore, RedisTenantStore, type TenantStore } from './tenant-store.js';
 
 export type { Store } from './store.js';
 
@@ -23,6 +24,8 @@ export interface State {
   kv: KvStore;
   /** Messages to every replica: invalidations, a prediction's changes. */
   pubsub: PubSub;
+  /** API-managed tenants and keys, and the audit log (src/admin/). */
+  tenantStore: TenantStore;
   /** A store class for @fastify/rate-limit's `store` option; undefined: its own in-process LocalStore. */
   rateLimitStore?: ReturnType<typeof leasedRedisStore>;
 }
@@ -36,6 +39,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
       files: new MemoryFileStore({ maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       kv: new MemoryKvStore(),
       pubsub: new MemoryPubSub(),
+      tenantStore: new MemoryTenantStore(),
     };
   }
   const client = createRedisClient(target, config.REDIS_KEY_PREFIX, onRedisEvent);
@@ -46,6 +50,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
     files: new RedisFileStore(client),
     kv: new RedisKvStore(client),
     pubsub: new RedisPubSub(client, config.REDIS_KEY_PREFIX),
+    tenantStore: new RedisTenantStore(client),
     rateLimitStore: leasedRedisStore(client, config.RATE_LIMIT_LEASE_MAX),
   };
 }

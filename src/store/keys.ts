@@ -49,4 +49,9 @@ export const keys = {
   /** @fastify/rate-limit's keys (`<limit>:<tenant or address>`) and the failed-auth counters. */
   rate: (key: string) => `rl:{r:${key}}`,
   kv: (key: string) => `kv:${key}`,
+  /** API-managed tenants, their keys, revisions, the change counter, the audit log and rotation answers: one slot
+   *  ({a}), so every admin change is one script; bounded by what operators create, the log by AUDIT_RETENTION_DAYS. */
+  admin: (name: string) => `adm:{a}:${name}`,
+  /** Requests and creates per API key id and UTC day (src/admin/key-usage.ts). */
+  keyUsage: (day: string) => `kuse:{a}:${day}`,
 };

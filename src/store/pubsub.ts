@@ -103,7 +103,15 @@ export class RedisPubSub implements PubSub {
   }
 
   async subscribe(channel: string, handler: Handler) {
-    if (this.#fanout.add(channel, handler)) await this.#connection().subscribe(this.#prefix + channel);
+    if (this.#fanout.add(channel, handler)) {
+      try {
+        await this.#connection().subscribe(this.#prefix + channel);
+      } catch (err) {
+        // Not subscribed after all: the next call must try again, not find a handler already there.
+        this.#fanout.remove(channel, handler);
+        rethrowUnavailable(err);
+      }
+    }
     return async () => {
       if (this.#fanout.remove(channel, handler)) await this.#subscriber?.unsubscribe(this.#prefix + channel).catch(() => {});
     };
