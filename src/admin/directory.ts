@@ -4,6 +4,7 @@
 // replica within the interval even then. Expiry and the end of a rotation's grace are checked at each lookup.
 import type { FastifyBaseLogger } from 'fastify';
 import { hashKey, type Identity, type ManagedTenants, type Tenant } from '../access/tenants.js';
+import { GatewayError } from '../errors.js';
 import type { PubSub } from '../store/pubsub.js';
 import type { TenantStore } from '../store/tenant-store.js';
 import { keyIdOf, sameHash } from './api-keys.js';
@@ -127,7 +128,11 @@ export class TenantDirectory implements ManagedTenants {
     };
     // Never rejects: a failed load keeps the last copy, and the next check or message tries again.
     this.#refreshing = run()
-      .catch((err: unknown) => this.opts.log.warn({ err }, 'admin tenant refresh failed; keeping the last copy'))
+      .catch((err: unknown) => {
+        // A Redis outage (or a boot before Redis answers) is reported once by the store's own client.
+        const outage = err instanceof GatewayError && err.code === 'STORE_UNAVAILABLE';
+        this.opts.log[outage ? 'debug' : 'warn']({ err }, 'admin tenant refresh failed; keeping the last copy');
+      })
       .finally(() => (this.#refreshing = undefined));
     return this.#refreshing;
   }

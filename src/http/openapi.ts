@@ -32,6 +32,11 @@ const SUMMARIES: Record<string, [tag: string, summary: string]> = {
   'GET /replicate/v1/models/{owner}/{name}': ['models', 'A model'],
   'GET /replicate/v1/models/{owner}/{name}/versions': ['models', "A model's versions"],
   'GET /replicate/v1/models/{owner}/{name}/versions/{id}': ['models', 'One version of a model'],
+  'GET /replicate/v1/models': ['models', 'The models you may use (paged); QUERY with the words as a text/plain body searches them'],
+  'GET /replicate/v1/collections': ['models', 'Collections of models (paged)'],
+  'GET /replicate/v1/collections/{slug}': ['models', 'One collection, with the models you may use'],
+  'GET /replicate/v1/hardware': ['models', 'The hardware models run on'],
+  'GET /gateway/v1/predictions/{id}/events': ['predictions', "One of your predictions' progress as server-sent events (takes ?token=)"],
   'GET /replicate/v1/account': ['account', 'Who you are: your tenant'],
   'POST /gateway/v1/tokens': ['tokens', 'Mint a short-lived, narrowed token for a browser'],
   'GET /gateway/v1/usage': ['usage', "Your tenant's usage and budgets"],
@@ -57,6 +62,8 @@ export default fp(
     const routes: FastifyInstance['registeredRoutes'] = [];
     app.decorate('registeredRoutes', routes);
     app.addHook('onRoute', (r) => {
+      // OpenAPI 3.1 has no QUERY operation (3.2 adds one): the model search is named on GET /replicate/v1/models.
+      if ([r.method].flat().includes('QUERY')) r.schema = { ...r.schema, hide: true };
       for (const method of [r.method].flat()) {
         if (method === 'HEAD') continue;
         routes.push({ method, url: r.url, hidden: r.schema?.hide === true });
