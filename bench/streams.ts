@@ -96,7 +96,9 @@ async function main(): Promise<void> {
   console.log(`observation → client event, streams on replica B, creates on A: p50 ${quantile(two, 0.5)} ms, p99 ${quantile(two, 0.99)} ms (${two.length} events)`);
 
   // Memory: STREAMS streams over WATCHED long predictions on the solo gateway.
-  const ids = await Promise.all(Array.from({ length: WATCHED }, () => create(solo.url, 600_000)));
+  // In batches: a tenant may hold only so many upstream calls at once (UPSTREAM_TENANT_MAX_CONCURRENCY).
+  const ids: string[] = [];
+  for (let i = 0; i < WATCHED; i += 20) ids.push(...(await Promise.all(Array.from({ length: Math.min(20, WATCHED - i) }, () => create(solo.url, 600_000)))));
   await new Promise((r) => setTimeout(r, 2000));
   const rss0 = await metric(solo.url, 'fgw_process_resident_memory_bytes');
   const heap0 = await metric(solo.url, 'fgw_nodejs_heap_size_used_bytes');
