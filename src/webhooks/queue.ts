@@ -3,6 +3,7 @@
 // job and its state live in Redis). Without Redis: the same contract with timers in this process.
 import { DelayedError, Queue, Worker } from 'bullmq';
 import type { Cluster, Redis } from 'ioredis';
+import { BoundedMap } from '../lib/bounded-map.js';
 import { type RedisTarget, bullPrefix, createBullConnection } from '../store/redis-client.js';
 
 /** One step of a watch: given its state, returns the new state and when to run again (null: the watch is over). */
@@ -60,7 +61,9 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
       delay: delayMs,
       attempts: 50,
       backoff: { type: 'exponential', delay: 1000 },
-      removeOnComplete: true,
+      // A finished watch is remembered for an hour (at most 10,000 of them): the lifecycle may ask to start one again
+      // from a late change, and an add under a known id does nothing, so no event is sent twice.
+      removeOnComplete: { age: 3600, count: 10_000 },
       removeOnFail: { age: 86400 },
     });
   }
@@ -83,6 +86,8 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
 /** The in-process equivalent: one timer per watched key, steps of one key never overlapping. */
 export class MemoryWatchQueue<S> implements WatchQueue<S> {
   readonly #watches = new Map<string, { state: S; timer?: NodeJS.Timeout; running: boolean; again: boolean }>();
+  /** Watches that ended, for an hour: starting one again is a no-op, as with BullMQ's completed jobs. */
+  readonly #finished = new BoundedMap<true>({ maxEntries: 10_000, ttlMs: 3_600_000 });
   readonly #step: Step<S>;
   readonly #onError: (err: unknown) => void;
   #closed = false;
@@ -93,7 +98,7 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
   }
 
   async add(key: string, state: S, delayMs: number) {
-    if (this.#watches.has(key) || this.#closed) return;
+    if (this.#watches.has(key) || this.#finished.has(key) || this.#closed) return;
     this.#watches.set(key, { state, running: false, again: false });
     this.#schedule(key, delayMs);
   }
@@ -130,7 +135,10 @@ export class MemoryWatchQueue<S> implements WatchQueue<S> {
       next = null;
     }
     w.running = false;
-    if (next === null) this.#watches.delete(key);
+    if (next === null) {
+      this.#watches.delete(key);
+      this.#finished.set(key, true);
+    }
     else this.#schedule(key, w.again ? 0 : next);
   }
 
