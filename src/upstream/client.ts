@@ -41,6 +41,8 @@ export interface UpstreamRequest {
   method: 'GET' | 'POST' | 'QUERY';
   /** Path below the base URL, starting with '/'. */
   path: string;
+  /** The path is from the host's root, not below the base URL (a reseller's own billing routes). */
+  root?: boolean;
   body?: string;
   /** The body's type; default application/json. */
   contentType?: string;
@@ -256,7 +258,7 @@ export class UpstreamClient {
     if (req.body !== undefined) headers['content-type'] = req.contentType ?? 'application/json';
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
-    const path = this.#basePath + req.path;
+    const path = req.root ? req.path : this.#basePath + req.path;
     if (this.#tracing && req.trace !== undefined) {
       const end = this.#tracing.attempt(req.trace, { method: req.method, path, host: this.#host, attempt }, headers);
       return this.#exchange(req, path, headers, signal).then(
