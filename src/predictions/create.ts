@@ -136,7 +136,6 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
   }
   facts.owners.set(id, tenant);
-  facts.pins.set(id, pinned);
   if (terminal) {
     facts.setTerminal(id, body);
     deps.lifecycle.createdTerminal(tenant, body);

@@ -8,13 +8,10 @@ const TERMINAL_BYTES = 64 * 1024 * 1024;
 
 export class Facts {
   readonly owners: BoundedMap<string>;
-  /** The upstream account each prediction was created on (never changes either). */
-  readonly pins: BoundedMap<string>;
   readonly #terminal: BoundedMap<PredictionBody>;
 
   constructor(max = 10_000, ttlMs = 5 * 60_000) {
     this.owners = new BoundedMap({ maxEntries: max, ttlMs });
-    this.pins = new BoundedMap({ maxEntries: max, ttlMs });
     // JS strings of JSON are mostly one byte a character; a rendering is about as long as the raw body.
     this.#terminal = new BoundedMap({ maxEntries: Math.ceil(max / 4), ttlMs, maxBytes: TERMINAL_BYTES, sizeOf: (b) => 2 * b.raw.length });
   }

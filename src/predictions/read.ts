@@ -21,15 +21,12 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
     if (local) return { terminal: local };
     const fresh = poll ? poller.peek(id) : undefined;
     if (fresh) return { fresh };
-    const pin = facts.pins.get(id);
-    if (pin !== undefined) return { upstream: pin };
   }
   const found = await store.lookup(id);
   if (found.owner !== tenant) throw notFound(id);
   facts.owners.set(id, tenant);
-  // No pin stored: created before there were several accounts, on the first one listed (Upstreams.resolve).
+  // The same trip names its account; none stored: created before there were several, on the first one listed.
   const upstream = deps.upstream.resolve(found.upstream);
-  facts.pins.set(id, upstream);
   if (!found.terminal) return { upstream };
   const terminal = new PredictionBody(found.terminal);
   facts.setTerminal(id, terminal);

@@ -42,7 +42,7 @@ const num = (v: unknown): number | undefined => (typeof v === 'number' && Number
  */
 export async function readBalance(client: UpstreamClient, name: string, quotaPerUnit: number): Promise<BalanceReading> {
   const get = async (path: string) =>
-    (await client.request({ method: 'GET', path, root: true, requestId: `balance-${name}`, tenant: '-balance', retry: true, timeoutMs: 10_000 })).body;
+    (await client.request({ method: 'GET', path, root: true, requestId: `balance-${name}`, tenant: '-balance', retry: true, timeoutMs: 10_000, bypassBreakers: true })).body;
   let billingError: string;
   try {
     const [sub, usage] = await Promise.all([get('/v1/dashboard/billing/subscription'), get('/v1/dashboard/billing/usage')]);

@@ -43,6 +43,11 @@ export interface UpstreamRequest {
   path: string;
   /** The path is from the host's root, not below the base URL (a reseller's own billing routes). */
   root?: boolean;
+  /**
+   * Outside the breakers: the gateway's own side reads (the balance poll), whose failures must neither pause
+   * clients' calls nor be refused while a breaker is open.
+   */
+  bypassBreakers?: boolean;
   body?: string;
   /** The body's type; default application/json. */
   contentType?: string;
@@ -206,8 +211,11 @@ export class UpstreamClient {
       try {
         // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
         // (for as long as the probe's deadline); fail fast instead, as while open.
-        if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
-        res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal, attempt)));
+        if (req.bypassBreakers) res = await this.#once(req, signal, attempt);
+        else {
+          if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
+          res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal, attempt)));
+        }
       } catch (err) {
         failure = err;
       }
