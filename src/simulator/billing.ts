@@ -36,16 +36,20 @@ export class Billing {
   }
 }
 
-export function registerBillingRoutes(app: FastifyInstance, billing: Billing, apiKey: string): void {
+export function registerBillingRoutes(app: FastifyInstance, billing: Billing, apiKey: string, api: 'both' | 'token'): void {
   const authorized = bearerChecker(apiKey);
   const denied = newApiError('invalid token', 'invalid_token');
+  // A site that turned its OpenAI-style billing off still answers 200, with an error body.
+  const off = api === 'token' ? newApiError('the billing API is disabled on this site', null) : undefined;
   app.get('/v1/dashboard/billing/subscription', async (request) => {
+    if (off) return off;
     if (!authorized(request.headers.authorization)) return denied;
     const g = billing.granted;
     return { object: 'billing_subscription', has_payment_method: true, soft_limit_usd: g, hard_limit_usd: g, system_hard_limit_usd: g, access_until: 0 };
   });
   // total_usage is in hundredths of the display unit, as OpenAI's (and so new-api's) billing API has it.
   app.get('/v1/dashboard/billing/usage', async (request) => {
+    if (off) return off;
     if (!authorized(request.headers.authorization)) return denied;
     return { object: 'list', total_usage: billing.used * 100 };
   });

@@ -46,6 +46,8 @@ export interface SimulatorOptions {
    */
   balance?: number;
   createCost?: number;
+  /** Which balance routes the account serves: both (default), or only new-api's /api/usage/token (the billing pair answers an error body). */
+  billingApi?: 'both' | 'token';
 }
 
 export interface Simulator {
@@ -104,7 +106,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
   });
   app.addHook('onSend', gate.onSend);
   const billing = opts.balance === undefined ? undefined : new Billing(opts.balance, opts.createCost ?? 0.01);
-  if (billing) registerBillingRoutes(app, billing, opts.apiKey);
+  if (billing) registerBillingRoutes(app, billing, opts.apiKey, opts.billingApi ?? 'both');
   registerRoutes(app, { store, timers, isClosed, billing });
 
   return {
