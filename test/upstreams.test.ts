@@ -6,7 +6,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
 import { createSimulator } from '../src/simulator/simulator.js';
+import { readUpstreamsFile } from '../src/upstream/upstreams-file.js';
 import {
   type Gateway, type GatewayProcess, KEY_A, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, startGatewayProcess, startSimulator,
   stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants,
@@ -249,5 +251,42 @@ describe('balance: new-api resellers\' accounts are read, exported, alerted on, 
     await g.app.upstreams.refreshBalances();
     expect(g.app.upstreams.status()[0]).toMatchObject({ balance: null, balanceError: expect.stringMatching(/no balance/) });
     expectNoKeys(g, a);
+  });
+});
+
+describe('UPSTREAMS_FILE and the settings: boot errors name the variable, never a key', () => {
+  const base = { TENANTS_FILE: '/tmp/t.json' };
+
+  it('takes UPSTREAMS_FILE instead of UPSTREAM_API_KEY, and refuses both or neither', () => {
+    expect(loadConfig({ ...base, UPSTREAMS_FILE: '/tmp/u.yaml' }).UPSTREAMS_FILE).toBe('/tmp/u.yaml');
+    expect(() => loadConfig(base)).toThrow(/UPSTREAM_API_KEY is required \(or UPSTREAMS_FILE/);
+    expect(() => loadConfig({ ...base, UPSTREAMS_FILE: '/tmp/u.yaml', UPSTREAM_API_KEY: 'k' })).toThrow(/UPSTREAM_API_KEY and UPSTREAMS_FILE are both set/);
+    expect(loadConfig({ ...base, UPSTREAM_API_KEY: 'k' }).UPSTREAM_BALANCE_POLL_SECONDS).toBe(300);
+    expect(() => loadConfig({ ...base, UPSTREAM_API_KEY: 'k', UPSTREAM_BALANCE_POLL_SECONDS: '1' })).toThrow(/UPSTREAM_BALANCE_POLL_SECONDS must be at least 10/);
+    expect(() => loadConfig({ ...base, UPSTREAM_API_KEY: 'k', UPSTREAM_BALANCE_ALERT: 'low' })).toThrow(/UPSTREAM_BALANCE_ALERT must be a number/);
+  });
+
+  it('reads YAML with env references, and names the entry of a mistake without quoting the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fgw-upstreams-'));
+    const yaml = join(dir, 'u.yaml');
+    writeFileSync(yaml, 'upstreams:\n  - name: one\n    baseUrl: https://r.example/replicate/v1/\n    apiKey: { env: ONE_KEY }\n    weight: 2\n  - name: rep\n    baseUrl: https://api.replicate.com/v1\n    apiKey: r8_secret\n');
+    expect(readUpstreamsFile(yaml, { ONE_KEY: 'sk-one' })).toEqual([
+      { name: 'one', baseUrl: 'https://r.example/replicate/v1', apiKey: 'sk-one', weight: 2, models: undefined, webhookSecret: undefined, balance: 'new-api', drain: false, quotaPerUnit: 500_000 },
+      { name: 'rep', baseUrl: 'https://api.replicate.com/v1', apiKey: 'r8_secret', weight: 1, models: undefined, webhookSecret: undefined, balance: 'none', drain: false, quotaPerUnit: 500_000 },
+    ]);
+    expect(() => readUpstreamsFile(yaml, {})).toThrow(/upstreams\.0\.apiKey names ONE_KEY, which is not set/);
+    const json = join(dir, 'u.json');
+    writeFileSync(json, '{"upstreams":[{"name":"a","baseUrl":"https://a.example","apiKey":"sk-do-not-print-me"');
+    expect(() => readUpstreamsFile(json, {})).toThrow(/^invalid configuration: UPSTREAMS_FILE .* is not valid JSON$/);
+    writeFileSync(json, JSON.stringify({ upstreams: [{ name: 'a', baseUrl: 'https://a.example', apiKey: 'sk-do-not-print-me' }, { name: 'a', baseUrl: 'https://b.example', apiKey: 'sk-2' }] }));
+    expect(() => readUpstreamsFile(json, {})).toThrow(/upstreams\.1\.name a is listed twice/);
+    writeFileSync(json, JSON.stringify({ upstreams: [{ name: 'a', baseUrl: 'https://a.example', apiKey: 'sk-do-not-print-me', wieght: 2 }] }));
+    try {
+      readUpstreamsFile(json, {});
+      expect.unreachable();
+    } catch (err) {
+      expect((err as Error).message).toMatch(/^invalid configuration: UPSTREAMS_FILE /);
+      expect((err as Error).message).not.toContain('sk-do-not-print-me');
+    }
   });
 });
