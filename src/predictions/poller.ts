@@ -35,9 +35,9 @@ export class Poller {
     const pending = this.#inflight.get(id);
     if (pending) return { body: await pending, shared: true };
     // Ids are the upstream's, so one id is one prediction on one account: its pin says which.
-    const p = Promise.resolve()
-      .then(() => this.upstreams.client(caller.upstream))
-      .then((client) => client.request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace }))
+    const client = this.upstreams.client(caller.upstream);
+    const p = client
+      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace })
       .then((res) => sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id));
     this.#inflight.set(id, p);
     try {
