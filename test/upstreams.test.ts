@@ -120,10 +120,16 @@ describe('pinning: every call for a prediction goes to the account that created 
 describe('routing creates: on to the next account only when no job can have started', () => {
   it('goes to the other account while one refuses the connection, and pins the creates there', async () => {
     const [a, b] = [await sim(), await sim()];
-    const g = await gateway(upstreamsFile([entry('acct-a', a), entry('acct-b', b)]), a);
+    // B at weight 0 is the standby: every create tries A first.
+    const g = await gateway(upstreamsFile([entry('acct-a', a), entry('acct-b', b, { weight: 0 })]), a);
     await a.sim.close();
     const ids = await Promise.all(Array.from({ length: 6 }, () => createPrediction(g.url, KEY_A)));
     expect(ids.every((id) => b.sim.predictions.has(id))).toBe(true);
+    // Five refused connections in a row open A's own breaker; B's stays closed, and so the gateway's as a whole.
+    expect((await call(g.url, 'GET', '/readyz')).body).toMatchObject({
+      upstream_breaker: 'closed',
+      upstreams: [{ name: 'acct-a', state: 'active', breaker: 'open' }, { name: 'acct-b', state: 'active', breaker: 'closed' }],
+    });
     // Read back from B, not from the closed A.
     expect((await call(g.url, 'GET', `/replicate/v1/predictions/${ids[0]}`, { key: KEY_A })).status).toBe(200);
     expectNoKeys(g, a, b);
