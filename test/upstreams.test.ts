@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { createSimulator } from '../src/simulator/simulator.js';
@@ -294,5 +295,34 @@ describe('UPSTREAMS_FILE and the settings: boot errors name the variable, never 
       expect((err as Error).message).toMatch(/^invalid configuration: UPSTREAMS_FILE /);
       expect((err as Error).message).not.toContain('sk-do-not-print-me');
     }
+  });
+});
+
+describe('upstream webhooks: a call about a prediction is verified with the secret of the account it is pinned to', () => {
+  it('accepts the call signed by the prediction\'s own account, and refuses one signed by another account', async () => {
+    const [a, b] = [await sim(), await sim()];
+    const secret = (s: string) => `whsec_${Buffer.from(`${s}-signing-secret-0123456789`).toString('base64')}`;
+    const file = upstreamsFile([
+      entry('acct-a', a, { models: ['black-forest-labs/*'], webhookSecret: secret('a') }),
+      entry('acct-b', b, { models: ['acme/*'], webhookSecret: secret('b') }),
+    ]);
+    const g = await gateway(file, a, {
+      WEBHOOK_MODE: 'upstream',
+      PUBLIC_BASE_URL: 'http://gateway.test',
+      WEBHOOK_ALLOW_HTTP_HOSTS: '127.0.0.1',
+      WEBHOOK_ALLOW_PRIVATE_HOSTS: '127.0.0.1',
+    });
+    const r = await call(g.url, 'POST', '/replicate/v1/models/acme/painter/predictions', { key: KEY_A, body: { input: { prompt: 'x' }, webhook: 'http://127.0.0.1:9/hook' } });
+    expect(r.status).toBe(201);
+    const sent = upstreamCalls(b.sim).find((c) => c.method === 'POST')!.body as { webhook: string };
+    const path = new URL(sent.webhook).pathname;
+    const body = JSON.stringify({ id: r.body.id, status: 'processing' });
+    const signedBy = (s: string, msgId: string) => {
+      const at = new Date();
+      return { 'content-type': 'application/json', 'webhook-id': msgId, 'webhook-timestamp': String(Math.floor(at.getTime() / 1000)), 'webhook-signature': new Webhook(s).sign(msgId, at, body) };
+    };
+    // The link is known to the gateway only once the create's background step has stored it.
+    await waitFor(async () => (await call(g.url, 'POST', path, { rawBody: body, headers: signedBy(secret('a'), `msg_${randomUUID()}`) })).status === 401, 5000, 'the receiver link');
+    expect((await call(g.url, 'POST', path, { rawBody: body, headers: signedBy(secret('b'), 'msg_b') })).status).toBe(204);
   });
 });
