@@ -152,6 +152,17 @@ describe('routing creates: on to the next account only when no job can have star
     expect(metrics).toMatch(new RegExp(`fgw_upstream_failovers_total\\{upstream="acct-a",reason="http_${status}"\\} 1`));
   });
 
+  it('goes on past an account whose key is refused (401), and names that account when no other is left', async () => {
+    const [a, b] = [await sim(), await sim()];
+    const g = await gateway(upstreamsFile([entry('acct-a', a, { apiKey: 'sk-wrong-key-0000000000' }), entry('acct-b', b, { weight: 0 })]), a);
+    const id = await createPrediction(g.url, KEY_A);
+    expect(b.sim.predictions.has(id)).toBe(true);
+    const alone = await gateway(upstreamsFile([entry('acct-a', a, { apiKey: 'sk-wrong-key-0000000000' })]), a);
+    const r = await call(alone.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'x' } } });
+    expectProblem(r, 502, /check the apiKey of upstream "acct-a" in UPSTREAMS_FILE/);
+    expect(r.text).not.toContain('sk-wrong-key');
+  });
+
   it('never moves a create that timed out after it was sent: the job may be running on the first account', async () => {
     const [a, b] = [await sim(), await sim()];
     const g = await gateway(upstreamsFile([entry('acct-a', a), entry('acct-b', b, { weight: 0 })]), a, { UPSTREAM_TIMEOUT_MS: '500' });

@@ -9,6 +9,8 @@ import { BoundedMap } from '../lib/bounded-map.js';
 import { fromTransportError, fromUpstreamStatus, parseRetryAfter, scrub } from './answers.js';
 
 export interface UpstreamOptions {
+  /** The account's name (UPSTREAMS_FILE), for the operator's messages. */
+  name?: string;
   baseUrl: string;
   apiKey: string;
   timeoutMs: number;
@@ -92,7 +94,8 @@ export class UpstreamClient {
   readonly #basePath: string;
   readonly #auth: string;
   readonly #secrets: readonly string[];
-  readonly #opts: Required<Omit<UpstreamOptions, 'tracing'>>;
+  readonly #opts: Required<Omit<UpstreamOptions, 'tracing' | 'name'>>;
+  readonly #name: string | undefined;
   readonly #tracing: UpstreamTracing | undefined;
   readonly #host: string;
   /** Opens on connection failures, or when several tenants' breakers open at once: the upstream as a whole. */
@@ -115,6 +118,7 @@ export class UpstreamClient {
       ...opts,
     };
     this.#tracing = opts.tracing;
+    this.#name = opts.name;
     const url = new URL(opts.baseUrl);
     this.#host = url.host;
     this.#basePath = url.pathname.replace(/\/+$/, '');
@@ -239,7 +243,7 @@ export class UpstreamClient {
       if (!retryable || Date.now() + pauseMs + 50 >= deadline) {
         if (res) {
           done(`http_${res.status}`);
-          throw fromUpstreamStatus(res.status, res.body, res.retryAfter, this.#secrets);
+          throw fromUpstreamStatus(res.status, res.body, res.retryAfter, this.#secrets, this.#name);
         }
         const mapped = fromTransportError(failure, signal.aborted);
         done(mapped.code === 'UPSTREAM_TIMEOUT' ? 'timeout' : 'error');

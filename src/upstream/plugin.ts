@@ -27,6 +27,7 @@ export default fp<{ upstream?: UpstreamClient; env?: Record<string, string | und
       build: (spec) =>
         opts.upstream ??
         new UpstreamClient({
+          name: spec.name,
           baseUrl: spec.baseUrl,
           apiKey: spec.apiKey,
           timeoutMs: config.UPSTREAM_TIMEOUT_MS,
