@@ -210,6 +210,16 @@ describe('drain: an account removed from the file takes no new creates, and stil
     expect(callsFor(a, id).map((c) => c.method)).toEqual(expect.arrayContaining(['GET', 'POST']));
   });
 
+  it('re-reads the file when it changes on disk', async () => {
+    const [a, b] = [await sim(), await sim()];
+    const file = upstreamsFile([entry('acct-a', a)]);
+    const g = await startGateway({ sim: a, env: { UPSTREAM_API_KEY: '', UPSTREAMS_FILE: file }, deps: { watchTenants: true } });
+    gateways.push(g);
+    upstreamsFile([entry('acct-a', a), entry('acct-b', b, { weight: 2 })], join(file, '..'));
+    await waitFor(() => g.app.upstreams.names().includes('acct-b'), 5000, 'the changed file to be reloaded');
+    expect(g.app.upstreams.status().map((u) => [u.name, u.state, u.weight])).toEqual([['acct-a', 'active', 1], ['acct-b', 'active', 2]]);
+  });
+
   it('keeps the previous accounts when the reloaded file is broken, and logs why without a key', async () => {
     const [a] = [await sim()];
     const file = upstreamsFile([entry('acct-a', a)]);
