@@ -222,9 +222,11 @@ export class Upstreams {
           e.balanceError = undefined;
           this.#o.onBalance?.(e.spec.name, r.remaining);
         } catch (err) {
-          // The last reading stays (routing keeps using it); the error is shown next to it.
-          e.balanceError = (err as Error).message;
-          this.#o.log.info({ upstream: e.spec.name, reason: e.balanceError }, 'could not read an upstream\'s balance');
+          // The last reading stays (routing keeps using it); the error is shown next to it, and logged when it is
+          // new (an account without these routes would otherwise say so every poll).
+          const reason = (err as Error).message;
+          if (reason !== e.balanceError) this.#o.log.info({ upstream: e.spec.name, reason }, 'could not read an upstream\'s balance');
+          e.balanceError = reason;
         }
       }),
     );
