@@ -7,11 +7,12 @@
 # http://simulator:8090/replicate/v1) with docker/demo.env's key, docker/demo.env's settings fill in whatever is
 # unset and the upstream is the simulator. Without the demo profile nothing answers there ("simulator" does not
 # resolve), and the gateway exits at once with "invalid configuration: UPSTREAM_API_KEY is required".
-# A set UPSTREAM_API_KEY (from .env or the shell) always means a normal start: demo mode never replaces a key.
+# A set UPSTREAM_API_KEY or UPSTREAMS_FILE (from .env or the shell) always means a normal start: demo mode never
+# replaces a key.
 set -eu
 DEMO_ENV=/etc/fuhu/demo.env
 
-if [ -z "${UPSTREAM_API_KEY:-}" ] && [ -r "$DEMO_ENV" ]; then
+if [ -z "${UPSTREAM_API_KEY:-}" ] && [ -z "${UPSTREAMS_FILE:-}" ] && [ -r "$DEMO_ENV" ]; then
   # Prints the demo settings as shell assignments when the simulator answers; exits 1 (printing nothing) if not.
   # Only a refused connection is waited for (the name resolves, so the simulator is still starting), up to 30 s.
   # shellcheck disable=SC2016

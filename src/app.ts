@@ -51,8 +51,10 @@ export interface AppDeps {
   logger?: FastifyBaseLogger;
   /** Pretty logs (server.ts sets it on a TTY). */
   pretty?: boolean;
-  /** Re-read the tenants file when it changes. */
+  /** Re-read the tenants file (and UPSTREAMS_FILE) when it changes. */
   watchTenants?: boolean;
+  /** Where UPSTREAMS_FILE's {"env": "NAME"} keys are looked up (server.ts: process.env; default: none). */
+  env?: Record<string, string | undefined>;
   /** The clock budgets, their periods and the share windows follow (tests move it across a month's end). */
   now?: () => number;
 }
@@ -117,7 +119,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(storePlugin, { state: deps.state });
   await app.register(tenantsPlugin, { tenants: deps.tenants, watch: deps.watchTenants });
   await app.register(adminPlugin);
-  await app.register(upstreamPlugin, { upstream: deps.upstream });
+  await app.register(upstreamPlugin, { upstream: deps.upstream, env: deps.env, watch: deps.watchTenants });
   await app.register(budgetsPlugin, { now: deps.now });
   await app.register(predictionsPlugin);
   await app.register(webhooksPlugin);

@@ -90,7 +90,13 @@ export const ConfigSchema = z.object({
   PORT: int(0, 65535).default(8080),
   HOST: z.string().min(1).default('0.0.0.0'),
   UPSTREAM_BASE_URL: httpUrl.default('https://api.fuhuapi.com/replicate/v1'),
-  UPSTREAM_API_KEY: z.string({ error: 'is required' }).min(1, 'is required'),
+  UPSTREAM_API_KEY: z.string().min(1, 'is required').optional(),
+  // Several upstream accounts (src/upstream/upstreams-file.ts), instead of UPSTREAM_BASE_URL + UPSTREAM_API_KEY.
+  UPSTREAMS_FILE: z.string().min(1).optional(),
+  // New-api resellers' balances: how often each is read, and the level at or below which a warning is logged and
+  // fgw_upstream_balance_alerts_total counted (in the reseller's display unit, USD on most).
+  UPSTREAM_BALANCE_POLL_SECONDS: int(10, 86_400).default(300),
+  UPSTREAM_BALANCE_ALERT: z.coerce.number({ error: 'must be a number' }).min(-1e12).max(1e12).optional(),
   PUBLIC_BASE_URL: httpUrl.optional(),
   TENANTS_FILE: z.string({ error: 'is required (path to the tenants file)' }).min(1),
   REDIS_URL: z.url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' }).optional(),
@@ -212,6 +218,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     throw new ConfigError(`invalid configuration: ${name} ${issue.message}`);
   }
   const c = parsed.data;
+  if (!c.UPSTREAM_API_KEY && !c.UPSTREAMS_FILE) {
+    throw new ConfigError('invalid configuration: UPSTREAM_API_KEY is required (or UPSTREAMS_FILE, listing several upstreams)');
+  }
+  if (c.UPSTREAM_API_KEY && c.UPSTREAMS_FILE) {
+    throw new ConfigError('invalid configuration: UPSTREAM_API_KEY and UPSTREAMS_FILE are both set; list every upstream in UPSTREAMS_FILE (a key there may be {"env": "UPSTREAM_API_KEY"})');
+  }
   const redisVars = (['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_NODES'] as const).filter((k) => c[k] !== undefined);
   if (redisVars.length > 1) {
     throw new ConfigError(`invalid configuration: ${redisVars[0]} and ${redisVars[1]} are both set; choose one Redis mode (one server, Sentinel or Cluster)`);

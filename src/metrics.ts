@@ -23,6 +23,24 @@ export class Metrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers: [this.registry],
   });
+  readonly upstreamFailovers = new Counter({
+    name: 'fgw_upstream_failovers_total',
+    help: 'Creates that moved on from an upstream that refused them before any job started, by upstream and reason',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamBalance = new Gauge({
+    name: 'fgw_upstream_balance',
+    help: 'An upstream account\'s balance as last read, in the reseller\'s display unit (+Inf: unlimited)',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamBalanceAlerts = new Counter({
+    name: 'fgw_upstream_balance_alerts_total',
+    help: 'Balance reads at or below UPSTREAM_BALANCE_ALERT, by upstream',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
   readonly cache = new Counter({
     name: 'fgw_cache_total',
     help: 'Terminal-prediction cache lookups, by result (hit or miss)',

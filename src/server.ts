@@ -8,14 +8,15 @@ async function main(): Promise<void> {
   let app;
   try {
     const config = loadConfig(process.env);
-    app = await buildApp(config, { pretty: process.stdout.isTTY === true, watchTenants: true });
+    app = await buildApp(config, { pretty: process.stdout.isTTY === true, watchTenants: true, env: process.env });
     process.on('SIGHUP', () => {
       const r = app!.tenants.reload();
       if (r.ok) app!.log.info({ tenants: r.tenants }, 'tenants file reloaded (SIGHUP)');
       else app!.log.error({ reason: r.error }, 'tenants file rejected (SIGHUP); keeping the previous tenants');
+      app!.reloadUpstreams();
     });
     // Stop accepting, let in-flight requests finish within the grace period, then close Redis and the pool.
-    // SIGHUP is skipped: it means "reload the tenants file" here, not "shut down".
+    // SIGHUP is skipped: it means "reload the tenants and upstreams files" here, not "shut down".
     closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS, skip: ['SIGHUP'] }, async ({ signal, err }) => {
       if (err) app!.log.error({ err }, 'shutting down after an unexpected error');
       else app!.log.info({ signal }, 'shutting down');

@@ -11,7 +11,7 @@ import type { TenantStore } from './store/tenant-store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
 import type { OpsStats } from './dashboard/stats.js';
 import type { Tracing } from './tracing.js';
-import type { UpstreamClient } from './upstream/client.js';
+import type { Upstreams } from './upstream/upstreams.js';
 
 /** A short-lived token's narrowing, when the caller presented a token rather than a key. */
 export interface TokenGrant {
@@ -57,7 +57,11 @@ declare module 'fastify' {
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;
-    upstream: UpstreamClient;
+    /** The upstream accounts (src/upstream/upstreams.ts); `upstream` is the same object, for catalogue reads and health. */
+    upstreams: Upstreams;
+    upstream: Upstreams;
+    /** Re-reads UPSTREAMS_FILE (on a change of the file, or SIGHUP). */
+    reloadUpstreams: () => void;
     budgets: Budgets;
     /** Counts a failed authentication from the request's address: throws 401 (`detail`), or 429 past AUTH_FAILURE_LIMIT. */
     authFailure(request: FastifyRequest, detail: string): Promise<never>;

@@ -39,11 +39,11 @@ describe('migrate-keys', () => {
     await raw.hset(`${P}usage:{t:team-m}:2026-12-01`, 'creates', 2);
     const dry = await migrateKeys(raw, P, { dryRun: true });
     expect(dry.kinds.owners).toEqual({ found: 1, moved: 1 });
-    expect(await store.lookup('old1')).toEqual({ owner: null, terminal: null });
+    expect(await store.lookup('old1')).toEqual({ owner: null, terminal: null, upstream: null });
 
     const report = await migrateKeys(raw, P, { dryRun: false });
     expect(Object.values(report.kinds).reduce((n, k) => n + k.moved, 0)).toBe(11);
-    expect(await store.lookup('old1')).toEqual({ owner: 'team-m', terminal: done });
+    expect(await store.lookup('old1')).toEqual({ owner: 'team-m', terminal: done, upstream: null });
     expect((await store.listPage('team-m', { limit: 10 })).entries.map((e) => e.id)).toEqual(['old1']);
     expect(await store.usageGet('team-m', ['2026-12-01'])).toEqual({ '2026-12-01': { creates: 3, succeeded: 1 } });
     expect((await store.idemGet('team-m:abc'))?.state).toBe('done');

@@ -38,8 +38,8 @@ describe.each(factories)('%s store', (_kind, make) => {
 
   it('records the owner at create and finds nothing for unknown ids', async () => {
     await store.recordCreate({ tenant: 'team-a', id: 'p1', score: NOW, json: pred('p1'), day: DAY });
-    expect(await store.lookup('p1')).toEqual({ owner: 'team-a', terminal: null });
-    expect(await store.lookup('nope')).toEqual({ owner: null, terminal: null });
+    expect(await store.lookup('p1')).toEqual({ owner: 'team-a', terminal: null, upstream: null });
+    expect(await store.lookup('nope')).toEqual({ owner: null, terminal: null, upstream: null });
   });
 
   it('caches a terminal prediction and counts its usage exactly once', async () => {
@@ -116,7 +116,7 @@ describe.each(factories)('%s store', (_kind, make) => {
     expect(await store.recordCreate(rec)).toBe(true);
     // A retry of the same write (its answer was lost) changes nothing.
     expect(await store.recordCreate(rec)).toBe(true);
-    expect(await store.lookup('t1')).toEqual({ owner: 'team-x', terminal: done });
+    expect(await store.lookup('t1')).toEqual({ owner: 'team-x', terminal: done, upstream: null });
     expect(await store.idemGet('team-x:k-create')).toEqual(idem.record);
     expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 0.25 } });
     expect((await store.listPage('team-x', { limit: 10 })).entries.map((e) => e.id)).toEqual(['t1']);
@@ -125,9 +125,26 @@ describe.each(factories)('%s store', (_kind, make) => {
   it('never moves an owned id to another tenant, and writes nothing for the second one', async () => {
     expect(await store.recordCreate({ tenant: 'team-a', id: 'dup', score: NOW, json: pred('dup'), day: DAY })).toBe(true);
     expect(await store.recordCreate({ tenant: 'team-b', id: 'dup', score: NOW + 1, json: pred('dup', 'succeeded'), day: DAY })).toBe(false);
-    expect(await store.lookup('dup')).toEqual({ owner: 'team-a', terminal: null });
+    expect(await store.lookup('dup')).toEqual({ owner: 'team-a', terminal: null, upstream: null });
     expect((await store.listPage('team-b', { limit: 10 })).entries).toEqual([]);
     expect(await store.usageGet('team-b', [DAY])).toEqual({});
+  });
+
+  it('keeps the upstream that created a prediction with its owner, in the create\'s own step, and never moves it', async () => {
+    const open = { due: Date.now() + 3_600_000, meta: { tenant: 'team-p', createdAt: Date.now(), upstream: 'acct-b' } };
+    expect(await store.recordCreate({ tenant: 'team-p', id: 'pin1', score: NOW, json: pred('pin1'), day: DAY, upstream: 'acct-b', open })).toBe(true);
+    expect(await store.lookup('pin1')).toEqual({ owner: 'team-p', terminal: null, upstream: 'acct-b' });
+    // A retried write (or a deduplicating upstream answering with the same id) keeps the first account.
+    expect(await store.recordCreate({ tenant: 'team-p', id: 'pin1', score: NOW, json: pred('pin1'), day: DAY, upstream: 'acct-a' })).toBe(true);
+    expect((await store.lookup('pin1')).upstream).toBe('acct-b');
+    // Another tenant's create with that id writes nothing, its account included.
+    expect(await store.recordCreate({ tenant: 'team-q', id: 'pin2', score: NOW, json: pred('pin2'), day: DAY })).toBe(true);
+    expect(await store.recordCreate({ tenant: 'team-p', id: 'pin2', score: NOW, json: pred('pin2'), day: DAY, upstream: 'acct-b' })).toBe(false);
+    expect(await store.lookup('pin2')).toEqual({ owner: 'team-q', terminal: null, upstream: null });
+    // A create that came back terminal is pinned too (the Cluster writes it step by step).
+    const done = pred('pin3', 'succeeded');
+    await store.recordCreate({ tenant: 'team-p', id: 'pin3', score: NOW, json: done, day: DAY, upstream: 'acct-c', terminal: { status: 'succeeded', predictTime: 0 } });
+    expect(await store.lookup('pin3')).toEqual({ owner: 'team-p', terminal: done, upstream: 'acct-c' });
   });
 });
 
@@ -245,7 +262,7 @@ describe.each(factories)('%s store: the open set, what a prediction last showed,
   const claim = (max = 10, window = 1, windowLimit = 100, at = now) => store.openClaim({ now: at, max, leaseMs: 5000, window, windowLimit });
 
   it('enters a create into the open set with its metadata, leases what is due, oldest due first, and leaves it exactly once', async () => {
-    const meta = (tenant: string) => ({ tenant, createdAt: now, webhook: '{"url":"https://x.example/h"}' });
+    const meta = (tenant: string) => ({ tenant, createdAt: now, webhook: '{"url":"https://x.example/h"}', upstream: 'acct-o' });
     await store.recordCreate({ tenant: 'team-o', id: 'o2', score: NOW, json: pred('o2'), day: DAY, open: { due: now - 1000, meta: meta('team-o') } });
     await store.recordCreate({ tenant: 'team-o', id: 'o1', score: NOW, json: pred('o1'), day: DAY, open: { due: now - 2000, meta: meta('team-o') } });
     await store.recordCreate({ tenant: 'team-o', id: 'o3', score: NOW, json: pred('o3'), day: DAY, open: { due: now + 60_000, meta: meta('team-o') } });
@@ -254,7 +271,7 @@ describe.each(factories)('%s store: the open set, what a prediction last showed,
     expect(await store.openStats(now)).toEqual({ open: 3, oldestDue: now - 2000 });
     const got = await claim();
     expect(got.map((e) => e.id)).toEqual(['o1', 'o2']);
-    expect(got[0]).toMatchObject({ tenant: 'team-o', createdAt: now, webhook: '{"url":"https://x.example/h"}', strikes: 0 });
+    expect(got[0]).toMatchObject({ tenant: 'team-o', createdAt: now, webhook: '{"url":"https://x.example/h"}', upstream: 'acct-o', strikes: 0 });
     // Leased: not due again for anyone until the lease ends.
     expect(await claim()).toEqual([]);
     expect((await claim(10, 2, 100, now + 6000)).map((e) => e.id).sort()).toEqual(['o1', 'o2']);

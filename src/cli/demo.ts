@@ -1,4 +1,5 @@
-// `npm run demo`: the FuhuAPI simulator plus the gateway in front of it, with a demo tenant. No key, no Redis.
+// `npm run demo`: two simulated reseller accounts (FuhuAPI simulators with balances) and the gateway in front of
+// them, with a demo tenant. No key, no Redis.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,13 +12,23 @@ import { createSimulator } from '../simulator/simulator.js';
 const env = process.env;
 const DEMO_KEY = env.DEMO_KEY ?? 'fgw_demo_key_not_for_production';
 const ADMIN_KEY = env.ADMIN_API_KEY ?? 'fgw_demo_admin_key_not_for_production';
-const upstreamKey = randomBytes(16).toString('hex');
 
 const stepMs = intFromEnv(env, 'SIMULATOR_STEP_MS', 1500);
-const sim = createSimulator({ apiKey: upstreamKey, stepMs });
-const upstreamUrl = await sim.listen(intFromEnv(env, 'SIMULATOR_PORT', 0, 0, 65535), '127.0.0.1');
+// Two accounts, as an operator with a second key or reseller has them: the second one small, so that a few dozen
+// creates take it under the alert and to zero, and the dashboard shows creates moving to the first.
+const accounts = [
+  { name: 'reseller-a', balance: 20, weight: 1 },
+  { name: 'reseller-b', balance: 0.3, weight: 1 },
+].map((a) => {
+  const apiKey = randomBytes(16).toString('hex');
+  return { ...a, apiKey, sim: createSimulator({ apiKey, stepMs, balance: a.balance, createCost: 0.05 }) };
+});
+const firstPort = intFromEnv(env, 'SIMULATOR_PORT', 0, 0, 65535);
+const urls = await Promise.all(accounts.map((a, i) => a.sim.listen(firstPort === 0 ? 0 : firstPort + i, '127.0.0.1')));
 
 const dir = mkdtempSync(join(tmpdir(), 'fuhu-demo-'));
+const upstreamsFile = join(dir, 'upstreams.json');
+writeFileSync(upstreamsFile, JSON.stringify({ upstreams: accounts.map((a, i) => ({ name: a.name, baseUrl: urls[i], apiKey: a.apiKey, weight: a.weight })) }, null, 2));
 const tenantsFile = join(dir, 'tenants.json');
 writeFileSync(
   tenantsFile,
@@ -40,8 +51,10 @@ writeFileSync(
 
 const config = loadConfig({
   ...env,
-  UPSTREAM_BASE_URL: upstreamUrl,
-  UPSTREAM_API_KEY: upstreamKey,
+  UPSTREAM_API_KEY: '',
+  UPSTREAMS_FILE: upstreamsFile,
+  UPSTREAM_BALANCE_POLL_SECONDS: env.UPSTREAM_BALANCE_POLL_SECONDS ?? '10',
+  UPSTREAM_BALANCE_ALERT: env.UPSTREAM_BALANCE_ALERT ?? '0.2',
   TENANTS_FILE: tenantsFile,
   TOKEN_SIGNING_SECRET: env.TOKEN_SIGNING_SECRET ?? randomBytes(32).toString('hex'),
   ADMIN_API_KEY: ADMIN_KEY,
@@ -51,10 +64,10 @@ const config = loadConfig({
   WEBHOOK_ALLOW_HTTP_HOSTS: env.WEBHOOK_ALLOW_HTTP_HOSTS ?? '127.0.0.1,localhost',
   WEBHOOK_ALLOW_PRIVATE_HOSTS: env.WEBHOOK_ALLOW_PRIVATE_HOSTS ?? '127.0.0.1,localhost',
 });
-const app = await buildApp(config, { pretty: process.stdout.isTTY === true });
+const app = await buildApp(config, { pretty: process.stdout.isTTY === true, watchTenants: true });
 closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async () => {
   await app.close();
-  await sim.close();
+  await Promise.all(accounts.map((a) => a.sim.close()));
 });
 await app.listen({ port: config.PORT, host: config.HOST });
 const addr = app.server.address();
@@ -62,8 +75,12 @@ const port = typeof addr === 'object' && addr ? addr.port : config.PORT;
 const gw = `http://127.0.0.1:${port}`;
 
 process.stdout.write(`
-fuhu-gateway demo: gateway ${gw} → simulated FuhuAPI ${upstreamUrl}
+fuhu-gateway demo: gateway ${gw} → two simulated reseller accounts:
+${accounts.map((a, i) => `  ${a.name}  ${urls[i]}  balance ${a.balance} USD, 0.05 a create`).join('\n')}
 (state in memory; predictions finish after about ${Math.round((stepMs * 2) / 1000)} s; Ctrl-C stops)
+Creates go to both by weight; reseller-b runs dry after 6, and from then on they go to reseller-a (balances are read
+every ${config.UPSTREAM_BALANCE_POLL_SECONDS} s; the dashboard shows both). The accounts are in ${upstreamsFile}:
+edit it (weights, remove one to drain it) and the gateway reloads it.
 
 Create a prediction and wait for it:
   curl -s -X POST ${gw}/replicate/v1/models/black-forest-labs/flux-schnell/predictions \\

@@ -70,6 +70,9 @@ export async function buildOverview(app: FastifyInstance, stats: OpsStats, now =
       tenantBreakersOpen: upstream.openTenantBreakers(),
       latencyMs: merged.latency,
     },
+    // Each upstream account as this process sees it: state, breaker and balance (read by every replica alike).
+    upstreams: app.upstreams.status(),
+    balanceAlert: app.config.UPSTREAM_BALANCE_ALERT ?? null,
     // Predictions followed to their end (src/lifecycle/): how many are open, how overdue the most overdue look is,
     // and this replica's settlement lag (completed upstream → settled here).
     lifecycle: {

@@ -12,7 +12,14 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
     // Not loaded yet (just booted, or the store was away at boot): try now rather than wait for the next check.
     if (!app.adminTenants.loaded) await app.adminTenants.refresh();
     if (!app.adminTenants.loaded) return problemReply(reply, storeUnavailable(undefined, 'the API-managed tenants and keys are not loaded yet'), request.id);
-    return { status: 'ready', store: store.kind, upstream_breaker: upstream.breakerOpen ? 'open' : 'closed', tenant_breakers_open: upstream.openTenantBreakers() };
+    // upstream_breaker: open only when every account's is (creates have nowhere to go); each account's in `upstreams`.
+    return {
+      status: 'ready',
+      store: store.kind,
+      upstream_breaker: upstream.breakerOpen ? 'open' : 'closed',
+      tenant_breakers_open: upstream.openTenantBreakers(),
+      upstreams: upstream.status().map((u) => ({ name: u.name, state: u.state, breaker: u.breaker })),
+    };
   });
 }
 

@@ -13,7 +13,7 @@ import { upstreamDepth } from '../predictions/create.js';
 import type { Poller } from '../predictions/poller.js';
 import { PredictionBody, sameId } from '../predictions/prediction.js';
 import type { OpenEntry, Store } from '../store/store.js';
-import type { UpstreamClient } from '../upstream/client.js';
+import type { Upstreams } from '../upstream/upstreams.js';
 import type { Lifecycle } from './lifecycle.js';
 
 /** How often a replica asks for due predictions. */
@@ -41,7 +41,8 @@ export function nextDelay(ageMs: number, config: Pick<Config, 'WATCH_MIN_MS' | '
 export interface WatcherDeps {
   config: Config;
   store: Store;
-  upstream: UpstreamClient;
+  /** Reads and cancels go to the account each prediction is pinned to (OpenMeta.upstream). */
+  upstream: Upstreams;
   poller: Poller;
   tenants: TenantRegistry;
   lifecycle: Lifecycle;
@@ -151,7 +152,7 @@ export class Watcher {
 
   /** The prediction as the upstream has it now; shares an in-flight client read, but not the micro-cache. */
   async #read(e: OpenEntry): Promise<PredictionBody> {
-    const read = this.#d.poller.get(e.id, { requestId: `watch-${e.id}`, tenant: e.tenant, observe: () => {} }, { skipMicroCache: true });
+    const read = this.#d.poller.get(e.id, { requestId: `watch-${e.id}`, tenant: e.tenant, observe: () => {}, upstream: e.upstream }, { skipMicroCache: true });
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new GatewayError('UPSTREAM_TIMEOUT', 'the watcher\'s read took too long')), LOOK_TIMEOUT_MS);
@@ -167,7 +168,7 @@ export class Watcher {
   /** Cancels upstream; the answer if it is the prediction, else undefined (a failure is only logged). */
   async #cancel(e: OpenEntry): Promise<PredictionBody | undefined> {
     try {
-      const res = await this.#d.upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(e.id)}/cancel`, requestId: `watch-${e.id}`, tenant: e.tenant, retry: true });
+      const res = await this.#d.upstream.client(e.upstream).request({ method: 'POST', path: `/predictions/${encodeURIComponent(e.id)}/cancel`, requestId: `watch-${e.id}`, tenant: e.tenant, retry: true });
       return sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(this.#d.config)), e.id);
     } catch (err) {
       this.#d.log.warn({ prediction: e.id, tenant: e.tenant, reason: (err as Error).message }, 'watcher: could not cancel a prediction upstream');

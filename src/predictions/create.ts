@@ -53,28 +53,38 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
   }
 
+  // Asked at most once: budgets price the create by it, and accounts that take only some models route by it.
+  let modelOnce: Promise<string | undefined> | undefined;
+  const model = input.model && (() => (modelOnce ??= input.model!()));
+
   let res;
+  let pinned: string;
   let reservation;
   let body: PredictionBody;
   try {
     // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a
     // 429. Running slots are freed by the watcher when predictions end, whether or not anyone asks about them.
-    reservation = await deps.budgets.reserve(caller.principal, input.model, timeoutMs);
+    reservation = await deps.budgets.reserve(caller.principal, model, timeoutMs);
     const forward = input.forward ? await input.forward() : input.body;
     await spendTokenCreate(store, caller.principal.token);
-    res = await upstream.request({
-      method: 'POST',
-      path: input.path,
-      body: forward,
-      requestId: caller.requestId,
-      tenant,
-      prefer: prefer.header,
-      cancelAfter: input.cancelAfter,
-      retry: false,
-      timeoutMs,
-      observe: caller.observe,
-      trace: caller.trace,
-    });
+    // One account runs it; another is tried only after an answer that started no job (src/upstream/upstreams.ts).
+    const routed = await upstream.create(upstream.restricted && model ? await model() : undefined, (client) =>
+      client.request({
+        method: 'POST',
+        path: input.path,
+        body: forward,
+        requestId: caller.requestId,
+        tenant,
+        prefer: prefer.header,
+        cancelAfter: input.cancelAfter,
+        retry: false,
+        timeoutMs,
+        observe: caller.observe,
+        trace: caller.trace,
+      }),
+    );
+    res = routed.value;
+    pinned = routed.upstream;
     // A 2xx that is not a prediction started nothing the gateway could ever follow: a failed create like any other.
     body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
   } catch (err) {
@@ -104,17 +114,18 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         day: today(),
         terminal,
         idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
+        upstream: pinned,
         // Settled when the gateway sees the prediction end; the watcher gives up on it (and settles it as expired)
         // after PREDICTION_MAX_OPEN_SECONDS, and the reservation lapses a minute after that if even that failed.
         reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_MAX_OPEN_SECONDS * 1000 + 60_000 },
         open: terminal
           ? undefined
-          : { due: now + (input.hinted ? config.WATCH_MAX_MS : config.WATCH_MIN_MS), meta: { tenant, createdAt: now, webhook: input.webhook, hinted: input.hinted || undefined } },
+          : { due: now + (input.hinted ? config.WATCH_MAX_MS : config.WATCH_MIN_MS), meta: { tenant, createdAt: now, webhook: input.webhook, hinted: input.hinted || undefined, upstream: pinned } },
       }),
     );
   } catch (err) {
     caller.log.error({ prediction: id, err }, 'created upstream but could not record it; canceling the upstream prediction');
-    await upstream.request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: caller.requestId, tenant, retry: true }).catch(() => {});
+    await upstream.client(pinned).request({ method: 'POST', path: `/predictions/${encodeURIComponent(id)}/cancel`, requestId: caller.requestId, tenant, retry: true }).catch(() => {});
     throw err;
   }
   if (!recorded) {

@@ -7,7 +7,7 @@ import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from '../types.js';
 import type { VersionBook } from '../models/versions.js';
-import type { UpstreamClient } from '../upstream/client.js';
+import type { Upstreams } from '../upstream/upstreams.js';
 import type { Facts } from './facts.js';
 import type { Poller } from './poller.js';
 import type { PredictionBody } from './prediction.js';
@@ -15,7 +15,8 @@ import type { PredictionBody } from './prediction.js';
 export interface PredictionDeps {
   config: Config;
   store: Store;
-  upstream: UpstreamClient;
+  /** Every upstream account; a prediction's calls go to the one it is pinned to. */
+  upstream: Upstreams;
   metrics: Metrics;
   facts: Facts;
   poller: Poller;

@@ -19,7 +19,7 @@ declare module 'fastify' {
 
 export default fp(
   async (app) => {
-    const { config, store, upstream, metrics, budgets, pubsub, tenants } = app;
+    const { config, store, upstreams: upstream, metrics, budgets, pubsub, tenants } = app;
     const facts = new Facts();
     const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
     const log = app.log.child({ component: 'lifecycle' });

@@ -1,7 +1,7 @@
 // Poll storms: concurrent GETs of one id share one upstream call, and a non-terminal answer is reused for
 // POLL_CACHE_MS. Deliberately per process (DESIGN.md): it only saves upstream calls, it never decides anything.
 import { BoundedMap } from '../lib/bounded-map.js';
-import type { UpstreamClient } from '../upstream/client.js';
+import type { Upstreams } from '../upstream/upstreams.js';
 import { MAX_REMEMBERED_BODY, PredictionBody, sameId } from './prediction.js';
 
 export class Poller {
@@ -9,7 +9,7 @@ export class Poller {
   readonly #micro: BoundedMap<PredictionBody>;
 
   constructor(
-    readonly upstream: UpstreamClient,
+    readonly upstreams: Upstreams,
     readonly microMs: number,
     readonly maxDepth: number,
   ) {
@@ -27,14 +27,16 @@ export class Poller {
    */
   async get(
     id: string,
-    caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void; trace?: unknown },
+    caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void; trace?: unknown; upstream?: string | null },
     opts: { skipMicroCache?: boolean } = {},
   ): Promise<{ body: PredictionBody; shared: boolean }> {
     const cached = opts.skipMicroCache ? undefined : this.peek(id);
     if (cached) return { body: cached, shared: true };
     const pending = this.#inflight.get(id);
     if (pending) return { body: await pending, shared: true };
-    const p = this.upstream
+    // Ids are the upstream's, so one id is one prediction on one account: its pin says which.
+    const client = this.upstreams.client(caller.upstream);
+    const p = client
       .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace })
       .then((res) => sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id));
     this.#inflight.set(id, p);

@@ -12,7 +12,7 @@ const notFound = (id: string) => new GatewayError('NOT_FOUND', `prediction ${id}
  * comes from this process's memory when it has seen the id (an owner never changes), else from the store together
  * with the cached terminal prediction in one trip. Someone else's prediction looks exactly like a missing one.
  */
-async function known(deps: PredictionDeps, tenant: string, id: string, poll: boolean): Promise<{ terminal?: PredictionBody; fresh?: PredictionBody }> {
+async function known(deps: PredictionDeps, tenant: string, id: string, poll: boolean): Promise<{ terminal?: PredictionBody; fresh?: PredictionBody; upstream?: string }> {
   const { facts, store, poller } = deps;
   const owner = facts.owners.get(id);
   if (owner !== undefined) {
@@ -25,10 +25,12 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
   const found = await store.lookup(id);
   if (found.owner !== tenant) throw notFound(id);
   facts.owners.set(id, tenant);
-  if (!found.terminal) return {};
+  // The same trip names its account; none stored: created before there were several, on the first one listed.
+  const upstream = deps.upstream.resolve(found.upstream);
+  if (!found.terminal) return { upstream };
   const terminal = new PredictionBody(found.terminal);
   facts.setTerminal(id, terminal);
-  return { terminal };
+  return { terminal, upstream };
 }
 
 function hit(deps: PredictionDeps, body: PredictionBody): Answer {
@@ -38,10 +40,10 @@ function hit(deps: PredictionDeps, body: PredictionBody): Answer {
 
 export async function getPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
-  const { terminal, fresh } = await known(deps, tenant, id, true);
+  const { terminal, fresh, upstream } = await known(deps, tenant, id, true);
   if (terminal) return hit(deps, terminal);
   deps.metrics.cache.inc({ result: 'miss' });
-  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace });
+  const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace, upstream });
   if (shared) deps.metrics.coalesced.inc();
   // Only the request that fetched it reports it; those that shared the answer need not write it again. The end is
   // awaited (the next GET must find it cached); a running state is recorded without holding the answer.
@@ -55,11 +57,11 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
 
 export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
-  const { terminal } = await known(deps, tenant, id, false);
+  const { terminal, upstream } = await known(deps, tenant, id, false);
   if (terminal) return hit(deps, terminal);
   let res;
   try {
-    res = await deps.upstream.request({
+    res = await deps.upstream.client(upstream).request({
       method: 'POST',
       path: `/predictions/${encodeURIComponent(id)}/cancel`,
       requestId: caller.requestId,

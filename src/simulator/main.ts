@@ -9,7 +9,11 @@ const apiKey = process.env.SIMULATOR_API_KEY || 'sim-key';
 const stepMs = intFromEnv(env, 'SIMULATOR_STEP_MS', 1000);
 const latencyMs = intFromEnv(env, 'SIMULATOR_LATENCY_MS', 0);
 
-const sim = createSimulator({ apiKey, stepMs, latencyMs });
+// SIMULATOR_BALANCE: stand for a new-api reseller account with this balance in USD (billing routes, quota 403 when empty).
+const balanceRaw = process.env.SIMULATOR_BALANCE?.trim();
+const balance = balanceRaw ? Number(balanceRaw) : undefined;
+if (balance !== undefined && !Number.isFinite(balance)) throw new Error('invalid configuration: SIMULATOR_BALANCE must be a number');
+const sim = createSimulator({ apiKey, stepMs, latencyMs, balance });
 const url = await sim.listen(port, host);
 console.log(`fuhu simulator listening on ${url} (stepMs=${stepMs}, latencyMs=${latencyMs})`);
 

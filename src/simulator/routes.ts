@@ -3,6 +3,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import { isTerminalStatus, type Prediction, type PredictionStore } from './predictions.js';
 import { ModelCatalog, registerModelRoutes } from './models.js';
 import { NOT_FOUND, ROUTES, isPlainObject, newApiError, parsePreferWait, problem } from './protocol.js';
+import type { Billing } from './billing.js';
 import type { TimerSet } from './timers.js';
 
 export interface RouteDeps {
@@ -10,6 +11,8 @@ export interface RouteDeps {
   timers: TimerSet;
   /** True once close() began: held creates are then dropped rather than answered. */
   isClosed: () => boolean;
+  /** The account's balance, when the simulator stands for a reseller account. */
+  billing?: Billing;
 }
 
 /** `hold_ms` of a create's input: how long its answer is held back, like a slow upstream for that one request. */
@@ -48,6 +51,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (errorReply !== undefined) return errorReply;
     const input = body.input;
     if (!isPlainObject(input)) return reply.code(422).send(problem(422, 'Invalid input', invalidInput(input)));
+    if (deps.billing && !deps.billing.spend()) return reply.code(403).send(newApiError('user quota is not enough', 'insufficient_user_quota'));
     const holdMs = holdMsOf(input);
     const holdUntil = holdMs > 0 ? Date.now() + holdMs : 0;
     const p = store.create(model, version, body, input);

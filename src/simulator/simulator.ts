@@ -9,6 +9,7 @@
 //   timers.ts       the timers close() clears
 import Fastify from 'fastify';
 import type { FastifyInstance } from 'fastify';
+import { Billing, registerBillingRoutes } from './billing.js';
 import { FaultGate, type Fault, type FaultOptions } from './faults.js';
 import { PredictionStore, type Prediction, type PredictionStatus } from './predictions.js';
 import { SIM_PREFIX, bearerChecker } from './protocol.js';
@@ -39,6 +40,14 @@ export interface SimulatorOptions {
    * a simulator on loopback otherwise answers in microseconds. Default 0.
    */
   latencyMs?: number;
+  /**
+   * Stand for a new-api reseller account with this balance (USD): its billing routes answer, each create spends
+   * `createCost` (default 0.01), and an empty account refuses creates with new-api's "quota" 403. Default: no billing.
+   */
+  balance?: number;
+  createCost?: number;
+  /** Which balance routes the account serves: both (default), or only new-api's /api/usage/token (the billing pair answers an error body). */
+  billingApi?: 'both' | 'token';
 }
 
 export interface Simulator {
@@ -52,6 +61,10 @@ export interface Simulator {
   clearFaults(): void;
   predictions: Map<string, Prediction>;
   setStatus(id: string, status: PredictionStatus): void;
+  /** The account's balance (USD), with `balance` set; undefined otherwise. */
+  balance(): number | undefined;
+  /** Sets what is left on the account (with `balance` set). */
+  setBalance(remaining: number): void;
 }
 
 export function createSimulator(opts: SimulatorOptions): Simulator {
@@ -92,7 +105,9 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     gate.preHandler(request, reply, done);
   });
   app.addHook('onSend', gate.onSend);
-  registerRoutes(app, { store, timers, isClosed });
+  const billing = opts.balance === undefined ? undefined : new Billing(opts.balance, opts.createCost ?? 0.01);
+  if (billing) registerBillingRoutes(app, billing, opts.apiKey, opts.billingApi ?? 'both');
+  registerRoutes(app, { store, timers, isClosed, billing });
 
   return {
     app,
@@ -128,6 +143,11 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     predictions: store.map,
     setStatus(id, status) {
       store.setStatus(id, status);
+    },
+    balance: () => billing?.remaining,
+    setBalance(remaining) {
+      if (!billing) throw new Error('simulator: setBalance needs the balance option');
+      billing.set(remaining);
     },
   };
 }

@@ -16,6 +16,8 @@ export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   readonly #opts: StoreOptions;
   readonly #owners: BoundedMap<string>;
+  /** Each prediction's upstream account, as the create named it. */
+  readonly #pins: BoundedMap<string>;
   readonly #records: BoundedMap<string>;
   readonly #terminal: BoundedMap<string>;
   readonly #seen: BoundedMap<true>;
@@ -47,6 +49,7 @@ export class MemoryStore implements Store {
     const third = Math.floor((opts.maxBytes ?? 256 * 1024 * 1024) / 3);
     const bodies = { maxEntries: opts.maxEntries, maxBytes: third, sizeOf: (v: string, k: string) => v.length + k.length };
     this.#owners = new BoundedMap({ maxEntries: opts.maxEntries });
+    this.#pins = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#records = new BoundedMap(bodies);
     this.#terminal = new BoundedMap(bodies);
     this.#seen = new BoundedMap({ maxEntries: opts.maxEntries });
@@ -64,7 +67,7 @@ export class MemoryStore implements Store {
   }
 
   async lookup(id: string) {
-    return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ?? null };
+    return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ?? null, upstream: this.#pins.get(id) ?? null };
   }
 
   async recordCreate(r: CreateRecord): Promise<boolean> {
@@ -72,6 +75,8 @@ export class MemoryStore implements Store {
     if (owner !== undefined && owner !== r.tenant) return false;
     const ttl = this.#opts.predictionTtlSeconds * 1000;
     this.#owners.set(r.id, r.tenant, ttl);
+    // The first upstream named stays, as in redis-store.ts.
+    if (r.upstream && this.#pins.get(r.id) === undefined) this.#pins.set(r.id, r.upstream, ttl);
     this.#records.set(r.id, r.json, ttl);
     let list = this.#index.get(r.tenant);
     if (!list) this.#index.set(r.tenant, (list = []));

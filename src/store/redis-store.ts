@@ -207,8 +207,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return v`;
 
 // The two steps of a create, as functions over their own keys (K) and arguments (A).
-// claim, {p:}: K own, rec. A tenant, json, predictionTtl. The owner is set only if absent (false and nothing written
-// when another tenant has it), so a retry after a lost answer is harmless and a reused id never changes hands.
+// claim, {p:}: K own, rec, pin. A tenant, json, predictionTtl, upstream ('' for none). The owner is set only if absent
+// (false and nothing written when another tenant has it), so a retry after a lost answer is harmless and a reused id
+// never changes hands; its upstream likewise stays the first one written.
 // tenantSide, {t:}: K idx, usage, seen, idem, reservation (by rid), reservation (by id), rsvx. A id, score,
 // predictionTtl, usageTtl, oldestScore, terminal status ('' if not terminal), predictTime, idem record ('' for
 // none), idem ttl, reservation expiry ('' for none), cost. Every part is idempotent (ZADD counts the create only when
@@ -220,6 +221,7 @@ local function claim(K, A)
     if redis.call('GET', K[1]) ~= A[1] then return false end
   end
   redis.call('SET', K[2], A[2], 'EX', A[3])
+  if A[4] ~= '' then redis.call('SET', K[3], A[4], 'NX', 'EX', A[3]) end
   return true
 end
 local function tenantSide(K, A)
@@ -253,11 +255,11 @@ tenantSide(KEYS, ARGV)
 return 1`;
 
 // Elsewhere (one server, Sentinel) keys of many slots may share a script: both steps, the terminal cache and the
-// open set in one trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term, open, openm. ARGV:
-// the three of claim, the eleven of tenantSide, cacheTtl ('' when the create is not terminal), due ('' when it
-// does not enter the open set), meta.
+// open set in one trip, with the same key names. KEYS: own, rec, the seven of tenantSide, term, open, openm, pin.
+// ARGV: the first three of claim, the eleven of tenantSide, cacheTtl ('' when the create is not terminal), due (''
+// when it does not enter the open set), meta, upstream (claim's fourth).
 const CREATE_ALL = `${CREATE_FN}${OPEN_FN}
-if not claim(slice(KEYS, 1, 2), slice(ARGV, 1, 3)) then return 0 end
+if not claim({ KEYS[1], KEYS[2], KEYS[13] }, { ARGV[1], ARGV[2], ARGV[3], ARGV[18] }) then return 0 end
 tenantSide(slice(KEYS, 3, 7), slice(ARGV, 4, 11))
 if ARGV[15] ~= '' then redis.call('SET', KEYS[10], ARGV[2], 'EX', ARGV[15]) end
 if ARGV[16] ~= '' then enter(KEYS[11], KEYS[12], ARGV[4], ARGV[16], ARGV[17]) end
@@ -419,8 +421,8 @@ export class RedisStore implements Store {
     define('fgwSlotAcquire', 1, SLOT_ACQUIRE);
     define('fgwSlotRefresh', 1, SLOT_REFRESH);
     define('fgwObserve', 2, OBSERVE);
-    define('fgwCreateAll', 12, CREATE_ALL);
-    define('fgwClaimPrediction', 2, CLAIM_PREDICTION);
+    define('fgwCreateAll', 13, CREATE_ALL);
+    define('fgwClaimPrediction', 3, CLAIM_PREDICTION);
     define('fgwRecordCreate', 7, RECORD_CREATE);
     define('fgwSettle', 2, SETTLE);
     define('fgwIdemBegin', 1, IDEM_BEGIN);
@@ -443,15 +445,15 @@ export class RedisStore implements Store {
   }
 
   async lookup(id: string) {
-    const [owner, terminal] = await this.#client.mget(keys.owner(id), keys.terminal(id)).catch(rethrowUnavailable);
-    return { owner: owner ?? null, terminal: terminal ?? null };
+    const [owner, terminal, upstream] = await this.#client.mget(keys.owner(id), keys.terminal(id), keys.pin(id)).catch(rethrowUnavailable);
+    return { owner: owner ?? null, terminal: terminal ?? null, upstream: upstream ?? null };
   }
 
   async recordCreate(r: CreateRecord): Promise<boolean> {
     const ttl = this.#opts.predictionTtlSeconds;
     const oldest = (Date.now() - ttl * 1000) * 1000;
-    const claimKeys = [keys.owner(r.id), keys.record(r.id)];
-    const claimArgs = [r.tenant, r.json, ttl];
+    const claimKeys = [keys.owner(r.id), keys.record(r.id), keys.pin(r.id)];
+    const claimArgs = [r.tenant, r.json, ttl, r.upstream ?? ''];
     const tenantKeys = [
       keys.index(r.tenant), keys.usage(r.tenant, r.day), keys.seen(r.tenant, r.id), r.idem ? keys.idem(r.idem.key) : keys.idem(`${r.tenant}:-`),
       keys.reservation(r.tenant, r.reservation?.rid ?? '-'), keys.reservationOf(r.tenant, r.id), keys.reservations(r.tenant),
@@ -467,13 +469,13 @@ export class RedisStore implements Store {
     if (!this.#stepwise) {
       const cacheTtl = r.terminal ? this.#opts.cacheTtlSeconds : '';
       const written = await this.#client
-        .fgwCreateAll(...claimKeys, ...tenantKeys, keys.terminal(r.id), ...openKeys, ...claimArgs, ...tenantArgs, cacheTtl, ...openArgs)
+        .fgwCreateAll(...claimKeys.slice(0, 2), ...tenantKeys, keys.terminal(r.id), ...openKeys, keys.pin(r.id), ...claimArgs.slice(0, 3), ...tenantArgs, cacheTtl, ...openArgs, r.upstream ?? '')
         .catch(rethrowUnavailable);
       if (Number(written) !== 1) return false;
       await this.#replicated();
       return true;
     }
-    // Step 1, the prediction's slot: the owner (only if absent) and the create-time record.
+    // Step 1, the prediction's slot: the owner (only if absent), its upstream and the create-time record.
     if (Number(await this.#client.fgwClaimPrediction(...claimKeys, ...claimArgs).catch(rethrowUnavailable)) !== 1) return false;
     // Step 2, the tenant's slot: index, usage, the budget binding and settling, the idempotency record.
     await this.#client.fgwRecordCreate(...tenantKeys, ...tenantArgs).catch(rethrowUnavailable);

@@ -48,6 +48,8 @@ export interface OpenMeta {
   webhook?: string;
   /** The upstream calls the gateway back about it (WEBHOOK_MODE=upstream): polling is only the fallback. */
   hinted?: boolean;
+  /** The upstream account that created it (absent: the first one listed, as before there were several). */
+  upstream?: string;
 }
 
 /** One open prediction leased to this replica by openClaim. */
@@ -66,6 +68,8 @@ export interface CreateRecord {
   day: string;
   terminal?: { status: string; predictTime: number; cost?: number };
   idem?: { key: string; record: IdempotencyRecord; ttlSeconds: number };
+  /** The upstream account that created it: stored with the owner (same step), so every replica sends its reads there. */
+  upstream?: string;
   /**
    * The budget reservation this create made: now bound to the prediction id, its create spent, until `expiresAt`.
    * An id the tenant already has (a deduplicating upstream) keeps its first reservation; this one is released.
@@ -154,8 +158,8 @@ export interface Store {
   readonly kind: 'redis' | 'memory';
   /** True once the backing store can serve requests. */
   isReady(): boolean;
-  /** Owner and cached terminal prediction in one round trip: the hot path of GET and cancel. */
-  lookup(id: string): Promise<{ owner: string | null; terminal: string | null }>;
+  /** Owner, cached terminal prediction and upstream account in one round trip: the hot path of GET and cancel. */
+  lookup(id: string): Promise<{ owner: string | null; terminal: string | null; upstream: string | null }>;
   /**
    * At create: the owner (only if the id has none yet), the tenant's index entry, the create-time record and the
    * create count, all with the prediction TTL; with `terminal`, what recordTerminal does too; with `idem`, the
@@ -246,7 +250,7 @@ export const USAGE_TTL_SECONDS = 400 * 86400;
 export function parseMeta(raw: string): OpenMeta {
   try {
     const m = JSON.parse(raw) as Partial<OpenMeta>;
-    return { tenant: String(m.tenant ?? ''), createdAt: Number(m.createdAt ?? 0), webhook: m.webhook, hinted: m.hinted };
+    return { tenant: String(m.tenant ?? ''), createdAt: Number(m.createdAt ?? 0), webhook: m.webhook, hinted: m.hinted, upstream: m.upstream };
   } catch {
     return { tenant: '', createdAt: 0 };
   }

@@ -58,7 +58,7 @@ const STATUS_CODES: Record<number, ErrorCode> = {
  * become 502 (504/524 gateway timeouts become 504). Upstream headers and bodies are never passed on as they are.
  * An upstream 401 means the gateway's own key was refused, which the client cannot fix: 502, naming the cause.
  */
-export function fromUpstreamStatus(status: number, body: string, retryAfter: string | undefined, secrets: readonly string[]): GatewayError {
+export function fromUpstreamStatus(status: number, body: string, retryAfter: string | undefined, secrets: readonly string[], account?: string): GatewayError {
   let parsed: unknown;
   try {
     parsed = JSON.parse(body);
@@ -70,7 +70,9 @@ export function fromUpstreamStatus(status: number, body: string, retryAfter: str
   const ra = retryAfterSeconds(retryAfter);
   if (ra) headers['retry-after'] = ra;
   if (status === 401) {
-    return new GatewayError('UPSTREAM_ERROR', 'the upstream rejected the gateway\'s credentials (operator: check UPSTREAM_API_KEY)', { upstreamStatus: status });
+    // Several accounts: name the one whose key to check (its name only; the operator knows where its key is).
+    const check = account && account !== 'default' ? `the apiKey of upstream "${account}" in UPSTREAMS_FILE` : 'UPSTREAM_API_KEY';
+    return new GatewayError('UPSTREAM_ERROR', `the upstream rejected the gateway's credentials (operator: check ${check})`, { upstreamStatus: status });
   }
   if (status >= 400 && status < 500) {
     const code = STATUS_CODES[status] ?? 'BAD_REQUEST';

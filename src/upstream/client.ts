@@ -9,6 +9,8 @@ import { BoundedMap } from '../lib/bounded-map.js';
 import { fromTransportError, fromUpstreamStatus, parseRetryAfter, scrub } from './answers.js';
 
 export interface UpstreamOptions {
+  /** The account's name (UPSTREAMS_FILE), for the operator's messages. */
+  name?: string;
   baseUrl: string;
   apiKey: string;
   timeoutMs: number;
@@ -41,6 +43,13 @@ export interface UpstreamRequest {
   method: 'GET' | 'POST' | 'QUERY';
   /** Path below the base URL, starting with '/'. */
   path: string;
+  /** The path is from the host's root, not below the base URL (a reseller's own billing routes). */
+  root?: boolean;
+  /**
+   * Outside the breakers: the gateway's own side reads (the balance poll), whose failures must neither pause
+   * clients' calls nor be refused while a breaker is open.
+   */
+  bypassBreakers?: boolean;
   body?: string;
   /** The body's type; default application/json. */
   contentType?: string;
@@ -85,7 +94,8 @@ export class UpstreamClient {
   readonly #basePath: string;
   readonly #auth: string;
   readonly #secrets: readonly string[];
-  readonly #opts: Required<Omit<UpstreamOptions, 'tracing'>>;
+  readonly #opts: Required<Omit<UpstreamOptions, 'tracing' | 'name'>>;
+  readonly #name: string | undefined;
   readonly #tracing: UpstreamTracing | undefined;
   readonly #host: string;
   /** Opens on connection failures, or when several tenants' breakers open at once: the upstream as a whole. */
@@ -108,6 +118,7 @@ export class UpstreamClient {
       ...opts,
     };
     this.#tracing = opts.tracing;
+    this.#name = opts.name;
     const url = new URL(opts.baseUrl);
     this.#host = url.host;
     this.#basePath = url.pathname.replace(/\/+$/, '');
@@ -204,8 +215,11 @@ export class UpstreamClient {
       try {
         // Half-open: one probe is already testing the upstream. cockatiel would queue every other call behind it
         // (for as long as the probe's deadline); fail fast instead, as while open.
-        if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
-        res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal, attempt)));
+        if (req.bypassBreakers) res = await this.#once(req, signal, attempt);
+        else {
+          if (this.#global.state === CircuitState.HalfOpen || tenantBreaker.policy.state === CircuitState.HalfOpen) throw new BrokenCircuitError();
+          res = await this.#global.execute(() => tenantBreaker.policy.execute(() => this.#once(req, signal, attempt)));
+        }
       } catch (err) {
         failure = err;
       }
@@ -229,7 +243,7 @@ export class UpstreamClient {
       if (!retryable || Date.now() + pauseMs + 50 >= deadline) {
         if (res) {
           done(`http_${res.status}`);
-          throw fromUpstreamStatus(res.status, res.body, res.retryAfter, this.#secrets);
+          throw fromUpstreamStatus(res.status, res.body, res.retryAfter, this.#secrets, this.#name);
         }
         const mapped = fromTransportError(failure, signal.aborted);
         done(mapped.code === 'UPSTREAM_TIMEOUT' ? 'timeout' : 'error');
@@ -256,7 +270,7 @@ export class UpstreamClient {
     if (req.body !== undefined) headers['content-type'] = req.contentType ?? 'application/json';
     if (req.prefer) headers.prefer = req.prefer;
     if (req.cancelAfter) headers['cancel-after'] = req.cancelAfter;
-    const path = this.#basePath + req.path;
+    const path = req.root ? req.path : this.#basePath + req.path;
     if (this.#tracing && req.trace !== undefined) {
       const end = this.#tracing.attempt(req.trace, { method: req.method, path, host: this.#host, attempt }, headers);
       return this.#exchange(req, path, headers, signal).then(

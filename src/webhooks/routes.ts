@@ -45,8 +45,16 @@ export async function webhookRoutes(app: FastifyInstance): Promise<void> {
  * that can be refused is refused before the body is read: the link, the declared length, the signature headers.
  */
 export async function webhookReceiverRoutes(app: FastifyInstance): Promise<void> {
-  const { config, kv, webhooks } = app;
-  const signature = config.UPSTREAM_WEBHOOK_SECRET ? new UpstreamSignature(config.UPSTREAM_WEBHOOK_SECRET) : undefined;
+  const { config, kv, webhooks, store, upstreams } = app;
+  // Each account signs with its own secret (UPSTREAMS_FILE webhookSecret, else UPSTREAM_WEBHOOK_SECRET): a call about
+  // a prediction is verified with the secret of the account it is pinned to, so one account cannot speak for another.
+  const signatures = new Map<string, UpstreamSignature>();
+  const signatureFor = (secret: string | undefined) => {
+    if (!secret) return undefined;
+    let s = signatures.get(secret);
+    if (!s) signatures.set(secret, (s = new UpstreamSignature(secret)));
+    return s;
+  };
   // A webhook's body is the prediction, as large as an upstream answer may be (it echoes the input, inlined files
   // too); it is never used, only verified. So it is not parsed or kept: the handler gets the stream and reads it
   // through the HMAC once the headers have passed.
@@ -62,6 +70,7 @@ export async function webhookReceiverRoutes(app: FastifyInstance): Promise<void>
     const id = await kv.get(receiverKey(token));
     if (!id) throw refuse('NOT_FOUND', 'no such webhook receiver: the gateway never issued this link, or it has expired');
     const body = request.body as Readable | undefined;
+    const signature = signatureFor(upstreams.webhookSecret((await store.lookup(id)).upstream) ?? config.UPSTREAM_WEBHOOK_SECRET);
     if (signature) {
       const signed = signature.headers(request.headers);
       if (!(await signature.verify(body, signed, maxBytes))) {

@@ -72,6 +72,30 @@
     $('replicas-more').textContent = `${o.replicas.length - live} gone (their counts still add up)`;
   }
 
+  /** One card per upstream account: its balance, big, coloured at or below zero and under the alert level. */
+  function renderUpstreams(o) {
+    const cards = document.createDocumentFragment();
+    for (const u of o.upstreams || []) {
+      const div = document.createElement('div');
+      div.className = 'tile';
+      div.dataset.upstream = u.name;
+      const h = document.createElement('h2');
+      h.textContent = u.name;
+      const big = document.createElement('p');
+      big.dataset.field = 'balance';
+      const low = typeof u.balance === 'number' && (u.balance <= 0 || (o.balanceAlert !== null && u.balance <= o.balanceAlert));
+      big.className = `big ${typeof u.balance === 'number' && u.balance <= 0 ? 'bad' : low ? 'warn' : ''}`;
+      big.textContent = u.balance === null ? '–' : u.balance === 'unlimited' ? 'unlimited' : fmt(u.balance, 2);
+      const more = document.createElement('p');
+      more.className = 'small';
+      const checked = u.balanceCheckedAt ? `read ${new Date(u.balanceCheckedAt).toLocaleTimeString()}` : 'balance not read';
+      more.textContent = [u.state, `weight ${fmt(u.weight, 2)}`, `breaker ${u.breaker}`, checked, u.balanceError ? `last read failed: ${u.balanceError}` : ''].filter(Boolean).join(' · ');
+      div.append(h, big, more);
+      cards.appendChild(div);
+    }
+    $('upstreams').replaceChildren(cards);
+  }
+
   function renderFailures(o) {
     const rows = document.createDocumentFragment();
     for (const f of o.failures) {
@@ -133,6 +157,7 @@
       csrf = o.csrf || csrf;
       renderHealth(o);
       renderTenants(o);
+      renderUpstreams(o);
       renderFailures(o);
       renderCharts(o);
       updated.textContent = `updated ${new Date(o.now).toLocaleTimeString()}`;
