@@ -178,3 +178,35 @@ describe('webhook addresses', () => {
     }
   });
 });
+
+describe('the watcher\'s schedule and budget', () => {
+  it('looks about the prediction\'s age from now, within WATCH_MIN_MS and WATCH_MAX_MS, and slowly when the upstream calls back', async () => {
+    const { nextDelay } = await import('../src/lifecycle/watcher.js');
+    const c = { WATCH_MIN_MS: 1000, WATCH_MAX_MS: 30_000 };
+    expect([0, 1000, 2000, 4000, 16_000, 45_000, 600_000].map((age) => nextDelay(age, c))).toEqual([1000, 1000, 2000, 4000, 16_000, 30_000, 30_000]);
+    expect(nextDelay(0, c, true)).toBe(30_000);
+  });
+
+  it('spreads a per-minute budget over one-second windows that add up to it exactly', async () => {
+    const { windowLimit } = await import('../src/lifecycle/watcher.js');
+    for (const perMinute of [1, 7, 60, 600, 1500, 1999]) {
+      const sum = Array.from({ length: 60 }, (_, i) => windowLimit(1_000_000 + i, perMinute)).reduce((a, b) => a + b, 0);
+      expect(sum).toBe(perMinute);
+    }
+  });
+});
+
+describe('the in-process webhook queue', () => {
+  it('never starts a finished watch again (a late change asks for it)', async () => {
+    const { MemoryWatchQueue } = await import('../src/webhooks/queue.js');
+    let steps = 0;
+    const q = new MemoryWatchQueue<{ n: number }>(async (s) => ((steps += 1), { state: s, againInMs: null }), { onError: () => {} });
+    await q.add('p1', { n: 1 }, 0);
+    await vi.waitFor(() => expect(steps).toBe(1));
+    await q.add('p1', { n: 2 }, 0);
+    expect(await q.promote('p1')).toBe('none');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(steps).toBe(1);
+    await q.close();
+  });
+});
