@@ -172,6 +172,12 @@ export interface Store {
    * replicas: then the answer is true, and the caller runs what must happen once (events, webhooks).
    */
   recordTerminal(rec: TerminalRecord): Promise<boolean>;
+  /**
+   * Writes a terminal body over the cached one and the record (which keeps its expiry), after something of the
+   * gateway's own changed it (kept outputs: src/outputs/); the cache then lasts at least `keepSeconds`. Nothing is
+   * written once the record is gone; true if it was written.
+   */
+  rewriteTerminal(id: string, json: string, keepSeconds: number): Promise<boolean>;
   /** The prediction as the gateway last saw it (its record: the end is written over it), and whether it is open. */
   current(id: string): Promise<{ record: string | null; open: boolean }>;
   /** Writes a running prediction over its record if it shows something newer; true if it did (what changed is news). */
