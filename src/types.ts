@@ -5,6 +5,7 @@ import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
 import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
+import type { OutputsStore } from './store/outputs-store.js';
 import type { PubSub } from './store/pubsub.js';
 import type { Store } from './store/store.js';
 import type { Tenant, TenantRegistry } from './access/tenants.js';
@@ -38,6 +39,8 @@ declare module 'fastify' {
     kv: KvStore;
     /** Messages to every replica (src/store/pubsub.ts). */
     pubsub: PubSub;
+    /** Manifests, copy claims and bytes of kept outputs (src/outputs/). */
+    outputsState: OutputsStore;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;

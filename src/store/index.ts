@@ -6,6 +6,7 @@ import type { FileStore } from './file-store.js';
 import { type KvStore, MemoryKvStore, RedisKvStore } from './kv-store.js';
 import { MemoryFileStore } from './memory-file-store.js';
 import { MemoryStore } from './memory-store.js';
+import { MemoryOutputsStore, type OutputsStore, RedisOutputsStore } from './outputs-store.js';
 import { MemoryPubSub, type PubSub, RedisPubSub } from './pubsub.js';
 import { leasedRedisStore } from './rate-limit-store.js';
 import { RedisFileStore } from './redis-file-store.js';
@@ -23,6 +24,8 @@ export interface State {
   kv: KvStore;
   /** Messages to every replica: invalidations, a prediction's changes. */
   pubsub: PubSub;
+  /** What is known of kept outputs (manifests, copy claims, bytes per tenant); the objects live elsewhere. */
+  outputs: OutputsStore;
   /** A store class for @fastify/rate-limit's `store` option; undefined: its own in-process LocalStore. */
   rateLimitStore?: ReturnType<typeof leasedRedisStore>;
 }
@@ -36,6 +39,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
       files: new MemoryFileStore({ maxBytes: config.MEMORY_STORE_MAX_BYTES }),
       kv: new MemoryKvStore(),
       pubsub: new MemoryPubSub(),
+      outputs: new MemoryOutputsStore(),
     };
   }
   const client = createRedisClient(target, config.REDIS_KEY_PREFIX, onRedisEvent);
@@ -46,6 +50,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
     files: new RedisFileStore(client),
     kv: new RedisKvStore(client),
     pubsub: new RedisPubSub(client, config.REDIS_KEY_PREFIX),
+    outputs: new RedisOutputsStore(client),
     rateLimitStore: leasedRedisStore(client, config.RATE_LIMIT_LEASE_MAX),
   };
 }

@@ -21,6 +21,7 @@ export default fp<{ state?: State }>(
     app.decorate('files', state.files);
     app.decorate('kv', state.kv);
     app.decorate('pubsub', state.pubsub);
+    app.decorate('outputsState', state.outputs);
     app.decorate('rateLimitStore', state.rateLimitStore);
     if (!opts.state) {
       app.addHook('onClose', async () => {
