@@ -138,6 +138,11 @@ describe('outputs kept in a folder', () => {
     expect(tail.res.status).toBe(206);
     expect(tail.body.equals(VIDEO.subarray(VIDEO.length - 10))).toBe(true);
 
+    const head = await fetch(p.output, { method: 'HEAD', headers: { authorization: `Bearer ${KEY_A}` } });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(VIDEO.length));
+    expect(head.headers.get('content-type')).toBe('video/webm');
+
     const etag = part.res.headers.get('etag')!;
     expect(etag).toMatch(/^"[\w-]+"$/);
     const cached = await fetch(p.output, { headers: { authorization: `Bearer ${KEY_A}`, 'if-none-match': etag } });

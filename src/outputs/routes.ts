@@ -1,6 +1,7 @@
 // Serving kept outputs: to the owner's key or token (GET /gateway/v1/outputs/{prediction}/{n}), and through a signed,
 // expiring link for <img> and <video> tags, which send no Authorization header. Answers carry the stored type,
 // Range/206 (a browser seeks a video that way), ETag/304, and cannot run as a page of the gateway's origin.
+import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { GatewayError } from '../errors.js';
@@ -60,7 +61,8 @@ async function send(outputs: Outputs, request: FastifyRequest, reply: FastifyRep
   if (range === null) {
     throw new GatewayError('VALIDATION', `the range is outside the output (${o.size} bytes)`, { status: 416, headers: { 'content-range': `bytes */${o.size}` } });
   }
-  const stream = await outputs.objects.get(o.key, range);
+  // HEAD: the headers only. Fastify would read a real stream to its end (for a video in S3, the whole object).
+  const stream = request.method === 'HEAD' ? Readable.from([]) : await outputs.objects.get(o.key, range);
   if (!stream) throw notFound(m.id, o.n);
   if (range) {
     return reply
