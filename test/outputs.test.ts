@@ -239,6 +239,26 @@ describe('outputs kept in a folder', () => {
   });
 });
 
+describe('without Redis (the in-memory store)', () => {
+  let gw: Gateway;
+  beforeAll(async () => {
+    gw = await startGateway({ sim: s, tenants: TENANTS, redis: 'memory', env: envFor(`file:${mkdtempSync(join(tmpdir(), 'fgw-outputs-'))}`) });
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it('keeps and serves outputs the same way', async () => {
+    const id = await createPrediction(gw.url, KEY_A, { prompt: 'on a laptop', output: ['sim:clip.webm'] });
+    const p = await settled(gw, KEY_A, id);
+    const part = await bytesOf(p.output[0], KEY_A, { range: 'bytes=0-99' });
+    expect(part.res.status).toBe(206);
+    expect(part.body.equals(VIDEO.subarray(0, 100))).toBe(true);
+    expectProblem(await call(gw.url, 'GET', `/gateway/v1/outputs/${id}/0`, { key: KEY_B }), 404);
+    expect((await call(gw.url, 'GET', '/gateway/v1/usage', { key: KEY_A })).body.outputs).toEqual({ bytes: VIDEO.length, max_bytes: null });
+  });
+});
+
 describe('two replicas on one Redis', () => {
   let a: Gateway;
   let b: Gateway;

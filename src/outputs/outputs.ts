@@ -31,6 +31,8 @@ const CLAIM_MS = 15 * 60_000;
 /** How many predictions one sweep takes out of retention at most. */
 const SWEEP_BATCH = 50;
 const DAY_MS = 86_400_000;
+/** Copies one process runs at once (each holds at most one 5 MiB part for S3). */
+const COPIES_AT_ONCE = 8;
 
 export interface OutputsDeps {
   config: Config;
@@ -49,7 +51,11 @@ export class Outputs {
   readonly #d: OutputsDeps;
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #running = new Set<Promise<void>>();
+  /** Copies waiting for a slot (ids only: a few bytes each). */
+  readonly #queue: { id: string; tenant: string; attempt: number }[] = [];
   #closed = false;
+  /** Aborts the downloads under way when the app closes: a long video must not hold up a shutdown. */
+  readonly #abort = new AbortController();
 
   constructor(deps: OutputsDeps) {
     this.#d = deps;
@@ -66,16 +72,30 @@ export class Outputs {
 
   /** The lifecycle's news: a prediction that succeeded has its outputs copied, in the background. */
   changed(change: Change): void {
-    if (!change.ended || change.body?.prediction.status !== 'succeeded') return;
+    const p = change.body?.prediction;
+    // Most predictions of a text model have nothing to keep: no store trip for them.
+    if (!change.ended || p?.status !== 'succeeded' || outputRefs(p.output).length === 0) return;
     this.#start(change.id, change.tenant, 0);
   }
 
   #start(id: string, tenant: string, attempt: number): void {
     if (this.#closed) return;
-    const run = this.copy(id, tenant, attempt)
-      .catch((err: unknown) => this.#d.log.warn({ err, prediction: id }, 'outputs: the copy stopped on an error; the upstream URLs stay'))
-      .finally(() => this.#running.delete(run));
-    this.#running.add(run);
+    this.#queue.push({ id, tenant, attempt });
+    this.#pump();
+  }
+
+  /** Runs queued copies, COPIES_AT_ONCE at a time: a burst of ends must not open hundreds of downloads and uploads. */
+  #pump(): void {
+    while (this.#running.size < COPIES_AT_ONCE && this.#queue.length > 0 && !this.#closed) {
+      const { id, tenant, attempt } = this.#queue.shift()!;
+      const run: Promise<void> = this.copy(id, tenant, attempt)
+        .catch((err: unknown) => this.#d.log.warn({ err, prediction: id }, 'outputs: the copy stopped on an error; the upstream URLs stay'))
+        .finally(() => {
+          this.#running.delete(run);
+          this.#pump();
+        });
+      this.#running.add(run);
+    }
   }
 
   /**
@@ -131,7 +151,7 @@ export class Outputs {
     const { state, objects, sources, config } = this.#d;
     const max = tenant.outputsMaxBytes;
     if (max !== undefined && (await state.bytes(tenant.id)) >= max) throw new CopyFailure('quota', false, `the tenant keeps its outputsMaxBytes (${max}) already`);
-    const opened = await sources.open(ref);
+    const opened = await sources.open(ref, this.#abort.signal);
     const capped = new Capped(config.OUTPUTS_MAX_BYTES);
     // Errors of either side reach the other: a source cut off fails the upload, a store failure stops the download.
     pipeline(opened.body, capped, () => {});
@@ -179,7 +199,8 @@ export class Outputs {
     }
     const json = JSON.stringify(body);
     // The cache lasts as long as the outputs: past it, a GET would fetch the upstream's answer, whose links are dead.
-    const keep = manifest ? Math.ceil((manifest.expiresAt - Date.now()) / 1000) + 3600 : 1;
+    // Once removed, the marked body stays cached at least an hour (the upstream would answer the same).
+    const keep = manifest ? Math.ceil((manifest.expiresAt - Date.now()) / 1000) + 3600 : 3600;
     if (!(await this.#d.store.rewriteTerminal(id, json, keep))) return;
     this.forget(id, json);
     await this.#d.pubsub.publish(OUTPUTS_CHANNEL, id).catch(() => {
@@ -235,6 +256,8 @@ export class Outputs {
   /** Stops the retries and waits for the copies under way. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#queue.length = 0;
+    this.#abort.abort();
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     await Promise.allSettled([...this.#running]);

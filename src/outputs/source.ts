@@ -87,7 +87,7 @@ export class Sources {
   }
 
   /** The file's bytes as a stream and its type; throws CopyFailure when it cannot (or must not) be read. */
-  async open(ref: string): Promise<Opened> {
+  async open(ref: string, signal?: AbortSignal): Promise<Opened> {
     if (ref.startsWith('data:')) return this.#data(ref);
     let url = ref;
     for (let hop = 0; ; hop++) {
@@ -99,6 +99,7 @@ export class Sources {
           method: 'GET',
           dispatcher: this.#agent,
           headers: { 'user-agent': 'fuhu-gateway-outputs' },
+          signal,
           headersTimeout: this.#timeoutMs,
           // Between two chunks, not for the whole file: a large video may take long, a stalled one may not.
           bodyTimeout: this.#timeoutMs,
