@@ -162,6 +162,8 @@ export const ConfigSchema = z.object({
   // copied, and how long they are kept (days, decimals allowed). S3_* reach any S3-compatible store.
   OUTPUTS_STORE: outputsStore.optional(),
   OUTPUTS_MAX_BYTES: int(1024, 1024 ** 4).default(200 * 1024 * 1024),
+  // How long the answer that saw a prediction succeed may wait for its outputs to be kept (0: it never waits).
+  OUTPUTS_WAIT_MS: int(0, 60_000).default(5000),
   OUTPUTS_RETENTION_DAYS: z.coerce.number({ error: 'must be a number' }).positive('must be above 0').max(3650, 'must be at most 3650').default(30),
   S3_ENDPOINT: httpUrl.optional(),
   S3_REGION: z.string().min(1).default('us-east-1'),

@@ -17,7 +17,7 @@ import type { TenantInput } from '../src/access/tenants.js';
 import { createSimulator } from '../src/simulator/simulator.js';
 import { OUTPUT_IMAGE } from '../src/simulator/routes.js';
 import { launchChromium } from './helpers/chromium.js';
-import { type Gateway, KEY_A, KEY_B, type SimHandle, call, createPrediction, expectProblem, startGateway, waitFor } from './helpers/stack.js';
+import { type Gateway, KEY_A, KEY_B, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, waitFor } from './helpers/stack.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'outputs');
 const VIDEO = readFileSync(join(FIXTURES, 'clip.webm'));
@@ -124,6 +124,14 @@ describe('outputs kept in a folder', () => {
     expect(again.headers.get('x-cache')).toBe('HIT');
     expect(again.body.output).toEqual(p.output);
     expect(await metric(gw, /^fgw_output_copies_total\{outcome="copied"\}/)).toBeGreaterThanOrEqual(4);
+  });
+
+  it('answers the create that waited for the end (Prefer: wait) with the kept links already', async () => {
+    const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { prompt: 'now', output: ['sim:first.webp', 'sim:clip.webm'] } }, headers: { prefer: 'wait=10' } });
+    expect(r.status).toBe(201);
+    expect(r.body.status).toBe('succeeded');
+    expect(r.body.output).toEqual([`${gw.url}/gateway/v1/outputs/${r.body.id}/0`, `${gw.url}/gateway/v1/outputs/${r.body.id}/1`]);
+    expect((await bytesOf(r.body.output[1], KEY_A)).body.equals(VIDEO)).toBe(true);
   });
 
   it('answers a Range request with 206 and only those bytes; a matching ETag with 304; a range past the end with 416', async () => {

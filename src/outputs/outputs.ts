@@ -53,6 +53,8 @@ export class Outputs {
   readonly #running = new Set<Promise<void>>();
   /** Copies waiting for a slot (ids only: a few bytes each). */
   readonly #queue: { id: string; tenant: string; attempt: number }[] = [];
+  /** First attempts queued or under way in this process, by prediction: an answer about one may wait for it. */
+  readonly #pending = new Map<string, { done: Promise<void>; resolve: () => void }>();
   #closed = false;
   /** Aborts the downloads under way when the app closes: a long video must not hold up a shutdown. */
   readonly #abort = new AbortController();
@@ -80,8 +82,34 @@ export class Outputs {
 
   #start(id: string, tenant: string, attempt: number): void {
     if (this.#closed) return;
+    if (attempt === 0 && !this.#pending.has(id)) {
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      this.#pending.set(id, { done, resolve });
+    }
     this.#queue.push({ id, tenant, attempt });
     this.#pump();
+  }
+
+  /** Whether a first copy of this prediction's outputs is queued or under way here. */
+  copying(id: string): boolean {
+    return this.#pending.size > 0 && this.#pending.has(id);
+  }
+
+  /**
+   * Waits (at most `ms`) for the first copy of a prediction's outputs under way here, then gives the body as stored:
+   * the answer to the request that saw the end can carry the kept links rather than the upstream's, which die
+   * within the hour. Undefined when nothing was kept in time.
+   */
+  async whenKept(id: string, ms: number): Promise<string | undefined> {
+    const pending = this.#pending.get(id);
+    if (!pending || ms <= 0) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([pending.done.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(r, ms, true)))]);
+    clearTimeout(timer);
+    if (late) return undefined;
+    const json = (await this.#d.store.lookup(id)).terminal;
+    return json?.includes(`"${outputPath(id, 0).slice(0, -1)}`) ? json : undefined;
   }
 
   /** Runs queued copies, COPIES_AT_ONCE at a time: a burst of ends must not open hundreds of downloads and uploads. */
@@ -92,6 +120,10 @@ export class Outputs {
         .catch((err: unknown) => this.#d.log.warn({ err, prediction: id }, 'outputs: the copy stopped on an error; the upstream URLs stay'))
         .finally(() => {
           this.#running.delete(run);
+          if (attempt === 0) {
+            this.#pending.get(id)?.resolve();
+            this.#pending.delete(id);
+          }
           this.#pump();
         });
       this.#running.add(run);
@@ -256,6 +288,7 @@ export class Outputs {
   /** Stops the retries and waits for the copies under way. */
   async close(): Promise<void> {
     this.#closed = true;
+    for (const q of this.#queue) if (q.attempt === 0) this.#pending.get(q.id)?.resolve();
     this.#queue.length = 0;
     this.#abort.abort();
     for (const t of this.#timers) clearTimeout(t);

@@ -1,6 +1,8 @@
 // `app.outputs`: kept outputs, when OUTPUTS_STORE names a store (undefined otherwise). Told by the lifecycle when a
 // prediction ends; every replica sweeps the ends of retention and hears of bodies rewritten elsewhere.
 import fp from 'fastify-plugin';
+import { publicBase } from '../http/base.js';
+import { PredictionBody } from '../predictions/prediction.js';
 import { openOutputObjects } from './objects.js';
 import { OUTPUTS_CHANNEL, Outputs } from './outputs.js';
 import { Sources } from './source.js';
@@ -10,6 +12,14 @@ declare module 'fastify' {
     outputs: Outputs | undefined;
   }
 }
+
+/** The routes that answer one prediction (a create, a read, a cancel). */
+const PREDICTION_ROUTES = new Set([
+  '/replicate/v1/predictions/:id',
+  '/replicate/v1/predictions/:id/cancel',
+  '/replicate/v1/predictions',
+  '/replicate/v1/models/:owner/:name/predictions',
+]);
 
 /** How often each replica looks for outputs whose retention ended: well within the minute promised. */
 const SWEEP_EVERY_MS = 5000;
@@ -41,6 +51,17 @@ export default fp(
     app.decorate('outputs', outputs);
     app.predictions.lifecycle.onChange((change) => outputs.changed(change));
 
+    // The answer about a prediction whose outputs this process is copying (the GET or create that saw it succeed, or
+    // one right after) waits up to OUTPUTS_WAIT_MS for the copy and then carries the kept links: a client that keeps
+    // the URLs of its first terminal answer would otherwise keep links that die within the hour.
+    app.addHook('onSend', async (request, reply, payload) => {
+      if (typeof payload !== 'string' || reply.statusCode >= 300 || !PREDICTION_ROUTES.has(request.routeOptions.url ?? '')) return payload;
+      const id = request.createdPrediction ?? (request.params as { id?: string } | undefined)?.id;
+      if (!id || !outputs.copying(id)) return payload;
+      const json = await outputs.whenKept(id, config.OUTPUTS_WAIT_MS);
+      return json ? new PredictionBody(json).render(publicBase(config, request)) : payload;
+    });
+
     let unsubscribe: (() => Promise<void>) | undefined;
     let sweeping: NodeJS.Timeout | undefined;
     app.addHook('onReady', async () => {
@@ -58,7 +79,9 @@ export default fp(
     });
     app.addHook('onClose', async () => {
       clearInterval(sweeping);
-      await unsubscribe?.().catch(() => {});
+      // Not awaited: the store's own close ends the subscription anyway, and a subscriber connection that is
+      // reconnecting would queue the UNSUBSCRIBE and hold up the shutdown.
+      void unsubscribe?.().catch(() => {});
       await outputs.close();
       await sources.close();
       await objects.close();
