@@ -17,7 +17,10 @@ import type { TenantInput } from '../src/access/tenants.js';
 import { createSimulator } from '../src/simulator/simulator.js';
 import { OUTPUT_IMAGE } from '../src/simulator/routes.js';
 import { launchChromium } from './helpers/chromium.js';
-import { type Gateway, KEY_A, KEY_B, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, waitFor } from './helpers/stack.js';
+import {
+  type Gateway, type GatewayProcess, KEY_A, KEY_B, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, startGatewayProcess,
+  stopAllGatewayProcesses, waitFor, writeTenants,
+} from './helpers/stack.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'outputs');
 const VIDEO = readFileSync(join(FIXTURES, 'clip.webm'));
@@ -63,7 +66,7 @@ const envFor = (store: string, extra: Record<string, string> = {}) => ({
 });
 
 /** The prediction once its outputs are kept (its output names the gateway) or, with `until`, once that holds. */
-async function settled(gw: Gateway, key: string, id: string, until?: (p: any) => boolean): Promise<any> {
+async function settled(gw: { url: string }, key: string, id: string, until?: (p: any) => boolean): Promise<any> {
   let last: any;
   const done = until ?? ((p: any) => JSON.stringify(p.output ?? null).includes(`${gw.url}/gateway/v1/outputs/${id}/`));
   await waitFor(async () => {
@@ -268,16 +271,16 @@ describe('without Redis (the in-memory store)', () => {
 });
 
 describe('two replicas on one Redis', () => {
-  let a: Gateway;
-  let b: Gateway;
+  let a: GatewayProcess;
+  let b: GatewayProcess;
   beforeAll(async () => {
+    // Two gateway processes, as replicas run, sharing the Redis state and the outputs volume.
     const dir = mkdtempSync(join(tmpdir(), 'fgw-outputs-'));
-    const prefix = `test:outputs-replicas:${randomBytes(6).toString('hex')}:`;
-    [a, b] = await Promise.all([0, 1].map(() => startGateway({ sim: s, tenants: TENANTS, prefix, env: envFor(`file:${dir}`) })));
+    const prefix = `outputs-replicas:${randomBytes(6).toString('hex')}:`;
+    const tenantsFile = writeTenants(TENANTS);
+    [a, b] = await Promise.all([0, 1].map(() => startGatewayProcess({ sim: s, tenantsFile, prefix, env: envFor(`file:${dir}`) })));
   });
-  afterAll(async () => {
-    await Promise.all([a?.close(), b?.close()]);
-  });
+  afterAll(stopAllGatewayProcesses);
 
   it('copy each output once, and both serve it', async () => {
     const id = await createPrediction(a.url, KEY_A, { prompt: 'shared', output: ['sim:one.webp', 'sim:clip.webm'] });
