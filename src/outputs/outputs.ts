@@ -77,6 +77,7 @@ export class Outputs {
     const p = change.body?.prediction;
     // Most predictions of a text model have nothing to keep: no store trip for them.
     if (!change.ended || p?.status !== 'succeeded' || outputRefs(p.output).length === 0) return;
+    if (this.#d.tenants.get(change.tenant)?.keepOutputs === false) return;
     this.#start(change.id, change.tenant, 0);
   }
 
