@@ -72,7 +72,7 @@ async function settled(gw: { url: string }, key: string, id: string, until?: (p:
   await waitFor(async () => {
     last = (await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key })).body;
     return last?.status === 'succeeded' && done(last);
-  }, 15_000, `prediction ${id} to have its outputs kept`);
+  }, until ? 50_000 : 15_000, `prediction ${id} to have its outputs kept`);
   return last;
 }
 
@@ -201,6 +201,21 @@ describe('outputs kept in a folder', () => {
     expect(await metric(gw, /^fgw_output_copies_total\{outcome="refused"\}/)).toBe(before.refused + 1);
     // Nothing is left of the file that was cut off.
     expect(readdirSync(join(dir, 'team-a', id))).toEqual(['3']);
+  });
+
+  it('tries a copy that failed for a passing reason (a 503) again, and keeps the output then', { timeout: 60_000 }, async () => {
+    const failedBefore = await metric(gw, /^fgw_output_copies_total\{outcome="failed"\}/);
+    const id = await createPrediction(gw.url, KEY_A, { prompt: 'flaky CDN', output: ['sim:flaky.webp', 'sim:steady.webp'] });
+    const first = await settled(gw, KEY_A, id);
+    // The first try kept what it could; the other output still points upstream.
+    expect(first.output[0]).toMatch(/\/delivery\/xezq\/.*\/flaky\.webp$/);
+    expect(first.output[1]).toBe(`${gw.url}/gateway/v1/outputs/${id}/1`);
+    expect(await metric(gw, /^fgw_output_copies_total\{outcome="failed"\}/)).toBe(failedBefore + 1);
+    // The retry (30 s later) keeps it too.
+    const later = await settled(gw, KEY_A, id, (p) => p.output[0] === `${gw.url}/gateway/v1/outputs/${id}/0`);
+    expect(later.output[1]).toBe(`${gw.url}/gateway/v1/outputs/${id}/1`);
+    expect((await bytesOf(later.output[0], KEY_A)).body.equals(OUTPUT_IMAGE)).toBe(true);
+    expect(deliveries(id)).toBe(3);
   });
 
   it('copies nothing for a tenant that opted out (keepOutputs: false)', async () => {

@@ -177,11 +177,19 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   // AI SDK's generateImage) get a small WebP here when a test points the CDN's host at this simulator.
   // Also what outputs are copied from (selfOutputUrls): a file given in deliveryFiles by its name; `big-<n>.bin`, n
   // bytes streamed without a length (a file that turns out too large only while it is read); `gone*` answers 404,
-  // like a file the CDN already deleted; any other name is the image.
+  // like a file the CDN already deleted; `flaky*` answers 503 the first time it is asked for; any other name is the
+  // image.
+  const asked = new Set<string>();
   app.get<{ Params: { id: string; name: string } }>('/delivery/xezq/:id/:name', async (request, reply) => {
     const { id, name } = request.params;
     deps.onDelivery?.(request.url);
     if (!store.has(id) || name.startsWith('gone')) return reply.code(404).send(NOT_FOUND);
+    if (name.startsWith('flaky') && !asked.has(request.url)) {
+      // Bounded like the predictions it names: one entry per flaky file of a stored prediction.
+      if (asked.size > 10_000) asked.clear();
+      asked.add(request.url);
+      return reply.code(503).send(problem(503, 'Service unavailable', 'simulated CDN outage'));
+    }
     const file = deliveryFiles[name];
     if (file) return reply.header('content-type', file.contentType).send(file.bytes);
     const big = /^big-(\d{1,10})\.bin$/.exec(name);
