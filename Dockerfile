@@ -25,7 +25,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund \
     && rm -rf "$(npm config get cache)"
 COPY --from=build /app/dist ./dist
-# Everything above is root-owned and read-only to the app; the process itself runs unprivileged.
+# Everything above is root-owned and read-only to the app; the process itself runs unprivileged. The one folder it
+# may write: kept outputs (OUTPUTS_STORE=file:/var/lib/fuhu-outputs), where docker-compose.yml mounts a volume, which
+# takes this folder's owner when it is first created.
+RUN mkdir -p /var/lib/fuhu-outputs && chown node:node /var/lib/fuhu-outputs
 USER node
 EXPOSE 8080
 # Liveness only (/healthz); readiness incl. the Redis store is /readyz. Uses node itself: the image has no curl.

@@ -31,6 +31,9 @@ import { accountRoutes } from './account/routes.js';
 import { fileRoutes, signedFileRoutes } from './files/routes.js';
 import { FileUrlSigner } from './files/signed-urls.js';
 import { modelRoutes } from './models/routes.js';
+import { OutputLinkSigner } from './outputs/links.js';
+import outputsPlugin from './outputs/plugin.js';
+import { outputRoutes, signedOutputRoutes } from './outputs/routes.js';
 import predictionsPlugin from './predictions/plugin.js';
 import { predictionRoutes } from './predictions/routes.js';
 import type { State } from './store/index.js';
@@ -123,6 +126,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(budgetsPlugin, { now: deps.now });
   await app.register(predictionsPlugin);
   await app.register(webhooksPlugin);
+  await app.register(outputsPlugin);
 
   // The HTTP edge: failures as problem JSON, the JSON body, request ids and the access log.
   await app.register(problems, { fail });
@@ -160,6 +164,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   const fileSecret = config.FILES_URL_SECRET ?? config.TOKEN_SIGNING_SECRET;
   const fileSigner = config.FILES_DELIVERY === 'url' && fileSecret ? new FileUrlSigner(fileSecret) : undefined;
   if (fileSigner) await app.register(signedFileRoutes, { signer: fileSigner });
+  // Links to kept outputs for <img> and <video> tags: outside auth too, signed with the same secret.
+  const outputSigner = app.outputs && fileSecret ? new OutputLinkSigner(fileSecret) : undefined;
+  if (app.outputs && outputSigner) await app.register(signedOutputRoutes, { outputs: app.outputs, signer: outputSigner });
   // The upstream's call back (WEBHOOK_MODE=upstream): outside auth, a hint that is verified and never trusted.
   if (config.WEBHOOK_MODE === 'upstream') await app.register(webhookReceiverRoutes);
 
@@ -178,6 +185,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await api.register(accountRoutes, { prefix: '/replicate/v1' });
     await api.register(tokenRoutes, { prefix: '/gateway/v1', signer });
     await api.register(usageRoutes, { prefix: '/gateway/v1' });
+    if (app.outputs) await api.register(outputRoutes, { prefix: '/gateway/v1', outputs: app.outputs, signer: outputSigner });
     await api.register(webhookRoutes, { prefix: '/gateway/v1' });
     await api.register(streamRoutes, { prefix: '/gateway/v1', streams: new PredictionStreams({ store: app.store, pubsub: app.pubsub, config, log: app.log.child({ component: 'streams' }) }) });
     await api.register(adminRoutes, { prefix: '/gateway/v1/admin' });

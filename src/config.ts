@@ -75,6 +75,22 @@ const hostList = z
   .refine((hosts) => hosts.every((h) => /^[a-z0-9.-]+$|^\[[0-9a-f:.]+\]$/.test(h)), 'must be a comma-separated list of host names or IP addresses (no scheme, port or path)')
   .default([]);
 
+/** Where outputs are kept: `file:/absolute/folder` or `s3://bucket/optional/prefix`. */
+export type OutputsTarget = { kind: 'file'; dir: string } | { kind: 's3'; bucket: string; prefix: string };
+
+const outputsStore = z.string().transform((v, ctx): OutputsTarget => {
+  const file = /^file:(\/.*)$/.exec(v);
+  if (file) return { kind: 'file', dir: file[1]!.replace(/\/+$/, '') || '/' };
+  // Bucket names as S3 allows them (3-63 lower-case letters, digits, dots and hyphens); the prefix ends in "/".
+  const s3 = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(v);
+  if (s3) {
+    const prefix = (s3[2] ?? '').replace(/^\/+|\/+$/g, '');
+    return { kind: 's3', bucket: s3[1]!, prefix: prefix ? `${prefix}/` : '' };
+  }
+  ctx.addIssue({ code: 'custom', message: 'must be file:/absolute/folder or s3://bucket/prefix' });
+  return z.NEVER;
+});
+
 function validTimeZone(tz: string): boolean {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
@@ -148,6 +164,18 @@ export const ConfigSchema = z.object({
   WEBHOOK_TIMEOUT_MS: int(100, 60_000).default(10_000),
   WEBHOOK_ALLOW_HTTP_HOSTS: hostList,
   WEBHOOK_ALLOW_PRIVATE_HOSTS: hostList,
+  // Outputs kept past the upstream's one-hour deletion (src/outputs/): where (off while unset), the largest file
+  // copied, and how long they are kept (days, decimals allowed). S3_* reach any S3-compatible store.
+  OUTPUTS_STORE: outputsStore.optional(),
+  OUTPUTS_MAX_BYTES: int(1024, 1024 ** 4).default(200 * 1024 * 1024),
+  // How long the answer that saw a prediction succeed may wait for its outputs to be kept (0: it never waits).
+  OUTPUTS_WAIT_MS: int(0, 60_000).default(5000),
+  OUTPUTS_RETENTION_DAYS: z.coerce.number({ error: 'must be a number' }).positive('must be above 0').max(3650, 'must be at most 3650').default(30),
+  S3_ENDPOINT: httpUrl.optional(),
+  S3_REGION: z.string().min(1).default('us-east-1'),
+  S3_ACCESS_KEY_ID: z.string().min(1).optional(),
+  S3_SECRET_ACCESS_KEY: z.string().min(1).optional(),
+  S3_FORCE_PATH_STYLE: bool.default(false),
   LOG_LEVEL: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   // The access line is about a fifth of a cached GET's CPU; behind a proxy that logs requests, it can go.
   ACCESS_LOG: bool.default(true),
@@ -266,6 +294,13 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   if (c.UPSTREAM_TENANT_MAX_CONCURRENCY !== undefined && c.UPSTREAM_TENANT_MAX_CONCURRENCY > c.UPSTREAM_CONNECTIONS) {
     throw new ConfigError('invalid configuration: UPSTREAM_TENANT_MAX_CONCURRENCY must be at most UPSTREAM_CONNECTIONS');
+  }
+  const s3Vars = (['S3_ENDPOINT', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY'] as const).filter((k) => c[k] !== undefined);
+  if (c.OUTPUTS_STORE?.kind !== 's3' && (s3Vars.length > 0 || c.S3_FORCE_PATH_STYLE)) {
+    throw new ConfigError(`invalid configuration: ${s3Vars[0] ?? 'S3_FORCE_PATH_STYLE'} is set but OUTPUTS_STORE is not an s3:// URL`);
+  }
+  if ((c.S3_ACCESS_KEY_ID === undefined) !== (c.S3_SECRET_ACCESS_KEY === undefined)) {
+    throw new ConfigError(`invalid configuration: ${c.S3_ACCESS_KEY_ID === undefined ? 'S3_SECRET_ACCESS_KEY is set without S3_ACCESS_KEY_ID' : 'S3_ACCESS_KEY_ID is set without S3_SECRET_ACCESS_KEY'}`);
   }
   return Object.freeze({
     ...c,

@@ -8,7 +8,7 @@ import { type Logger, type LoggerOptions, pino } from 'pino';
 const SECRET_FIELDS = [
   'authorization', 'cookie', 'token', 'key', 'keys', 'apiKey', 'secret', 'webhookSecret', 'password', 'csrf',
   'UPSTREAM_API_KEY', 'TOKEN_SIGNING_SECRET', 'ADMIN_API_KEY', 'METRICS_TOKEN', 'FILES_URL_SECRET', 'UPSTREAM_WEBHOOK_SECRET',
-  'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD',
+  'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'S3_SECRET_ACCESS_KEY', 'secretAccessKey',
 ];
 export const REDACT_PATHS = [
   ...SECRET_FIELDS,
@@ -22,6 +22,7 @@ export const REDACT_PATHS = [
   'answer.key',
   'req.headers["webhook-signature"]',
   'tenant.webhookSecret',
+  'credentials.secretAccessKey',
   'res.headers["set-cookie"]',
   'headers.authorization',
   'headers.cookie',

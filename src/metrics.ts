@@ -93,6 +93,17 @@ export class Metrics {
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });
+  readonly outputCopies = new Counter({
+    name: 'fgw_output_copies_total',
+    help: 'Output files the gateway tried to keep, by outcome (copied, not_found, too_large, refused, quota, failed)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly outputsRemoved = new Counter({
+    name: 'fgw_outputs_removed_total',
+    help: 'Predictions whose kept outputs were deleted at the end of their retention',
+    registers: [this.registry],
+  });
   #openSource: (() => Promise<{ open: number; oldestDue: number | null }>) | undefined;
   readonly openPredictions = new Gauge({
     name: 'fgw_open_predictions',

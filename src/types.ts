@@ -5,6 +5,7 @@ import type { Metrics } from './metrics.js';
 import type { State } from './store/index.js';
 import type { FileStore } from './store/file-store.js';
 import type { KvStore } from './store/kv-store.js';
+import type { OutputsStore } from './store/outputs-store.js';
 import type { PubSub } from './store/pubsub.js';
 import type { Store } from './store/store.js';
 import type { TenantStore } from './store/tenant-store.js';
@@ -54,6 +55,8 @@ declare module 'fastify' {
     pubsub: PubSub;
     /** API-managed tenants and keys, the audit log (src/store/tenant-store.ts). */
     tenantStore: TenantStore;
+    /** Manifests, copy claims and bytes of kept outputs (src/outputs/). */
+    outputsState: OutputsStore;
     /** The rate-limit store matching `store` (undefined: @fastify/rate-limit's in-process one). */
     rateLimitStore: State['rateLimitStore'];
     tenants: TenantRegistry;

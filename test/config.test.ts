@@ -48,6 +48,13 @@ describe('loadConfig', () => {
     [{ REDIS_CLUSTER_NODES: 'c1:7000', REDIS_SENTINEL_PASSWORD: 'spw' }, /REDIS_SENTINEL_PASSWORD is set without REDIS_SENTINELS/],
     [{ REDIS_CLUSTER_NODES: 'c1:6379,c2' }, /REDIS_CLUSTER_NODES must be a comma-separated list of host:port/],
     [{ REDIS_KEY_PREFIX: '{fgw}:' }, /REDIS_KEY_PREFIX must not contain \{ or \}/],
+    [{ OUTPUTS_STORE: '/var/outputs' }, /OUTPUTS_STORE must be file:\/absolute\/folder or s3:\/\/bucket\/prefix/],
+    [{ OUTPUTS_STORE: 's3://Bad_Bucket' }, /OUTPUTS_STORE must be file:/],
+    [{ OUTPUTS_RETENTION_DAYS: '0' }, /OUTPUTS_RETENTION_DAYS must be above 0/],
+    [{ OUTPUTS_MAX_BYTES: 'lots' }, /OUTPUTS_MAX_BYTES must be a number/],
+    [{ OUTPUTS_STORE: 'file:/var/outputs', S3_ENDPOINT: 'http://minio:9000' }, /S3_ENDPOINT is set but OUTPUTS_STORE is not an s3:\/\/ URL/],
+    [{ OUTPUTS_STORE: 's3://outputs', S3_ACCESS_KEY_ID: 'AKIA0000' }, /S3_ACCESS_KEY_ID is set without S3_SECRET_ACCESS_KEY/],
+    [{ OUTPUTS_STORE: 's3://outputs', S3_FORCE_PATH_STYLE: 'perhaps' }, /S3_FORCE_PATH_STYLE must be true or false/],
   ])('names the variable for %o', (env, message) => {
     expect(() => loadConfig({ ...base, ...env })).toThrow(message);
     try {
@@ -55,6 +62,15 @@ describe('loadConfig', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
     }
+  });
+
+  it('reads where outputs are kept: off by default, a folder, or a bucket and prefix; retention in decimal days', () => {
+    expect(loadConfig(base).OUTPUTS_STORE).toBeUndefined();
+    expect(loadConfig(base)).toMatchObject({ OUTPUTS_RETENTION_DAYS: 30, OUTPUTS_MAX_BYTES: 200 * 1024 * 1024 });
+    expect(loadConfig({ ...base, OUTPUTS_STORE: 'file:/var/lib/fuhu-outputs/' }).OUTPUTS_STORE).toEqual({ kind: 'file', dir: '/var/lib/fuhu-outputs' });
+    const s3 = loadConfig({ ...base, OUTPUTS_STORE: 's3://team-outputs/gateway/kept', S3_ENDPOINT: 'http://minio:9000/', S3_FORCE_PATH_STYLE: 'true', OUTPUTS_RETENTION_DAYS: '0.0002' });
+    expect(s3).toMatchObject({ OUTPUTS_STORE: { kind: 's3', bucket: 'team-outputs', prefix: 'gateway/kept/' }, S3_ENDPOINT: 'http://minio:9000', S3_FORCE_PATH_STYLE: true, OUTPUTS_RETENTION_DAYS: 0.0002 });
+    expect(loadConfig({ ...base, OUTPUTS_STORE: 's3://team-outputs' }).OUTPUTS_STORE).toEqual({ kind: 's3', bucket: 'team-outputs', prefix: '' });
   });
 
   it('reads the Redis modes: one server, Sentinel (hosts, name, passwords, TLS) or Cluster', () => {

@@ -51,6 +51,20 @@ describe.each(factories)('%s store', (_kind, make) => {
     expect(await store.usageGet('team-u', [DAY, '2026-11-25'])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 1.5 } });
   });
 
+  it('rewrites a terminal body over the cache and the record, keeps the cache at least as asked, and leaves a gone record alone', async () => {
+    await store.recordCreate({ tenant: 'team-w', id: 'w1', score: NOW, json: pred('w1'), day: DAY });
+    await store.recordTerminal({ id: 'w1', tenant: 'team-w', json: pred('w1', 'succeeded', { output: ['https://cdn.example/a.png'] }), status: 'succeeded', predictTime: 0, day: DAY });
+    const kept = pred('w1', 'succeeded', { output: ['/gateway/v1/outputs/w1/0'] });
+    expect(await store.rewriteTerminal('w1', kept, 90 * 86400)).toBe(true);
+    expect((await store.lookup('w1')).terminal).toBe(kept);
+    expect((await store.current('w1')).record).toBe(kept);
+    expect((await store.listPage('team-w', { limit: 10 })).entries.map((e) => e.json)).toEqual([kept]);
+    // Counted once still: the rewrite is no second end.
+    expect(await store.usageGet('team-w', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1 } });
+    expect(await store.rewriteTerminal('never-created', kept, 60)).toBe(false);
+    expect(await store.lookup('never-created')).toEqual({ owner: null, terminal: null });
+  });
+
   it('lists a tenant\'s predictions newest first, with cursors both ways, preferring cached terminal records', async () => {
     for (let i = 1; i <= 7; i++) await store.recordCreate({ tenant: 'team-l', id: `l${i}`, score: NOW + i, json: pred(`l${i}`), day: DAY });
     await store.recordCreate({ tenant: 'team-other', id: 'o1', score: NOW + 99, json: pred('o1'), day: DAY });

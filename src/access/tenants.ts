@@ -72,6 +72,12 @@ export const TenantSchema = z.strictObject({
       cost: z.number().positive('must be above 0').optional(),
     })
     .optional(),
+  /** Keep copies of this tenant's outputs when OUTPUTS_STORE is set (false: the upstream's URLs stay, and lapse). */
+  keepOutputs: z.boolean().default(true),
+  /** How long this tenant's outputs are kept, in days (decimals allowed); default OUTPUTS_RETENTION_DAYS. */
+  outputRetentionDays: z.number({ error: 'must be a number' }).positive('must be above 0').max(3650, 'must be at most 3650').optional(),
+  /** Bytes of kept outputs this tenant may hold at once; a copy past it keeps the upstream URL. */
+  outputsMaxBytes: z.number().int('must be a whole number').positive('must be above 0').optional(),
   /** Weight in the split of UPSTREAM_CREATE_LIMIT between tenants (default 1). */
   share: z.number().positive('must be above 0').max(1_000_000).default(1),
 });

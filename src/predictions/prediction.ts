@@ -2,6 +2,7 @@
 // and rendering it with URLs that point back at the gateway.
 import { GatewayError } from '../errors.js';
 import { deeperThan } from '../lib/json-depth.js';
+import { withOutputLinks } from '../outputs/links.js';
 import { PREDICTION_ID } from './schemas.js';
 
 export type Prediction = Record<string, unknown> & { id?: unknown; status?: unknown; urls?: Record<string, unknown> };
@@ -92,7 +93,8 @@ export class PredictionBody {
   render(base: string): string {
     if (this.#base !== base || this.#rendered === undefined) {
       // The parsed object is rewritten in place: the rewrite depends only on the id and the base, and `raw` stays.
-      this.#rendered = JSON.stringify(rewriteUrls(this.prediction, base));
+      // Kept outputs (src/outputs/) are stored as gateway paths and get this request's base too.
+      this.#rendered = withOutputLinks(JSON.stringify(rewriteUrls(this.prediction, base)), this.raw, this.id, base);
       this.#base = base;
     }
     return this.#rendered;

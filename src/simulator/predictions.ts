@@ -56,7 +56,10 @@ function startProcessing(p: Prediction, atMs: number): void {
   p.logs = 'Using seed: 42\n';
 }
 
-function finish(p: Prediction, m: Meta, status: PredictionStatus, atMs: number): void {
+/** What a succeeded prediction outputs: by default one image on the output CDN. */
+export type OutputOf = (p: Prediction) => unknown;
+
+function finish(p: Prediction, m: Meta, status: PredictionStatus, atMs: number, outputOf: OutputOf): void {
   m.frozen = true;
   m.completedMs = atMs;
   p.status = status;
@@ -67,7 +70,7 @@ function finish(p: Prediction, m: Meta, status: PredictionStatus, atMs: number):
       p.started_at = new Date(m.createdMs).toISOString();
       p.logs = 'Using seed: 42\n';
     }
-    p.output = [`https://replicate.delivery/xezq/${p.id}/out-0.webp`];
+    p.output = outputOf(p);
     p.error = null;
     p.logs += 'Generated 1 image\n';
     p.metrics = {
@@ -139,6 +142,8 @@ export interface PredictionStoreOptions {
   timers: TimerSet;
   /** urls.stream for an id; a function because the simulator's own address is only known after listen(). */
   streamUrl: (id: string) => string;
+  /** An output file's URL on the output CDN (or the simulator's stand-in for it). */
+  outputUrl: (id: string, name: string) => string;
 }
 
 /**
@@ -156,6 +161,21 @@ export class PredictionStore {
     this.map = new PredictionMap(this.refresh);
   }
 
+  /**
+   * A succeeded prediction's output: one image, or the input's `output` as given with every "sim:<name>" string
+   * turned into that file's URL on the output CDN (tests choose nested, several, missing or large outputs).
+   */
+  private readonly outputOf: OutputOf = (p) => {
+    const wanted = p.input.output;
+    if (wanted === undefined) return [this.opts.outputUrl(p.id, 'out-0.webp')];
+    const visit = (v: unknown): unknown =>
+      typeof v === 'string' && v.startsWith('sim:') ? this.opts.outputUrl(p.id, v.slice(4))
+        : Array.isArray(v) ? v.map(visit)
+        : v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, visit(x)]))
+        : v;
+    return visit(wanted);
+  };
+
   /** Brings a prediction's state up to now. An arrow so the PredictionMap can hold it without a bind per call. */
   readonly refresh = (p: Prediction): void => {
     const m = this.meta.get(p);
@@ -165,7 +185,7 @@ export class PredictionStore {
       const elapsed = now - m.createdMs;
       if (elapsed >= m.durationMs) {
         if (m.outcome !== 'aborted' && p.started_at === null) startProcessing(p, m.createdMs + Math.floor(m.durationMs / 2));
-        finish(p, m, m.outcome, m.createdMs + m.durationMs);
+        finish(p, m, m.outcome, m.createdMs + m.durationMs, this.outputOf);
       } else if (m.outcome !== 'aborted' && p.status === 'starting' && elapsed >= m.durationMs / 2) {
         startProcessing(p, m.createdMs + Math.floor(m.durationMs / 2));
       }
@@ -241,7 +261,7 @@ export class PredictionStore {
   cancel(p: Prediction): void {
     const m = this.meta.get(p);
     if (m !== undefined && !isTerminalStatus(p.status)) {
-      finish(p, m, 'canceled', Date.now());
+      finish(p, m, 'canceled', Date.now(), this.outputOf);
       this.wake(p.id);
     }
   }
@@ -267,7 +287,7 @@ export class PredictionStore {
       startProcessing(p, now);
     } else {
       if (status !== 'aborted' && p.started_at === null) startProcessing(p, now);
-      finish(p, m, status, now);
+      finish(p, m, status, now, this.outputOf);
     }
     this.wake(id);
   }

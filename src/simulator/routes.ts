@@ -1,4 +1,5 @@
 // The HTTP surface: body parsing, errors, and the prediction routes (create, get, cancel, list, stream).
+import { Readable } from 'node:stream';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isTerminalStatus, type Prediction, type PredictionStore } from './predictions.js';
 import { ModelCatalog, registerModelRoutes } from './models.js';
@@ -6,8 +7,18 @@ import { NOT_FOUND, ROUTES, isPlainObject, newApiError, parsePreferWait, problem
 import type { Billing } from './billing.js';
 import type { TimerSet } from './timers.js';
 
+/** A file the output CDN stand-in serves under any prediction's folder (by name). */
+export interface DeliveryFile {
+  contentType: string;
+  bytes: Buffer;
+}
+
 export interface RouteDeps {
   store: PredictionStore;
+  /** Files served by name on the output CDN stand-in, besides its default image. */
+  deliveryFiles?: Record<string, DeliveryFile>;
+  /** Told the path of every request to the output CDN stand-in (tests count the copies). */
+  onDelivery?: (path: string) => void;
   timers: TimerSet;
   /** True once close() began: held creates are then dropped rather than answered. */
   isClosed: () => boolean;
@@ -36,7 +47,7 @@ function invalidInput(input: unknown): string {
 }
 
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
-  const { store, timers, isClosed } = deps;
+  const { store, timers, isClosed, deliveryFiles = {} } = deps;
   const catalog = new ModelCatalog();
   registerModelRoutes(app, catalog);
 
@@ -168,8 +179,36 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
 
   // Stand-in for the output CDN (replicate.delivery/xezq/<id>/out-0.webp): clients that download their images (the
   // AI SDK's generateImage) get a small WebP here when a test points the CDN's host at this simulator.
+  // Also what outputs are copied from (selfOutputUrls): a file given in deliveryFiles by its name; `big-<n>.bin`, n
+  // bytes streamed without a length (a file that turns out too large only while it is read); `gone*` answers 404,
+  // like a file the CDN already deleted; `flaky*` answers 503 the first time it is asked for; any other name is the
+  // image.
+  const asked = new Set<string>();
   app.get<{ Params: { id: string; name: string } }>('/delivery/xezq/:id/:name', async (request, reply) => {
-    if (!store.has(request.params.id)) return reply.code(404).send(NOT_FOUND);
+    const { id, name } = request.params;
+    deps.onDelivery?.(request.url);
+    if (!store.has(id) || name.startsWith('gone')) return reply.code(404).send(NOT_FOUND);
+    if (name.startsWith('flaky') && !asked.has(request.url)) {
+      // Bounded like the predictions it names: one entry per flaky file of a stored prediction.
+      if (asked.size > 10_000) asked.clear();
+      asked.add(request.url);
+      return reply.code(503).send(problem(503, 'Service unavailable', 'simulated CDN outage'));
+    }
+    const file = deliveryFiles[name];
+    if (file) return reply.header('content-type', file.contentType).send(file.bytes);
+    const big = /^big-(\d{1,10})\.bin$/.exec(name);
+    if (big) {
+      let left = Number(big[1]);
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      const body = Readable.from((function* () {
+        while (left > 0) {
+          const n = Math.min(left, chunk.length);
+          left -= n;
+          yield chunk.subarray(0, n);
+        }
+      })());
+      return reply.header('content-type', 'application/octet-stream').send(body);
+    }
     return reply.header('content-type', 'image/webp').send(OUTPUT_IMAGE);
   });
 }

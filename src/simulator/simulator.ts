@@ -14,7 +14,7 @@ import { FaultGate, type Fault, type FaultOptions } from './faults.js';
 import { PredictionStore, type Prediction, type PredictionStatus } from './predictions.js';
 import { SIM_PREFIX, bearerChecker } from './protocol.js';
 import { type RecordedRequest, RequestRecorder } from './recorder.js';
-import { registerRoutes } from './routes.js';
+import { type DeliveryFile, registerRoutes } from './routes.js';
 import { TimerSet } from './timers.js';
 
 export { SIM_PREFIX } from './protocol.js';
@@ -22,6 +22,7 @@ export { isTerminalStatus } from './predictions.js';
 export type { Prediction, PredictionStatus } from './predictions.js';
 export type { EmbedField, Fault, FaultOptions, FaultRequest } from './faults.js';
 export type { RecordedRequest } from './recorder.js';
+export type { DeliveryFile } from './routes.js';
 
 export interface SimulatorOptions {
   apiKey: string;
@@ -35,6 +36,10 @@ export interface SimulatorOptions {
   dataRetentionMs?: number;
   /** Point urls.stream at this simulator's own SSE route instead of stream.replicate.com (for stream tests). */
   selfStreamUrls?: boolean;
+  /** Point output URLs at this simulator's stand-in for the output CDN instead of replicate.delivery (copy tests). */
+  selfOutputUrls?: boolean;
+  /** Files that stand-in serves by name (an input's `output` names them as "sim:<name>"). */
+  deliveryFiles?: Record<string, DeliveryFile>;
   /**
    * Every API request waits this long before it is handled: the network and service time of a real upstream, which
    * a simulator on loopback otherwise answers in microseconds. Default 0.
@@ -60,6 +65,8 @@ export interface Simulator {
   injectFault(fault: Fault, opts?: FaultOptions): void;
   clearFaults(): void;
   predictions: Map<string, Prediction>;
+  /** Paths requested from the output CDN stand-in, oldest first (the last 10 000). */
+  deliveries: string[];
   setStatus(id: string, status: PredictionStatus): void;
   /** The account's balance (USD), with `balance` set; undefined otherwise. */
   balance(): number | undefined;
@@ -82,6 +89,8 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
     timers,
     streamUrl: (id) =>
       opts.selfStreamUrls && baseUrl ? `${baseUrl.slice(0, -SIM_PREFIX.length)}/stream/${id}` : `https://stream.replicate.com/v1/files/${id}`,
+    outputUrl: (id, name) =>
+      `${opts.selfOutputUrls && baseUrl ? baseUrl.slice(0, -SIM_PREFIX.length) + '/delivery' : 'https://replicate.delivery'}/xezq/${id}/${name}`,
   });
   const gate = new FaultGate({ store, timers, authorized: bearerChecker(opts.apiKey) });
 
@@ -107,7 +116,11 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
   app.addHook('onSend', gate.onSend);
   const billing = opts.balance === undefined ? undefined : new Billing(opts.balance, opts.createCost ?? 0.01);
   if (billing) registerBillingRoutes(app, billing, opts.apiKey, opts.billingApi ?? 'both');
-  registerRoutes(app, { store, timers, isClosed, billing });
+  const deliveries: string[] = [];
+  const onDelivery = (path: string) => {
+    if (deliveries.push(path) > 10_000) deliveries.splice(0, 5_000);
+  };
+  registerRoutes(app, { store, timers, isClosed, billing, deliveryFiles: opts.deliveryFiles, onDelivery });
 
   return {
     app,
@@ -141,6 +154,7 @@ export function createSimulator(opts: SimulatorOptions): Simulator {
       gate.queue.clear();
     },
     predictions: store.map,
+    deliveries,
     setStatus(id, status) {
       store.setStatus(id, status);
     },

@@ -6,6 +6,7 @@ import type { FileStore } from './file-store.js';
 import { type KvStore, MemoryKvStore, RedisKvStore } from './kv-store.js';
 import { MemoryFileStore } from './memory-file-store.js';
 import { MemoryStore } from './memory-store.js';
+import { MemoryOutputsStore, type OutputsStore, RedisOutputsStore } from './outputs-store.js';
 import { MemoryPubSub, type PubSub, RedisPubSub } from './pubsub.js';
 import { leasedRedisStore } from './rate-limit-store.js';
 import { RedisFileStore } from './redis-file-store.js';
@@ -26,6 +27,8 @@ export interface State {
   pubsub: PubSub;
   /** API-managed tenants and keys, and the audit log (src/admin/). */
   tenantStore: TenantStore;
+  /** What is known of kept outputs (manifests, copy claims, bytes per tenant); the objects live elsewhere. */
+  outputs: OutputsStore;
   /** A store class for @fastify/rate-limit's `store` option; undefined: its own in-process LocalStore. */
   rateLimitStore?: ReturnType<typeof leasedRedisStore>;
 }
@@ -40,6 +43,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
       kv: new MemoryKvStore(),
       pubsub: new MemoryPubSub(),
       tenantStore: new MemoryTenantStore(),
+      outputs: new MemoryOutputsStore(),
     };
   }
   const client = createRedisClient(target, config.REDIS_KEY_PREFIX, onRedisEvent);
@@ -51,6 +55,7 @@ export function createState(config: Config, onRedisEvent?: (event: string, detai
     kv: new RedisKvStore(client),
     pubsub: new RedisPubSub(client, config.REDIS_KEY_PREFIX),
     tenantStore: new RedisTenantStore(client),
+    outputs: new RedisOutputsStore(client),
     rateLimitStore: leasedRedisStore(client, config.RATE_LIMIT_LEASE_MAX),
   };
 }

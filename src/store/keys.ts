@@ -5,6 +5,7 @@
 //                 reservations, running count, files index and sizes
 //   {f:<id>}      an uploaded file (looked up by id)
 //   {g}           gateway-wide: the fair-share windows of UPSTREAM_CREATE_LIMIT (one slot, a few small hashes)
+//   {x}           gateway-wide: kept outputs by when their retention ends (one sorted set)
 //   {o}           gateway-wide: the open set (predictions not yet seen ending), their metadata, the watcher's
 //                 404 counts and its upstream read budget (one slot: the watcher's claim is one script)
 // Keys only ever used alone (versions, token counters, kv) are slot-safe whatever their name, and keep the names
@@ -48,6 +49,11 @@ export const keys = {
   file: (id: string) => `file:{f:${id}}`,
   files: (tenant: string) => `files:${t(tenant)}`,
   fileSizes: (tenant: string) => `filesizes:${t(tenant)}`,
+  /** Kept outputs (src/outputs/): a prediction's manifest and copy claims, a tenant's bytes, the retention set. */
+  outputs: (id: string) => `outm:${p(id)}`,
+  outputsClaim: (id: string, attempt: number) => `outc:${p(id)}:${attempt}`,
+  outputsBytes: (tenant: string) => `outb:${t(tenant)}`,
+  outputsExpiry: 'outx:{x}',
   /** @fastify/rate-limit's keys (`<limit>:<tenant or address>`) and the failed-auth counters. */
   rate: (key: string) => `rl:{r:${key}}`,
   kv: (key: string) => `kv:${key}`,

@@ -120,6 +120,13 @@ export class MemoryStore implements Store {
     return true;
   }
 
+  async rewriteTerminal(id: string, json: string, keepSeconds: number): Promise<boolean> {
+    if (!this.#records.has(id)) return false;
+    this.#records.set(id, json, this.#records.expiresIn(id));
+    this.#terminal.set(id, json, Math.max(keepSeconds * 1000, this.#terminal.expiresIn(id)));
+    return true;
+  }
+
   async current(id: string): Promise<{ record: string | null; open: boolean; version: number }> {
     return { record: this.#records.get(id) ?? null, open: this.#open.has(id), version: this.#life.get(id)?.v ?? 0 };
   }

@@ -22,6 +22,7 @@ export default fp<{ state?: State }>(
     app.decorate('kv', state.kv);
     app.decorate('pubsub', state.pubsub);
     app.decorate('tenantStore', state.tenantStore);
+    app.decorate('outputsState', state.outputs);
     app.decorate('rateLimitStore', state.rateLimitStore);
     if (!opts.state) {
       app.addHook('onClose', async () => {

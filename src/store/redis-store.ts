@@ -111,6 +111,16 @@ const CACHE_TERMINAL = `${TERMINAL_FN}
 cacheTerminal(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 return 1`;
 
+// {p:} KEYS: term, rec. ARGV: json, keepSeconds. A terminal body the gateway itself changed (kept outputs): written
+// over the record (keeping its expiry) and the cache, which then lasts at least keepSeconds; nothing once the record
+// is gone.
+const REWRITE_TERMINAL = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'XX', 'KEEPTTL')
+local keep = math.max(1, tonumber(ARGV[2]), redis.call('TTL', KEYS[1]))
+redis.call('SET', KEYS[1], ARGV[1], 'EX', keep)
+return 1`;
+
 // {o} KEYS: open, openm, opens. ARGV: id.
 const OPEN_LEAVE = `${OPEN_FN}
 leave(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
@@ -361,6 +371,7 @@ interface ScriptedRedis extends Redis {
   fgwRecordTerminal(...args: (string | number)[]): Promise<number>;
   fgwRecordTerminalAll(...args: (string | number)[]): Promise<number>;
   fgwCacheTerminal(...args: (string | number)[]): Promise<number>;
+  fgwRewriteTerminal(...args: (string | number)[]): Promise<number>;
   fgwOpenLeave(...args: (string | number)[]): Promise<number>;
   fgwOpenEnter(...args: (string | number)[]): Promise<number>;
   fgwOpenClaim(...args: (string | number)[]): Promise<string[]>;
@@ -413,6 +424,7 @@ export class RedisStore implements Store {
     define('fgwRecordTerminal', 4, RECORD_TERMINAL);
     define('fgwRecordTerminalAll', 10, RECORD_TERMINAL_ALL);
     define('fgwCacheTerminal', 3, CACHE_TERMINAL);
+    define('fgwRewriteTerminal', 2, REWRITE_TERMINAL);
     define('fgwOpenLeave', 3, OPEN_LEAVE);
     define('fgwOpenEnter', 2, OPEN_ENTER);
     define('fgwOpenClaim', 4, OPEN_CLAIM);
@@ -509,6 +521,11 @@ export class RedisStore implements Store {
     }
     await this.#client.fgwOpenLeave(...openKeys, rec.id).catch(rethrowUnavailable);
     return Number(first) === 1;
+  }
+
+  async rewriteTerminal(id: string, json: string, keepSeconds: number): Promise<boolean> {
+    const written = await this.#client.fgwRewriteTerminal(keys.terminal(id), keys.record(id), json, Math.ceil(keepSeconds)).catch(rethrowUnavailable);
+    return Number(written) === 1;
   }
 
   async current(id: string): Promise<{ record: string | null; open: boolean; version: number }> {

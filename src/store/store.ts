@@ -177,6 +177,12 @@ export interface Store {
    */
   recordTerminal(rec: TerminalRecord): Promise<boolean>;
   /**
+   * Writes a terminal body over the cached one and the record (which keeps its expiry), after something of the
+   * gateway's own changed it (kept outputs: src/outputs/); the cache then lasts at least `keepSeconds`. Nothing is
+   * written once the record is gone; true if it was written.
+   */
+  rewriteTerminal(id: string, json: string, keepSeconds: number): Promise<boolean>;
+  /**
    * The prediction as the gateway last saw it (its record: the end is written over it), whether it is open, and its
    * version: a number that grows with every state written over the record (browser streams resume from it).
    */

@@ -60,7 +60,7 @@ export class RefusedAddress extends Error {
 }
 
 /** Resolves as usual, then refuses the connection if an address is not public (unless the host is allowed). */
-function guardedLookup(policy: UrlPolicy): LookupFunction {
+export function guardedLookup(policy: UrlPolicy): LookupFunction {
   return (hostname, options, callback) => {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, '', 0);
