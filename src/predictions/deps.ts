@@ -8,6 +8,7 @@ import type { Store } from '../store/store.js';
 import type { Principal } from '../types.js';
 import type { VersionBook } from '../models/versions.js';
 import type { UpstreamClient } from '../upstream/client.js';
+import type { ClientInputs } from './client-inputs.js';
 import type { Facts } from './facts.js';
 import type { Poller } from './poller.js';
 import type { PredictionBody } from './prediction.js';
@@ -19,6 +20,8 @@ export interface PredictionDeps {
   metrics: Metrics;
   facts: Facts;
   poller: Poller;
+  /** Puts the client's own input back into upstream answers. */
+  inputs: ClientInputs;
   versions: VersionBook;
   budgets: Budgets;
   /** Where what a read saw is reported, and the one place that decides a prediction ended. */

@@ -71,7 +71,7 @@ export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id:
   } finally {
     deps.poller.forget(id);
   }
-  const body = sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id);
+  const body = await deps.inputs.restore(sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id));
   if (body.terminal) await deps.lifecycle.ended(tenant, body);
   else deps.lifecycle.observedInBackground(tenant, body);
   return { status: res.status, body, cache: 'MISS' };

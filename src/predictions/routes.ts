@@ -96,7 +96,11 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
     const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
-      forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
+      forward: async () => {
+        const sent = await inlineFiles(inlining, request.principal!, bases, forward, body);
+        // A changed body means files were put in: the answers show the client's own input, not the upstream's echo.
+        return sent === forward ? { body: sent } : { body: sent, input: body.input };
+      },
       model,
       // A client that says when it gives up is answered before then, held or not (src/predictions/client-retries.ts).
       prefer: preferWithin(header(request, 'prefer'), attempt?.answerWithinMs),
