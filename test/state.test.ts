@@ -86,6 +86,10 @@ describe('a prediction with a file input', () => {
     const b = await bytesOf(redis, prefix, withFile.body.id);
     expect(b.keys.length).toBe(a.keys.length);
     expect(b.bytes).toBeLessThan(a.bytes + 1024);
+    // The idempotency record names the prediction instead of holding a copy of it.
+    for (const k of await redis.keys(`${prefix}idem:*`)) {
+      expect(JSON.parse((await redis.get(k))!)).toEqual({ state: 'done', fingerprint: expect.any(String), status: 201, id: expect.any(String) });
+    }
   });
 
   it('lists 40 predictions with a 1 MB file input each in an answer about as small as 40 without', async () => {

@@ -53,7 +53,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   const { idem, replay } = await claimCreate(store, token ? `${tenant}:token:${token.jti}` : tenant, input, timeoutMs);
   if (replay) {
     metrics.idempotentReplays.inc();
-    return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
+    // The prediction as it is now (its record), under the create's status: the same prediction, never a second copy.
+    const raw = replay.raw ?? (replay.id !== undefined ? (facts.terminal(replay.id)?.raw ?? (await store.current(replay.id)).record) : null);
+    if (raw === null) throw new GatewayError('CONFLICT', 'the prediction this Idempotency-Key created is no longer stored; use a new key to create another');
+    return { status: replay.status, body: new PredictionBody(raw), replayed: true };
   }
 
   let res;
@@ -111,7 +114,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         json: body.raw,
         day: today(),
         terminal,
-        idem: idem && { key: idem.key, record: idem.done(res.status, body.raw), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
+        idem: idem && { key: idem.key, record: idem.done(res.status, id), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
         // Settled when the gateway sees the prediction end; the watcher gives up on it (and settles it as expired)
         // after PREDICTION_MAX_OPEN_SECONDS, and the reservation lapses a minute after that if even that failed.
         reservation: reservation && { rid: reservation.rid, expiresAt: deps.budgets.now() + config.PREDICTION_MAX_OPEN_SECONDS * 1000 + 60_000 },
