@@ -34,7 +34,7 @@ async function usage(redis: Redis): Promise<{ bytes: number; keys: number; byKin
       const b = Number((await redis.call('MEMORY', 'USAGE', k, 'SAMPLES', '0')) ?? 0);
       bytes += b;
       n++;
-      const kind = k.replace(/^state:/, '').replace(/\{[^}]*\}.*$/, '{…}').replace(/^(bull:webhooks:)[0-9a-z-]+$/i, '$1<job>');
+      const kind = k.replace(/^state:/, '').replace(/\{[^}]*\}.*$/, '{…}').replace(/^(bull:webhooks:)w-.*$/, '$1w-<job>').replace(/^(kv:[a-z-]+:).*$/, '$1…');
       byKind.set(kind, (byKind.get(kind) ?? 0) + b);
     }
   } while (cursor !== '0');

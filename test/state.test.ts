@@ -1,9 +1,12 @@
 // Issue 24: each prediction stored once and small. A gateway file URL in the input stays that URL in every answer
 // and stored copy (the upstream got the bytes), so a prediction with a file input costs what one without it costs,
 // in Redis and in list answers; and every key the gateway writes expires or belongs to a named bounded set.
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { KEY_A, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls, waitFor } from './helpers/stack.js';
+import { QUEUE_EVENTS_KEPT } from '../src/webhooks/queue.js';
+import { KEY_A, KEY_B, MODEL_PATH, type Gateway, type SimHandle, call, startGateway, startSimulator, upstreamCalls, waitFor } from './helpers/stack.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'canceled', 'aborted']);
 const MB = 1024 * 1024;
@@ -113,5 +116,89 @@ describe('a prediction with a file input', () => {
     } finally {
       await own.close();
     }
+  });
+});
+
+/**
+ * The keys that may live without a TTL, and why each set stays bounded whatever the traffic (README "State").
+ * Everything else the gateway writes must expire.
+ */
+const BOUNDED: [RegExp, string][] = [
+  [/^open(m|s)?:\{o\}$/, 'the open set: predictions created and not yet seen ending, each for PREDICTION_MAX_OPEN_SECONDS at most'],
+  [/^kv:whsec(-shown)?:[A-Za-z0-9._-]+$/, 'a webhook secret per tenant, and when it was shown'],
+  [/^bull:webhooks:(meta|id)$/, 'BullMQ\'s queue settings and job counter: one small key each (a TTL on meta would reset its settings)'],
+  [/^bull:webhooks:events$/, 'BullMQ\'s event stream, capped at QUEUE_EVENTS_KEPT'],
+  [/^bull:webhooks:(wait|active|delayed|prioritized|paused|marker|completed|failed|stalled|w-[A-Za-z0-9_-]+(:lock)?)$/, 'the webhook watches in flight: one job per prediction with a webhook, gone when its events are sent (failed ones kept a day, 1000 at most)'],
+];
+
+/** The keys under `prefix` that have no expiry, without the prefix. */
+async function withoutTtl(redis: Redis, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    for (const k of batch) if ((await redis.pttl(k)) === -1) out.push(k.slice(prefix.length));
+  } while (cursor !== '0');
+  return out;
+}
+
+describe('every key the gateway writes', () => {
+  let s: SimHandle;
+  let gw: Gateway;
+  let redis: Redis;
+  let hooks = 0;
+  const receiver = createServer((req, res) => {
+    req.resume().on('end', () => {
+      hooks++;
+      res.end('ok');
+    });
+  });
+
+  beforeAll(async () => {
+    s = await startSimulator(50);
+    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    gw = await startGateway({
+      sim: s,
+      tenants: [{ id: 'team-a', keys: [KEY_A], budget: { creates: { max: 1000, period: 'day' } }, maxRunning: 100 }, { id: 'team-b', keys: [KEY_B] }],
+      env: { WEBHOOK_ALLOW_HTTP_HOSTS: '127.0.0.1', WEBHOOK_ALLOW_PRIVATE_HOSTS: '127.0.0.1', WATCH_MIN_MS: '50', WATCH_MAX_MS: '200', TOKEN_SIGNING_SECRET: 'state-test-signing-secret-0123456789abcdef', ADMIN_API_KEY: 'state-test-admin-key-0123456789abcdef' },
+    });
+    redis = new Redis(inject('redisUrl'));
+  });
+  afterAll(async () => {
+    redis.disconnect();
+    await gw.close();
+    await s.sim.close();
+    receiver.close();
+  });
+
+  it('expires, or belongs to a named set that does not grow with traffic, after creates, webhooks, files and tokens', async () => {
+    const hook = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
+    const file = await upload(gw.url, Buffer.alloc(4096, 3));
+    const token = (await call(gw.url, 'POST', '/gateway/v1/tokens', { key: KEY_A, body: { ttl_seconds: 300, max_creates: 10 } })).body.token as string;
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const r = await call(gw.url, 'POST', MODEL_PATH, {
+        key: i % 4 === 3 ? token : i % 2 ? KEY_B : KEY_A,
+        body: { input: { prompt: `cat ${i}`, ...(i % 6 === 0 ? { image: file.url } : {}) }, ...(i % 2 === 0 ? { webhook: hook } : {}) },
+        headers: i % 2 === 0 ? { 'idempotency-key': `keyspace-${i}` } : {},
+      });
+      expect(r.status, r.text).toBe(201);
+      ids.push(r.body.id);
+    }
+    // While they run: the open set and the webhook jobs are there.
+    const during = await withoutTtl(redis, gw.config.REDIS_KEY_PREFIX);
+    await call(gw.url, 'POST', `/replicate/v1/predictions/${ids[1]}/cancel`, { key: KEY_B });
+    await call(gw.url, 'GET', `/replicate/v1/predictions/${ids[0]}`, { key: KEY_A });
+    await waitFor(async () => (await gw.app.store.openStats(Date.now())).open === 0, 15_000, 'every prediction to be settled');
+    await waitFor(() => hooks >= 4, 15_000, 'the webhooks');
+    await call(gw.url, 'GET', '/replicate/v1/predictions', { key: KEY_A });
+    await call(gw.url, 'GET', '/gateway/v1/webhooks/secret', { key: KEY_A });
+
+    const after = await withoutTtl(redis, gw.config.REDIS_KEY_PREFIX);
+    for (const k of [...during, ...after]) expect(BOUNDED.find(([re]) => re.test(k)), `${k} has no TTL and is in no named bounded set`).toBeDefined();
+    expect(during.some((k) => k.startsWith('open:'))).toBe(true);
+    // BullMQ keeps the stream of its events short (the gateway never reads it), and the setting survives in its meta.
+    expect(await redis.hget(`${gw.config.REDIS_KEY_PREFIX}bull:webhooks:meta`, 'opts.maxLenEvents')).toBe(String(QUEUE_EVENTS_KEPT));
   });
 });

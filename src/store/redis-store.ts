@@ -18,6 +18,10 @@ import { USAGE_TTL_SECONDS } from './store.js';
 const BUDGET_FN = `
 -- A record outlives its expiry by a week, so the sweep (run by every reserve) finds it before Redis drops it.
 local RECORD_MARGIN = 604800
+-- The expiry index lives as long as the longest record it orders (every key expires; an idle tenant's index goes).
+local function keepFor(key, ttl)
+  if redis.call('TTL', key) < tonumber(ttl) then redis.call('EXPIRE', key, ttl) end
+end
 -- actual: nil releases; a table of spent amounts settles; with \`reserved\` set, what was reserved is spent (the
 -- estimate of a prediction that expired).
 local function release(rk, zkey, actual)
@@ -58,6 +62,7 @@ local function bind(from, to, zkey, expiresAt, ttl)
   redis.call('ZREM', zkey, from)
   redis.call('SET', to, cjson.encode(rec), 'EX', ttl)
   redis.call('ZADD', zkey, expiresAt, to)
+  keepFor(zkey, ttl)
 end
 `;
 
@@ -272,6 +277,7 @@ end
 if #lines > 0 or spec.count == 1 then
   redis.call('SET', KEYS[1], cjson.encode({ l = lines, run = (spec.count == 1) and KEYS[3] or '' }), 'EX', spec.recTtl)
   redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+  keepFor(KEYS[2], spec.recTtl)
 end
 return cjson.encode({ ok = true, remaining = rem, running = running + spec.count })`;
 

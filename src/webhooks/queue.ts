@@ -17,6 +17,13 @@ export interface WatchQueue<S> {
 }
 
 const QUEUE = 'webhooks';
+/**
+ * BullMQ's event stream (bull:webhooks:events) keeps 10,000 events by default, a few per watch step, for QueueEvents
+ * listeners; the gateway has none, so it keeps only what a person debugging with redis-cli might look at.
+ */
+export const QUEUE_EVENTS_KEPT = 100;
+/** Failed watches are kept a day for inspection, and never more than this many (a bound that does not grow with traffic). */
+const FAILED_KEPT = 1000;
 // BullMQ job ids may not hold ':'; prediction ids are [A-Za-z0-9_-].
 const jobId = (key: string) => `w-${key}`;
 
@@ -35,7 +42,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
       return c;
     };
     const prefix = bullPrefix(target, keyPrefix);
-    this.#queue = new Queue(QUEUE, { connection: connect(), prefix });
+    this.#queue = new Queue(QUEUE, { connection: connect(), prefix, streams: { events: { maxLen: QUEUE_EVENTS_KEPT } } });
     this.#worker = new Worker(
       QUEUE,
       async (job, token) => {
@@ -61,7 +68,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
       attempts: 50,
       backoff: { type: 'exponential', delay: 1000 },
       removeOnComplete: true,
-      removeOnFail: { age: 86400 },
+      removeOnFail: { age: 86400, count: FAILED_KEPT },
     });
   }
 
