@@ -31,16 +31,14 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
   return { terminal };
 }
 
-function hit(deps: PredictionDeps, body: PredictionBody): Answer {
-  deps.metrics.cache.inc({ result: 'hit' });
+function hit(body: PredictionBody): Answer {
   return { status: 200, body, cache: 'HIT' };
 }
 
 export async function getPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
   const { terminal, fresh } = await known(deps, tenant, id, true);
-  if (terminal) return hit(deps, terminal);
-  deps.metrics.cache.inc({ result: 'miss' });
+  if (terminal) return hit(terminal);
   const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace });
   if (shared) deps.metrics.coalesced.inc();
   // Only the request that fetched it reports it; those that shared the answer need not write it again. The end is
@@ -56,7 +54,7 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
 export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
   const { terminal } = await known(deps, tenant, id, false);
-  if (terminal) return hit(deps, terminal);
+  if (terminal) return hit(terminal);
   let res;
   try {
     res = await deps.upstream.request({
