@@ -39,6 +39,8 @@ const SECURITY_HEADERS = {
 export const dashboardHeaders = fp(
   async (app) => {
     app.addHook('onRequest', async (request, reply) => {
+      // Every request passes here: one prefix check before anything is allocated.
+      if (!request.url.startsWith('/gateway/admin')) return;
       const path = request.url.split('?', 1)[0]!;
       if (path === '/gateway/admin' || path.startsWith('/gateway/admin/')) reply.headers(SECURITY_HEADERS);
     });

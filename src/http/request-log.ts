@@ -7,7 +7,11 @@ import fp from 'fastify-plugin';
  * The URL as logged: capability URLs are credentials (a signed file link's signature, the upstream's webhook
  * receiver token), and anyone who can read the logs must not be able to use them.
  */
+const RECEIVER = '/gateway/v1/webhooks/upstream/';
+
 export function loggableUrl(url: string): string {
+  // Nearly every URL holds neither: two substring checks instead of two regular expressions on every access line.
+  if (!url.includes('signature=') && !url.startsWith(RECEIVER)) return url;
   return url
     .replace(/([?&]signature=)[^&]*/g, '$1[redacted]')
     .replace(/^(\/gateway\/v1\/webhooks\/upstream\/)[^/?]+/, '$1[redacted]');
@@ -39,9 +43,8 @@ export default fp(
     app.addHook('onResponse', async (request: FastifyRequest, reply: FastifyReply) => {
       const route = request.routeOptions.url ?? 'unmatched';
       const tenant = request.principal?.tenant.id ?? '';
-      metrics.requests.inc({ route, status: reply.statusCode, tenant });
-      // The dashboard's counts (only with ADMIN_API_KEY set), from the same hook rather than one more per request.
-      app.opsStats?.record({
+      // /metrics and the dashboard (with ADMIN_API_KEY set) count from this one call.
+      metrics.answered({
         tenant,
         route,
         method: request.method,
