@@ -95,6 +95,36 @@ describe('a prediction with a file input', () => {
     }
   });
 
+  it('with FILES_DELIVERY=url, answers with the file URL the client sent, not the signed link the upstream got', async () => {
+    const publicBase = 'http://gateway.test:8080';
+    const own = await startGateway({ sim: s, env: { FILES_DELIVERY: 'url', PUBLIC_BASE_URL: publicBase, FILES_URL_SECRET: 'state-test-files-secret-0123456789abcdef' } });
+    try {
+      const file = await upload(own.url, Buffer.alloc(2048, 5));
+      s.sim.clearRequests();
+      const created = await call(own.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { image: file.url } } });
+      expect(created.status).toBe(201);
+      expect((upstreamCalls(s.sim, /predictions$/).at(-1)!.body as { input: { image: string } }).input.image).toContain('/gateway/v1/files/');
+      expect(created.body.input.image).toBe(file.url);
+      // Another replica, which never saw the create, reads the running prediction from the upstream (which echoes the
+      // signed link) and puts the client's input back from the record.
+      const running = await call(own.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { image: file.url, duration_ms: 5000 } } });
+      const replica = await startGateway({ sim: s, prefix: own.config.REDIS_KEY_PREFIX, env: { FILES_DELIVERY: 'url', PUBLIC_BASE_URL: publicBase, FILES_URL_SECRET: 'state-test-files-secret-0123456789abcdef' } });
+      try {
+        const polled = await call(replica.url, 'GET', `/replicate/v1/predictions/${running.body.id}`, { key: KEY_A });
+        expect(polled.body.status).not.toBe('succeeded');
+        expect(polled.body.input).toEqual({ image: file.url, duration_ms: 5000 });
+      } finally {
+        await replica.close();
+      }
+      // Every later answer, read from the upstream or from the store.
+      expect((await untilEnded(own.url, created.body.id)).input.image).toBe(file.url);
+      const list = await call(own.url, 'GET', '/replicate/v1/predictions', { key: KEY_A });
+      expect(list.body.results.map((p: { input: { image: string } }) => p.input.image)).toEqual([file.url, file.url]);
+    } finally {
+      await own.close();
+    }
+  });
+
   it('lists 40 predictions with a 1 MB file input each in an answer about as small as 40 without', async () => {
     // A gateway of its own: this tenant's list holds only these 40.
     const own = await startGateway({ sim: s, env: { DEFAULT_RATE_LIMIT_MAX: '100000' } });
