@@ -3,7 +3,7 @@
 // loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
 // Bounded: 10 targets of 2 s warm-up and 7 s measured each, 90 s of load, plus start-up.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import autocannon from 'autocannon';
@@ -113,6 +113,26 @@ async function json(url: string, init: RequestInit): Promise<any> {
 
 let ownRedis: RedisServer | undefined;
 
+/**
+ * BENCH_BASELINE=<commit>: that commit's gateway, built once into a temporary directory (`git archive` of the commit,
+ * this checkout's node_modules linked in, its own `npm run build`), so a before/after is one command. The build is
+ * kept under the system's temp directory by commit hash and reused by later runs.
+ */
+function buildBaseline(commit: string): { name: string; entry: string } {
+  const sha = execFileSync('git', ['rev-parse', '--verify', `${commit}^{commit}`], { encoding: 'utf8' }).trim();
+  const dir = join(tmpdir(), `fgw-bench-baseline-${sha}`);
+  const entry = join(dir, 'dist', 'server.js');
+  if (!existsSync(entry)) {
+    process.stderr.write(`building ${commit} (${sha.slice(0, 7)}) in ${dir}\n`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    execFileSync('sh', ['-c', `git archive ${sha} | tar -x -C ${JSON.stringify(dir)}`], { stdio: 'inherit' });
+    symlinkSync(resolve('node_modules'), join(dir, 'node_modules'), 'dir');
+    execFileSync('npm', ['run', '-s', 'build'], { cwd: dir, stdio: 'inherit' });
+  }
+  return { name: commit.length > 12 ? sha.slice(0, 7) : commit, entry };
+}
+
 async function main(): Promise<void> {
   ownRedis = process.env.REDIS_URL ? undefined : await RedisServer.start();
   const redisUrl = process.env.REDIS_URL ?? ownRedis!.url;
@@ -136,8 +156,9 @@ async function main(): Promise<void> {
     startSimulatorProcess({ args: ['dist/simulator/main.js'], apiKey: UPSTREAM_KEY, stepMs: 1000, latencyMs, inheritEnv: true, quiet: true });
   // BENCH_GATEWAY runs another build (e.g. an older commit's dist/server.js) for before/after comparisons; a relative
   // path is taken from the current directory. The same V8 flag as `npm start` and the Docker image (see the Dockerfile).
-  const entry = resolve(process.env.BENCH_GATEWAY ?? 'dist/server.js');
-  const gateway = (upstream: ServerProcess, name: string) =>
+  const builds = [{ name: process.env.BENCH_GATEWAY ? 'BENCH_GATEWAY' : 'this build', entry: resolve(process.env.BENCH_GATEWAY ?? 'dist/server.js') }];
+  if (process.env.BENCH_BASELINE) builds.push(buildBaseline(process.env.BENCH_BASELINE));
+  const gateway = (upstream: ServerProcess, name: string, entry: string) =>
     startGatewayProcess({
       args: ['--max-semi-space-size=32', entry],
       upstreamUrl: upstream.url,
@@ -150,11 +171,13 @@ async function main(): Promise<void> {
       quiet: true,
     });
   const [helloProc, simProc, slowSimProc] = await Promise.all([helloStarting, simulator(0), simulator(LATENCY_MS)]);
-  const [gwProc, slowGwProc] = await Promise.all([gateway(simProc, 'fast'), gateway(slowSimProc, 'slow')]);
+  // Each build gets its own pair of gateways (own key prefix), in front of the same two upstreams.
+  const pairs = await Promise.all(builds.map(async (b, i) => {
+    const [fastP, slowP] = await Promise.all([gateway(simProc, `fast${i}`, b.entry), gateway(slowSimProc, `slow${i}`, b.entry)]);
+    return { ...b, fastP, slowP };
+  }));
   const simBase = simProc.url;
   const slowSimBase = slowSimProc.url;
-  const gw = gwProc.url;
-  const slowGw = slowGwProc.url;
 
   const up = { authorization: `Bearer ${UPSTREAM_KEY}`, 'content-type': 'application/json' };
   const mine = { authorization: `Bearer ${TENANT_KEY}`, 'content-type': 'application/json' };
@@ -170,24 +193,42 @@ async function main(): Promise<void> {
 
   process.stderr.write(`load: ${WRK ? 'wrk (1 thread)' : 'autocannon'}, ${CONNECTIONS} connections, ${WARMUP_SECONDS} s warm-up + ${DURATION} s per target\n`);
   const hello = await load('bare Fastify hello', { url: `${helloProc.url}/` }, helloProc);
-  const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
-  await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
-  const cached = await load('gateway: GET cached terminal', { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine }, gwProc);
+  const tag = (b: { name: string }) => (builds.length > 1 ? ` [${b.name}]` : '');
+  const cachedOf = async (b: (typeof pairs)[number]) => {
+    const gw = b.fastP.url;
+    const done = await json(`${gw}${modelPath}`, { method: 'POST', headers: { ...mine, prefer: 'wait=5' }, body: createBody });
+    await json(`${gw}/replicate/v1/predictions/${done.id}`, { headers: mine });
+    return load(`gateway${tag(b)}: GET cached terminal`, { url: `${gw}/replicate/v1/predictions/${done.id}`, headers: mine }, b.fastP);
+  };
+  const cachedRows = [];
+  for (const b of pairs) cachedRows.push(await cachedOf(b));
 
-  // One upstream after the other: direct GET, direct create, gateway poll, gateway create.
-  async function against(label: string, sim: string, gwUrl: string, simP: ServerProcess, gwP: ServerProcess) {
+  // One upstream after the other: direct GET, direct create, then each build's gateway poll and create.
+  async function against(label: string, sim: string, simP: ServerProcess, gwOf: (b: (typeof pairs)[number]) => ServerProcess) {
     const simRunning = await running(sim, up, simModelPath);
     const simGet = await load(`upstream ${label} direct: GET running`, { url: `${sim}/predictions/${simRunning.id}`, headers: up }, simP);
     const simCreate = await load(`upstream ${label} direct: create`, { url: `${sim}${simModelPath}`, method: 'POST', headers: up, body: createBody }, simP);
-    const gwRunning = await running(gwUrl, mine, modelPath);
-    const poll = await load(`gateway → ${label}: poll running`, { url: `${gwUrl}/replicate/v1/predictions/${gwRunning.id}`, headers: mine }, gwP);
-    const create = await load(`gateway → ${label}: create`, { url: `${gwUrl}${modelPath}`, method: 'POST', headers: mine, body: createBody }, gwP);
-    return { simGet, simCreate, poll, create };
+    const perBuild = [];
+    for (const b of pairs) {
+      const gwP = gwOf(b);
+      const gwRunning = await running(gwP.url, mine, modelPath);
+      const poll = await load(`gateway${tag(b)} → ${label}: poll running`, { url: `${gwP.url}/replicate/v1/predictions/${gwRunning.id}`, headers: mine }, gwP);
+      const create = await load(`gateway${tag(b)} → ${label}: create`, { url: `${gwP.url}${modelPath}`, method: 'POST', headers: mine, body: createBody }, gwP);
+      perBuild.push({ poll, create });
+    }
+    return { simGet, simCreate, perBuild };
   }
-  const fast = await against('on loopback', simBase, gw, simProc, gwProc);
-  const slow = await against(`+${LATENCY_MS} ms`, slowSimBase, slowGw, slowSimProc, slowGwProc);
+  const fastAll = await against('on loopback', simBase, simProc, (b) => b.fastP);
+  const slowAll = await against(`+${LATENCY_MS} ms`, slowSimBase, slowSimProc, (b) => b.slowP);
+  const fast = { ...fastAll, ...fastAll.perBuild[0]! };
+  const slow = { ...slowAll, ...slowAll.perBuild[0]! };
+  const cached = cachedRows[0]!;
 
-  const rows = [hello, cached, fast.simGet, fast.simCreate, fast.poll, fast.create, slow.simGet, slow.simCreate, slow.poll, slow.create];
+  const rows = [
+    hello, ...cachedRows,
+    fast.simGet, fast.simCreate, ...fastAll.perBuild.flatMap((r) => [r.poll, r.create]),
+    slow.simGet, slow.simCreate, ...slowAll.perBuild.flatMap((r) => [r.poll, r.create]),
+  ];
   const fmt = (n: number | string, w: number) => String(n).padStart(w);
   const lines = [
     `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, ${WRK ? 'wrk' : 'autocannon'}, ${CONNECTIONS} connections, ${DURATION} s per target`,
@@ -211,6 +252,17 @@ async function main(): Promise<void> {
   }
   if (fast.simCreate.cpuUs && fast.create.cpuUs) {
     lines.push(`| by CPU: upstream create / gateway create (loopback) | ${(fast.simCreate.cpuUs / fast.create.cpuUs).toFixed(2)} | (≥ 0.50) | ${fast.simCreate.cpuUs} µs vs ${fast.create.cpuUs} µs |`);
+  }
+  if (pairs.length > 1) {
+    // The same three ratios for the baseline, from this same run: the current build must not fall below it.
+    lines.push('', `| ratio, this run | this build | ${pairs[1]!.name} | not below it |`, '|---|---:|---:|---|');
+    const vs = (name: string, now: number, then: number) => lines.push(`| ${name} | ${now.toFixed(2)} | ${then.toFixed(2)} | ${now >= then ? 'yes' : 'NO'} |`);
+    vs('cached GET / bare hello', cached.rps / hello.rps, cachedRows[1]!.rps / hello.rps);
+    vs('loopback: poll / direct GET', fast.poll.rps / fast.simGet.rps, fastAll.perBuild[1]!.poll.rps / fast.simGet.rps);
+    vs('loopback: create / direct create', fast.create.rps / fast.simCreate.rps, fastAll.perBuild[1]!.create.rps / fast.simCreate.rps);
+    vs(`+${LATENCY_MS} ms: poll / direct GET`, slow.poll.rps / slow.simGet.rps, slowAll.perBuild[1]!.poll.rps / slow.simGet.rps);
+    vs(`+${LATENCY_MS} ms: create / direct create`, slow.create.rps / slow.simCreate.rps, slowAll.perBuild[1]!.create.rps / slow.simCreate.rps);
+    if (cached.cpuUs && cachedRows[1]!.cpuUs) lines.push(`| CPU µs per cached GET / poll / create (loopback) | ${cached.cpuUs} / ${fast.poll.cpuUs} / ${fast.create.cpuUs} | ${cachedRows[1]!.cpuUs} / ${fastAll.perBuild[1]!.poll.cpuUs} / ${fastAll.perBuild[1]!.create.cpuUs} | |`);
   }
   const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0);
   if (failed.length) lines.push('', `errors in: ${failed.map((r) => r.name).join(', ')}`);

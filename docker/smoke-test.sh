@@ -261,16 +261,20 @@ body=${waited%$'\n'*}
 [ "$(json status <<<"$body")" = succeeded ] || die "create with Prefer: wait answered status '$(json status <<<"$body")': $body"
 say "Prefer: wait create answered $(json id <<<"$body") succeeded (HTTP $code)"
 
-say "checking Redis key fgw:term:{p:$ID}"
+say "checking Redis keys fgw:rec:{p:$ID} and fgw:term:{p:$ID}"
 deadline=$((SECONDS + $(left 20)))
+rec=
 term=
+# One stored body per prediction: the end is written over the record, and term is the flag that serves it.
 while [ "$SECONDS" -lt "$deadline" ]; do
+  rec=$(compose 10 exec -T redis redis-cli -p "$SMOKE_REDIS_PORT" GET "fgw:rec:{p:$ID}" 2>/dev/null) || rec=
   term=$(compose 10 exec -T redis redis-cli -p "$SMOKE_REDIS_PORT" GET "fgw:term:{p:$ID}" 2>/dev/null) || term=
-  [[ $term == *'"status":"succeeded"'* ]] && break
+  [[ $rec == *'"status":"succeeded"'* && $term == 1 ]] && break
   sleep 1
 done
-[[ $term == *'"status":"succeeded"'* ]] || die "Redis has no succeeded terminal record under fgw:term:{p:$ID} (got: ${term:0:200})"
-say "Redis holds the terminal prediction (${#term} bytes)"
+[[ $rec == *'"status":"succeeded"'* ]] || die "Redis has no succeeded record under fgw:rec:{p:$ID} (got: ${rec:0:200})"
+[[ $term == 1 ]] || die "Redis has no terminal flag under fgw:term:{p:$ID} (got: ${term:0:200})"
+say "Redis holds the terminal prediction once (${#rec} bytes) and its cache flag"
 
 # ---------------------------------------------------------------------------------------------------------
 # 5. Health check and graceful stop (SIGTERM reaches node as PID 1).

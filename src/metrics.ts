@@ -1,5 +1,6 @@
 // Prometheus metrics (prom-client). One registry per app, so several apps in one process (tests) never collide.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Answered } from './dashboard/stats.js';
 
 /** One tenant's budgets and running count as the store has them (shared by replicas: every replica reports the same). */
 export interface BudgetSample {
@@ -10,11 +11,20 @@ export interface BudgetSample {
 
 export class Metrics {
   readonly registry = new Registry();
+  // One count per answered request, in plain maps (no label hashing on the request path), read by /metrics when it
+  // is scraped and passed on to the dashboard's own windows (src/dashboard/stats.ts): one counting system for both.
+  readonly #answered = new Map<string, { route: string; status: number; tenant: string; n: number }>();
+  readonly #cacheResults = { hit: 0, miss: 0 };
+  readonly #sinks: ((a: Answered) => void)[] = [];
   readonly requests = new Counter({
     name: 'fgw_requests_total',
     help: 'Requests answered, by route, status code and tenant',
     labelNames: ['route', 'status', 'tenant'] as const,
     registers: [this.registry],
+    collect: () => {
+      this.requests.reset();
+      for (const c of this.#answered.values()) this.requests.inc({ route: c.route, status: c.status, tenant: c.tenant }, c.n);
+    },
   });
   readonly upstreamDuration = new Histogram({
     name: 'fgw_upstream_duration_seconds',
@@ -46,7 +56,28 @@ export class Metrics {
     help: 'Terminal-prediction cache lookups, by result (hit or miss)',
     labelNames: ['result'] as const,
     registers: [this.registry],
+    collect: () => {
+      this.cache.reset();
+      this.cache.inc({ result: 'hit' }, this.#cacheResults.hit);
+      this.cache.inc({ result: 'miss' }, this.#cacheResults.miss);
+    },
   });
+
+  /** Counts an answered request (the access hook calls this once per request). */
+  answered(a: Answered): void {
+    const key = `${a.route}\u0000${a.status}\u0000${a.tenant}`;
+    const c = this.#answered.get(key);
+    if (c) c.n++;
+    else this.#answered.set(key, { route: a.route, status: a.status, tenant: a.tenant, n: 1 });
+    if (a.cache === 'HIT') this.#cacheResults.hit++;
+    else if (a.cache) this.#cacheResults.miss++;
+    for (const sink of this.#sinks) sink(a);
+  }
+
+  /** Also hands every answered request to `sink` (the dashboard, when it is on). */
+  onAnswered(sink: (a: Answered) => void): void {
+    this.#sinks.push(sink);
+  }
   readonly rateLimited = new Counter({
     name: 'fgw_rate_limited_total',
     help: 'Requests refused by a rate limit, by tenant and limit',

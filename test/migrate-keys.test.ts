@@ -42,8 +42,12 @@ describe('migrate-keys', () => {
     expect(await store.lookup('old1')).toEqual({ owner: null, terminal: null, upstream: null });
 
     const report = await migrateKeys(raw, P, { dryRun: false });
-    expect(Object.values(report.kinds).reduce((n, k) => n + k.moved, 0)).toBe(11);
+    expect(Object.values(report.kinds).reduce((n, k) => n + k.moved, 0)).toBe(12);
     expect(await store.lookup('old1')).toEqual({ owner: 'team-m', terminal: done, upstream: null });
+    // One body per prediction: the cached end was written over the record, the cache is a flag, the list shows the end.
+    expect(await raw.get(`${P}rec:{p:old1}`)).toBe(done);
+    expect(await raw.get(`${P}term:{p:old1}`)).toBe('1');
+    expect((await store.listPage('team-m', { limit: 10 })).entries.map((e) => e.json)).toEqual([done]);
     expect((await store.listPage('team-m', { limit: 10 })).entries.map((e) => e.id)).toEqual(['old1']);
     expect(await store.usageGet('team-m', ['2026-12-01'])).toEqual({ '2026-12-01': { creates: 3, succeeded: 1 } });
     expect((await store.idemGet('team-m:abc'))?.state).toBe('done');

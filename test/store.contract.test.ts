@@ -125,7 +125,7 @@ describe.each(factories)('%s store', (_kind, make) => {
 
   it('records a create that is already terminal, and its idempotency record, in the same step, counting it once', async () => {
     const done = pred('t1', 'succeeded', { metrics: { predict_time: 0.25 } });
-    const idem = { key: 'team-x:k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, body: done }, ttlSeconds: 60 };
+    const idem = { key: 'team-x:k-create', record: { state: 'done' as const, fingerprint: 'fp', status: 201, id: 't1' }, ttlSeconds: 60 };
     const rec = { tenant: 'team-x', id: 't1', score: NOW, json: done, day: DAY, terminal: { status: 'succeeded', predictTime: 0.25 }, idem };
     expect(await store.recordCreate(rec)).toBe(true);
     // A retry of the same write (its answer was lost) changes nothing.
@@ -134,6 +134,19 @@ describe.each(factories)('%s store', (_kind, make) => {
     expect(await store.idemGet('team-x:k-create')).toEqual(idem.record);
     expect(await store.usageGet('team-x', [DAY])).toEqual({ [DAY]: { creates: 1, succeeded: 1, predict_time: 0.25 } });
     expect((await store.listPage('team-x', { limit: 10 })).entries.map((e) => e.id)).toEqual(['t1']);
+  });
+
+  it('keeps one body per prediction: the end written over its record is what the cache, the list and current() serve', async () => {
+    await store.recordCreate({ tenant: 'team-o', id: 'one1', score: NOW, json: pred('one1'), day: DAY });
+    expect((await store.current('one1')).record).toBe(pred('one1'));
+    const done = pred('one1', 'succeeded');
+    await store.recordTerminal({ id: 'one1', tenant: 'team-o', json: done, status: 'succeeded', predictTime: 0, day: DAY });
+    expect(await store.lookup('one1')).toEqual({ owner: 'team-o', terminal: done });
+    expect((await store.current('one1')).record).toBe(done);
+    expect((await store.listPage('team-o', { limit: 10 })).entries.map((e) => e.json)).toEqual([done]);
+    // A running state that arrives late never steps back over the end.
+    expect(await store.observe({ id: 'one1', json: pred('one1', 'processing'), rank: 1, logs: 0, digest: 'late' })).toBe(false);
+    expect((await store.lookup('one1')).terminal).toBe(done);
   });
 
   it('never moves an owned id to another tenant, and writes nothing for the second one', async () => {
@@ -179,11 +192,11 @@ describe('memory store bounds', () => {
       const json = JSON.stringify({ id: `m${i}`, status: 'succeeded', input: { big } });
       await store.recordCreate({ tenant: 't', id: `m${i}`, score: i, json, day: '2026-12-02', terminal: { status: 'succeeded', predictTime: 0 } });
     }
-    // About 4 MB each for records and terminal bodies: the newest few stay, the oldest bodies are gone.
+    // One body per prediction, in about 9 MB for records: the newest few stay, the oldest bodies are gone.
     expect((await store.lookup('m39')).terminal).not.toBeNull();
     expect((await store.lookup('m0')).terminal).toBeNull();
     const page = await store.listPage('t', { limit: 100 });
-    expect(page.entries.length).toBeLessThanOrEqual(4);
+    expect(page.entries.length).toBeLessThanOrEqual(9);
     expect(page.entries[0]!.id).toBe('m39');
   });
 });

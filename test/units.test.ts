@@ -86,6 +86,10 @@ describe('prediction bodies', () => {
     expect(deeperThan('{"a":[[1]]}', 3)).toBe(false);
     expect(deeperThan('{"a":[[[1]]]}', 3)).toBe(true);
     expect(deeperThan('{"a":"[[[[\\"[[[["}', 1)).toBe(false);
+    // A string that ends in an escaped backslash ends at the next quote; an escaped quote does not end it.
+    expect(deeperThan('{"a":"x\\\\","b":[[[1]]]}', 3)).toBe(true);
+    expect(deeperThan('{"a":"\\\\\\"[[[[","b":1}', 1)).toBe(false);
+    expect(deeperThan(`{"a":"${'x'.repeat(1000)}","b":${'['.repeat(70)}${']'.repeat(70)}}`, 64)).toBe(true);
   });
 });
 

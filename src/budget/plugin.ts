@@ -69,13 +69,22 @@ export const budgetHeaders = fp(
   async (app) => {
     app.decorateRequest('budgetHeaders', undefined);
     const read = (request: FastifyRequest) => app.budgets.remainingHeaders(request.principal!).catch(() => undefined);
-    app.addHook('onRequest', async (request) => {
-      if (request.principal && !request.routeOptions.config.create) request.budgetHeaders = read(request);
+    // Most callers have no budget: for them both hooks return at once, without a promise or a microtask turn.
+    const budgeted = (request: FastifyRequest) => {
+      const p = request.principal;
+      return !!p && (p.tenant.budget !== undefined || p.token?.budget !== undefined);
+    };
+    app.addHook('onRequest', (request, _reply, done) => {
+      if (budgeted(request) && !request.routeOptions.config.create) request.budgetHeaders = read(request);
+      done();
     });
-    app.addHook('onSend', async (request, reply) => {
-      if (!request.principal || BUDGET_HEADERS.some((h) => reply.hasHeader(h))) return;
-      const headers = await (request.budgetHeaders ?? read(request));
-      if (headers) reply.headers(headers);
+    app.addHook('onSend', (request, reply, payload, done) => {
+      if (!budgeted(request) || BUDGET_HEADERS.some((h) => reply.hasHeader(h))) return done(null, payload);
+      // read() never rejects (a store failure only costs the headers).
+      void (request.budgetHeaders ?? read(request)).then((headers) => {
+        if (headers) reply.headers(headers);
+        done(null, payload);
+      });
     });
   },
   { name: 'budget-headers', dependencies: ['auth', 'limits', 'budgets'] },

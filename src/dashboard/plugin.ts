@@ -1,5 +1,5 @@
 // `app.opsStats`: with ADMIN_API_KEY set, every answer is counted for the dashboard (in memory, src/dashboard/stats.ts,
-// from the access-log hook in src/http/request-log.ts) and this process's report is published to the shared kv every
+// handed on by the request count of src/metrics.ts, which the access-log hook feeds) and this process's report is published to the shared kv every
 // few seconds. Without it, nothing is counted.
 import fp from 'fastify-plugin';
 import { OpsStats } from './stats.js';
@@ -15,6 +15,7 @@ export default fp(
     const { upstream } = app;
     const stats = new OpsStats(app.kv, () => ({ upstream: upstream.breakerOpen, tenants: upstream.openTenantBreakers() }));
     app.decorate('opsStats', stats);
+    app.metrics.onAnswered((a) => stats.record(a));
     // Published when something changed, and every other tick regardless, so the replica shows as live.
     let tick = 0;
     const publish = (force: boolean) =>
@@ -27,5 +28,5 @@ export default fp(
       await publish(true);
     });
   },
-  { name: 'dashboard-stats', dependencies: ['config', 'store', 'upstream'] },
+  { name: 'dashboard-stats', dependencies: ['config', 'store', 'upstream', 'metrics'] },
 );

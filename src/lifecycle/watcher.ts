@@ -169,7 +169,7 @@ export class Watcher {
   async #cancel(e: OpenEntry): Promise<PredictionBody | undefined> {
     try {
       const res = await this.#d.upstream.client(e.upstream).request({ method: 'POST', path: `/predictions/${encodeURIComponent(e.id)}/cancel`, requestId: `watch-${e.id}`, tenant: e.tenant, retry: true });
-      return sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(this.#d.config)), e.id);
+      return await this.#d.poller.inputs.restore(sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(this.#d.config)), e.id));
     } catch (err) {
       this.#d.log.warn({ prediction: e.id, tenant: e.tenant, reason: (err as Error).message }, 'watcher: could not cancel a prediction upstream');
       return undefined;

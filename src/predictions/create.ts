@@ -17,8 +17,11 @@ export interface CreateInput {
   path: string;
   /** The body as the client sent it (and as the idempotency fingerprint sees it). */
   body: string;
-  /** The body that goes upstream (files inlined), made once the create is admitted; default: `body`. */
-  forward?: () => Promise<string>;
+  /**
+   * The body that goes upstream (files inlined), made once the create is admitted; default: `body`. With `input`
+   * when the gateway changed the input on its way (its files): the answers show that input, not the upstream's echo.
+   */
+  forward?: () => Promise<{ body: string; input?: unknown }>;
   /** The model created, for its price (by version: as the version book knows it); asked only when budgets apply. */
   model?: () => Promise<string | undefined>;
   prefer?: string;
@@ -50,7 +53,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   const { idem, replay } = await claimCreate(store, token ? `${tenant}:token:${token.jti}` : tenant, input, timeoutMs);
   if (replay) {
     metrics.idempotentReplays.inc();
-    return { status: replay.status, body: new PredictionBody(replay.raw), replayed: true };
+    // The prediction as it is now (its record), under the create's status: the same prediction, never a second copy.
+    const raw = replay.raw ?? (replay.id !== undefined ? (facts.terminal(replay.id)?.raw ?? (await store.current(replay.id)).record) : null);
+    if (raw === null) throw new GatewayError('CONFLICT', 'the prediction this Idempotency-Key created is no longer stored; use a new key to create another');
+    return { status: replay.status, body: new PredictionBody(raw), replayed: true };
   }
 
   // Asked at most once: budgets price the create by it, and accounts that take only some models route by it.
@@ -61,18 +67,20 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
   let pinned: string;
   let reservation;
   let body: PredictionBody;
+  let clientInput: unknown;
   try {
     // Budgets, the running cap and the share of the upstream account: admitted (and reserved) without a race, or a
     // 429. Running slots are freed by the watcher when predictions end, whether or not anyone asks about them.
     reservation = await deps.budgets.reserve(caller.principal, model, timeoutMs);
-    const forward = input.forward ? await input.forward() : input.body;
+    const sent = input.forward ? await input.forward() : { body: input.body };
+    clientInput = sent.input;
     await spendTokenCreate(store, caller.principal.token);
     // One account runs it; another is tried only after an answer that started no job (src/upstream/upstreams.ts).
     const routed = await upstream.create(upstream.restricted && model ? await model() : undefined, (client) =>
       client.request({
         method: 'POST',
         path: input.path,
-        body: forward,
+        body: sent.body,
         requestId: caller.requestId,
         tenant,
         prefer: prefer.header,
@@ -87,6 +95,9 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     pinned = routed.upstream;
     // A 2xx that is not a prediction started nothing the gateway could ever follow: a failed create like any other.
     body = PredictionBody.fromUpstream(res.body, upstreamDepth(config));
+    // The upstream echoes the files it was given (megabytes of data: URIs): the client, the store and every later
+    // answer get the gateway URLs the client sent instead.
+    if (clientInput !== undefined) body = body.withInput(clientInput);
   } catch (err) {
     // After a timeout the upstream may have created the job: keep the key claimed until its lease ends, so a
     // retry cannot start it a second time. Any other failure created nothing, or nothing the gateway can hand over
@@ -110,10 +121,10 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
         tenant,
         id,
         score: now * 1000 + Math.floor(Math.random() * 1000),
-        json: res.body,
+        json: body.raw,
         day: today(),
         terminal,
-        idem: idem && { key: idem.key, record: idem.done(res.status, res.body), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
+        idem: idem && { key: idem.key, record: idem.done(res.status, id), ttlSeconds: idem.ttlSeconds ?? config.IDEMPOTENCY_TTL_SECONDS },
         upstream: pinned,
         // Settled when the gateway sees the prediction end; the watcher gives up on it (and settles it as expired)
         // after PREDICTION_MAX_OPEN_SECONDS, and the reservation lapses a minute after that if even that failed.
@@ -136,6 +147,7 @@ export async function createPrediction(deps: PredictionDeps, caller: Caller, inp
     throw new GatewayError('UPSTREAM_ERROR', 'the upstream answered this create with a prediction that belongs to someone else; nothing was created for you');
   }
   facts.owners.set(id, tenant);
+  if (clientInput !== undefined) deps.inputs.remember(id, clientInput);
   if (terminal) {
     facts.setTerminal(id, body);
     deps.lifecycle.createdTerminal(tenant, body);

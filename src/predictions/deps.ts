@@ -8,6 +8,7 @@ import type { Store } from '../store/store.js';
 import type { Principal } from '../types.js';
 import type { VersionBook } from '../models/versions.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientInputs } from './client-inputs.js';
 import type { Facts } from './facts.js';
 import type { Poller } from './poller.js';
 import type { PredictionBody } from './prediction.js';
@@ -20,6 +21,8 @@ export interface PredictionDeps {
   metrics: Metrics;
   facts: Facts;
   poller: Poller;
+  /** Puts the client's own input back into upstream answers. */
+  inputs: ClientInputs;
   versions: VersionBook;
   budgets: Budgets;
   /** Where what a read saw is reported, and the one place that decides a prediction ended. */

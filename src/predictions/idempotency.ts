@@ -10,10 +10,11 @@ import { untilStored } from './store-retry.js';
 
 const POLL_MS = 100;
 
-/** A replayed create: its stored status and raw body. */
+/** A replayed create: its stored status, and the prediction it made (or, from an older gateway, the raw body). */
 export interface Replay {
   status: number;
-  raw: string;
+  id?: string;
+  raw?: string;
 }
 
 /** The store key of a client's Idempotency-Key within `scope` (a tenant, or one token); 400 for a malformed header. */
@@ -79,7 +80,7 @@ export class IdempotentCreate {
       if (rec.fingerprint !== this.fingerprint) {
         throw new GatewayError('IDEMPOTENCY_MISMATCH', 'this Idempotency-Key was already used with a different request body');
       }
-      if (rec.state === 'done') return { status: rec.status!, raw: rec.body! };
+      if (rec.state === 'done') return { status: rec.status!, id: rec.id, raw: rec.body };
       if (Date.now() + POLL_MS > deadline) {
         throw new GatewayError('CONFLICT', 'a request with this Idempotency-Key is still in progress; retry later', {
           headers: { 'retry-after': '1' },
@@ -94,9 +95,9 @@ export class IdempotentCreate {
     await this.store.idemRelease(this.key).catch(() => {});
   }
 
-  /** The record a finished create leaves for its replays (kept for `ttlSeconds`). */
-  done(status: number, raw: string): IdempotencyRecord {
-    return { state: 'done', fingerprint: this.fingerprint, status, body: raw };
+  /** The record a finished create leaves for its replays (kept for `ttlSeconds`): its status and the prediction's id. */
+  done(status: number, id: string): IdempotencyRecord {
+    return { state: 'done', fingerprint: this.fingerprint, status, id };
   }
 }
 

@@ -8,6 +8,7 @@ import { Watcher } from '../lifecycle/watcher.js';
 import { VersionBook } from '../models/versions.js';
 import { upstreamDepth } from './create.js';
 import type { PredictionDeps } from './deps.js';
+import { ClientInputs } from './client-inputs.js';
 import { Facts } from './facts.js';
 import { Poller } from './poller.js';
 
@@ -21,10 +22,11 @@ export default fp(
   async (app) => {
     const { config, store, upstreams: upstream, metrics, budgets, pubsub, tenants } = app;
     const facts = new Facts();
-    const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config));
+    const inputs = new ClientInputs(store);
+    const poller = new Poller(upstream, config.POLL_CACHE_MS, upstreamDepth(config), inputs);
     const log = app.log.child({ component: 'lifecycle' });
     const lifecycle = new Lifecycle({ config, store, budgets, facts, poller, metrics, pubsub, log });
-    const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, versions: new VersionBook(store, app.log), budgets, lifecycle };
+    const deps: PredictionDeps = { config, store, upstream, metrics, facts, poller, inputs, versions: new VersionBook(store, app.log), budgets, lifecycle };
     app.decorate('predictions', deps);
 
     const watcher = new Watcher({ config, store, upstream, poller, tenants, lifecycle, metrics, log });

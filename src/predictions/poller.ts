@@ -2,6 +2,7 @@
 // POLL_CACHE_MS. Deliberately per process (DESIGN.md): it only saves upstream calls, it never decides anything.
 import { BoundedMap } from '../lib/bounded-map.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientInputs } from './client-inputs.js';
 import { MAX_REMEMBERED_BODY, PredictionBody, sameId } from './prediction.js';
 
 export class Poller {
@@ -12,6 +13,8 @@ export class Poller {
     readonly upstreams: Upstreams,
     readonly microMs: number,
     readonly maxDepth: number,
+    /** Every answer shows the client's own input (the upstream echoes the files the gateway inlined). */
+    readonly inputs: ClientInputs,
   ) {
     this.#micro = new BoundedMap({ maxEntries: 10_000, maxBytes: 64 * 1024 * 1024, ttlMs: microMs, sizeOf: (b) => b.raw.length });
   }
@@ -38,7 +41,7 @@ export class Poller {
     const client = this.upstreams.client(caller.upstream);
     const p = client
       .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace })
-      .then((res) => sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id));
+      .then((res) => this.inputs.restore(sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id)));
     this.#inflight.set(id, p);
     try {
       const body = await p;

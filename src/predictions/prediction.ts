@@ -81,6 +81,12 @@ export class PredictionBody {
     return (this.#parsed ??= JSON.parse(this.raw) as Prediction);
   }
 
+  /** The same prediction with another `input` (the client's own, where the upstream echoes what the gateway sent). */
+  withInput(input: unknown): PredictionBody {
+    const p: Prediction = { ...this.prediction, input };
+    return new PredictionBody(JSON.stringify(p), p);
+  }
+
   get id(): string {
     return this.prediction.id as string;
   }

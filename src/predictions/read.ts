@@ -33,16 +33,14 @@ async function known(deps: PredictionDeps, tenant: string, id: string, poll: boo
   return { terminal, upstream };
 }
 
-function hit(deps: PredictionDeps, body: PredictionBody): Answer {
-  deps.metrics.cache.inc({ result: 'hit' });
+function hit(body: PredictionBody): Answer {
   return { status: 200, body, cache: 'HIT' };
 }
 
 export async function getPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
   const { terminal, fresh, upstream } = await known(deps, tenant, id, true);
-  if (terminal) return hit(deps, terminal);
-  deps.metrics.cache.inc({ result: 'miss' });
+  if (terminal) return hit(terminal);
   const { body, shared } = fresh ? { body: fresh, shared: true } : await deps.poller.get(id, { requestId: caller.requestId, tenant, observe: caller.observe, trace: caller.trace, upstream });
   if (shared) deps.metrics.coalesced.inc();
   // Only the request that fetched it reports it; those that shared the answer need not write it again. The end is
@@ -58,7 +56,7 @@ export async function getPrediction(deps: PredictionDeps, caller: Caller, id: st
 export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id: string): Promise<Answer> {
   const tenant = caller.principal.tenant.id;
   const { terminal, upstream } = await known(deps, tenant, id, false);
-  if (terminal) return hit(deps, terminal);
+  if (terminal) return hit(terminal);
   let res;
   try {
     res = await deps.upstream.client(upstream).request({
@@ -73,7 +71,7 @@ export async function cancelPrediction(deps: PredictionDeps, caller: Caller, id:
   } finally {
     deps.poller.forget(id);
   }
-  const body = sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id);
+  const body = await deps.inputs.restore(sameId(PredictionBody.fromUpstream(res.body, upstreamDepth(deps.config)), id));
   if (body.terminal) await deps.lifecycle.ended(tenant, body);
   else deps.lifecycle.observedInBackground(tenant, body);
   return { status: res.status, body, cache: 'MISS' };

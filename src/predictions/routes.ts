@@ -15,7 +15,7 @@ import { createdWindow } from './list-window.js';
 import { listPredictions } from './paging.js';
 import { cancelPrediction, getPrediction } from './read.js';
 import { untilStored } from './store-retry.js';
-import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema } from './schemas.js';
+import { CreateByModelSchema, CreateByVersionSchema, IdParamsSchema, ListQuerySchema, ModelParamsSchema, PREDICTION_ID } from './schemas.js';
 
 const WEBHOOK_FIELDS = new Set(['webhook', 'webhook_events_filter']);
 
@@ -26,6 +26,15 @@ const WEBHOOK_FIELDS = new Set(['webhook', 'webhook_events_filter']);
  */
 function webhookLookalike(body: Record<string, unknown>): string | undefined {
   return Object.keys(body).find((k) => !WEBHOOK_FIELDS.has(k) && WEBHOOK_FIELDS.has(k.normalize('NFKC').toLowerCase()));
+}
+
+/**
+ * The id of GET and cancel, the hottest routes: a well-formed one is taken with one regular-expression test; only
+ * a bad one goes through zod, for its 422 naming the field.
+ */
+function idOf(params: unknown): string {
+  const id = (params as { id?: unknown }).id;
+  return typeof id === 'string' && PREDICTION_ID.test(id) ? id : parse(IdParamsSchema, params, 'path').id;
 }
 
 const header = (request: FastifyRequest, name: string) => {
@@ -96,7 +105,11 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
     const answer = await createPrediction(deps, caller(request, 'create'), {
       path,
       body: raw,
-      forward: () => inlineFiles(inlining, request.principal!, bases, forward, body),
+      forward: async () => {
+        const sent = await inlineFiles(inlining, request.principal!, bases, forward, body);
+        // A changed body means files were put in: the answers show the client's own input, not the upstream's echo.
+        return sent === forward ? { body: sent } : { body: sent, input: body.input };
+      },
       model,
       // A client that says when it gives up is answered before then, held or not (src/predictions/client-retries.ts).
       prefer: preferWithin(header(request, 'prefer'), attempt?.answerWithinMs),
@@ -135,12 +148,12 @@ export async function predictionRoutes(app: FastifyInstance, opts: { fileSigner?
   });
 
   app.get('/predictions/:id', { config: { predictionScoped: true } }, async (request, reply) => {
-    const { id } = parse(IdParamsSchema, request.params, 'path');
+    const id = idOf(request.params);
     return send(request, reply, await getPrediction(deps, caller(request, 'get'), id));
   });
 
   app.post('/predictions/:id/cancel', { config: { predictionScoped: true } }, async (request, reply) => {
-    const { id } = parse(IdParamsSchema, request.params, 'path');
+    const id = idOf(request.params);
     return send(request, reply, await cancelPrediction(deps, caller(request, 'cancel'), id));
   });
 

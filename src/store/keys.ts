@@ -1,6 +1,7 @@
 // Every Redis key name (after REDIS_KEY_PREFIX), in one place. Redis Cluster hashes the first {...} of a key, so
 // each key carries a hash tag, and each script touches the keys of one tag only:
-//   {p:<id>}      a prediction: owner, its upstream, create-time record, terminal cache (looked up by id, tenant unknown)
+//   {p:<id>}      a prediction: owner, its upstream, its record (the one stored body), the terminal-cache flag (looked
+//                 up by id, tenant unknown)
 //   {t:<tenant>}  a tenant: index, usage, "counted once" markers, idempotency, budgets (its tokens' too),
 //                 reservations, running count, files index and sizes
 //   {f:<id>}      an uploaded file (looked up by id)
@@ -19,6 +20,7 @@ export const keys = {
   record: (id: string) => `rec:${p(id)}`,
   /** The upstream account that created it (src/upstream/upstreams.ts): every later call goes there. */
   pin: (id: string) => `pin:${p(id)}`,
+  /** '1' while the record is the end and may be served without asking the upstream (CACHE_TTL_SECONDS). */
   terminal: (id: string) => `term:${p(id)}`,
   /** What the watcher last wrote over the record (status rank, logs length, digest): observations only move forward. */
   life: (id: string) => `life:${p(id)}`,

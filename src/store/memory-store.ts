@@ -1,5 +1,5 @@
 // In-process store for a single gateway on a laptop: same contract as Redis, bounded by TTL, entry count and
-// bytes (the prediction bodies, which can carry whole images as data: URIs, share MEMORY_STORE_MAX_BYTES).
+// bytes (the prediction records, one body per prediction, share MEMORY_STORE_MAX_BYTES with idempotency records).
 import { BoundedMap } from '../lib/bounded-map.js';
 import type {
   BudgetTotals, CreateRecord, IdempotencyRecord, IndexEntry, ListQuery, Observation, OpenClaim, OpenEntry, OpenMeta, ReserveRequest, ReserveResult, Store, StoreOptions, TerminalRecord, UsageDay,
@@ -19,7 +19,8 @@ export class MemoryStore implements Store {
   /** Each prediction's upstream account, as the create named it. */
   readonly #pins: BoundedMap<string>;
   readonly #records: BoundedMap<string>;
-  readonly #terminal: BoundedMap<string>;
+  /** "The record is the end": served from the record for CACHE_TTL_SECONDS, as Redis's `term:` flag. */
+  readonly #terminal: BoundedMap<true>;
   readonly #seen: BoundedMap<true>;
   readonly #idem: BoundedMap<IdempotencyRecord>;
   readonly #counters: BoundedMap<number>;
@@ -45,15 +46,16 @@ export class MemoryStore implements Store {
   constructor(opts: StoreOptions & { maxEntries: number; maxBytes?: number }) {
     this.#opts = opts;
     this.#maxEntries = opts.maxEntries;
-    // The three maps that hold bodies get a third of the byte budget each; JSON text is about a byte a character.
-    const third = Math.floor((opts.maxBytes ?? 256 * 1024 * 1024) / 3);
-    const bodies = { maxEntries: opts.maxEntries, maxBytes: third, sizeOf: (v: string, k: string) => v.length + k.length };
+    // The records get most of the byte budget, idempotency records (small: they name the prediction) the rest; JSON
+    // text is about a byte a character.
+    const maxBytes = opts.maxBytes ?? 256 * 1024 * 1024;
+    const bodies = { maxEntries: opts.maxEntries, maxBytes: Math.floor(maxBytes * 0.75), sizeOf: (v: string, k: string) => v.length + k.length };
     this.#owners = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#pins = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#records = new BoundedMap(bodies);
-    this.#terminal = new BoundedMap(bodies);
+    this.#terminal = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#seen = new BoundedMap({ maxEntries: opts.maxEntries });
-    this.#idem = new BoundedMap({ ...bodies, sizeOf: (v: IdempotencyRecord, k: string) => (v.body?.length ?? 0) + k.length + 100 });
+    this.#idem = new BoundedMap({ ...bodies, maxBytes: Math.floor(maxBytes * 0.25), sizeOf: (v: IdempotencyRecord, k: string) => (v.body?.length ?? 0) + k.length + 100 });
     this.#counters = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#usage = new BoundedMap({ maxEntries: opts.maxEntries });
     this.#versions = new BoundedMap({ maxEntries: opts.maxEntries });
@@ -67,7 +69,7 @@ export class MemoryStore implements Store {
   }
 
   async lookup(id: string) {
-    return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ?? null, upstream: this.#pins.get(id) ?? null };
+    return { owner: this.#owners.get(id) ?? null, terminal: this.#terminal.get(id) ? (this.#records.get(id) ?? null) : null, upstream: this.#pins.get(id) ?? null };
   }
 
   async recordCreate(r: CreateRecord): Promise<boolean> {
@@ -107,8 +109,9 @@ export class MemoryStore implements Store {
   #terminalSeen(rec: TerminalRecord): boolean {
     this.#release(`p:${rec.id}`, rec.spendReserved ? 'reserved' : { seconds: rec.predictTime, cost: rec.cost ?? 0 });
     if (rec.json !== undefined) {
-      this.#terminal.set(rec.id, rec.json, this.#opts.cacheTtlSeconds * 1000);
-      if (this.#records.has(rec.id)) this.#records.set(rec.id, rec.json, this.#records.expiresIn(rec.id));
+      this.#terminal.set(rec.id, true, this.#opts.cacheTtlSeconds * 1000);
+      const ttl = this.#records.has(rec.id) ? this.#records.expiresIn(rec.id) : this.#opts.cacheTtlSeconds * 1000;
+      this.#records.set(rec.id, rec.json, ttl);
       // Rank 2: a late running state (a read that started before the end) is never written over the end.
       this.#life.set(rec.id, { r: 2, l: 0, d: '', v: (this.#life.get(rec.id)?.v ?? 0) + 1 }, this.#opts.predictionTtlSeconds * 1000);
     }
@@ -123,7 +126,7 @@ export class MemoryStore implements Store {
   async rewriteTerminal(id: string, json: string, keepSeconds: number): Promise<boolean> {
     if (!this.#records.has(id)) return false;
     this.#records.set(id, json, this.#records.expiresIn(id));
-    this.#terminal.set(id, json, Math.max(keepSeconds * 1000, this.#terminal.expiresIn(id)));
+    this.#terminal.set(id, true, Math.max(keepSeconds * 1000, this.#terminal.expiresIn(id)));
     return true;
   }
 
@@ -206,7 +209,7 @@ export class MemoryStore implements Store {
       slice = older.slice(0, q.limit);
       hasMore = older.length > q.limit;
     }
-    const entries = slice.map((e) => ({ id: e.id, score: e.score, json: this.#terminal.get(e.id) ?? this.#records.get(e.id)! }));
+    const entries = slice.map((e) => ({ id: e.id, score: e.score, json: this.#records.get(e.id)! }));
     return { entries, hasMore };
   }
 

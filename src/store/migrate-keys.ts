@@ -105,6 +105,39 @@ async function moveOne(client: Redis, rule: Rule, from: string, to: string): Pro
   await client.del(from);
 }
 
+// A cached terminal that still holds the body (before one body per prediction): the body is written over the
+// record (the list reads only that), and the cache becomes the flag. One slot ({p:<id>}), so safe on a Cluster.
+const FOLD_TERMINAL = `
+local v = redis.call('GET', KEYS[1])
+if not v or v == '1' then return 0 end
+if not redis.call('SET', KEYS[2], v, 'XX', 'KEEPTTL') then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('SET', KEYS[2], v, 'PX', ttl) end
+end
+redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+return 1`;
+
+/** Folds every cached terminal body into its record (or with `dryRun` only counts them). */
+async function foldTerminals(client: Redis, prefix: string, dryRun: boolean): Promise<{ found: number; moved: number }> {
+  const tally = { found: 0, moved: 0 };
+  const marker = `${prefix}term:{p:`;
+  for (const node of scanTargets(client)) {
+    let cursor = '0';
+    do {
+      const [next, found] = await node.scan(cursor, 'MATCH', `${marker}*`, 'COUNT', 1000);
+      cursor = next;
+      for (const full of found) {
+        if ((await client.strlen(full)) <= 1) continue;
+        tally.found++;
+        const id = full.slice(marker.length, -1);
+        if (!dryRun) tally.moved += Number(await client.eval(FOLD_TERMINAL, 2, full, `${prefix}${keys.record(id)}`));
+        else tally.moved++;
+      }
+    } while (cursor !== '0');
+  }
+  return tally;
+}
+
 /** Moves (or with `dryRun` only counts) every old-style key under `prefix`. `client` must have no keyPrefix. */
 export async function migrateKeys(client: Redis, prefix: string, opts: { dryRun: boolean; log?: (line: string) => void }): Promise<MigrationReport> {
   const report: MigrationReport = { kinds: {} };
@@ -129,6 +162,8 @@ export async function migrateKeys(client: Redis, prefix: string, opts: { dryRun:
     }
     opts.log?.(`${rule.kind}: ${tally.found} found, ${tally.moved} ${opts.dryRun ? 'would move' : 'moved'}`);
   }
+  const folded = (report.kinds['cached terminals folded into their records'] = await foldTerminals(client, prefix, opts.dryRun));
+  opts.log?.(`cached terminals folded into their records: ${folded.found} found, ${folded.moved} ${opts.dryRun ? 'would fold' : 'folded'}`);
   // The old reservations' expiry index is the one old key without an expiry of its own (reservations, running
   // counts and windows expire by themselves): dropped rather than left for ever.
   const stale = (report.kinds['old reservation index (dropped)'] = { found: await client.exists(`${prefix}rsvx`), moved: 0 });

@@ -18,6 +18,10 @@ import { USAGE_TTL_SECONDS } from './store.js';
 const BUDGET_FN = `
 -- A record outlives its expiry by a week, so the sweep (run by every reserve) finds it before Redis drops it.
 local RECORD_MARGIN = 604800
+-- The expiry index lives as long as the longest record it orders (every key expires; an idle tenant's index goes).
+local function keepFor(key, ttl)
+  if redis.call('TTL', key) < tonumber(ttl) then redis.call('EXPIRE', key, ttl) end
+end
 -- actual: nil releases; a table of spent amounts settles; with \`reserved\` set, what was reserved is spent (the
 -- estimate of a prediction that expired).
 local function release(rk, zkey, actual)
@@ -58,6 +62,7 @@ local function bind(from, to, zkey, expiresAt, ttl)
   redis.call('ZREM', zkey, from)
   redis.call('SET', to, cjson.encode(rec), 'EX', ttl)
   redis.call('ZADD', zkey, expiresAt, to)
+  keepFor(zkey, ttl)
 end
 `;
 
@@ -95,13 +100,15 @@ end
 const RECORD_TERMINAL = `${COUNTED_FN}
 return counted(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4], ARGV[5], ARGV[6])`;
 
-// {p:} KEYS: term, rec, life. ARGV: json, cacheTtl, predictionTtl. The terminal body is cached and written over the
-// create-time record (which keeps its expiry), so a list shows the end even after the cache let go of it; its rank
-// (2) keeps a late answer from a read that started before the end from writing a running state over it.
+// {p:} KEYS: term, rec, life. ARGV: json, cacheTtl, predictionTtl. The terminal body is written over the record
+// (which keeps its expiry): one stored body per prediction, which lists, webhooks and the cache all read; \`term\` is
+// only a flag that says "the record is the end, serve it" for CACHE_TTL_SECONDS. A record already gone (expired)
+// comes back for the cache's lifetime only. Its rank (2) keeps a late answer from a read that started before the end
+// from writing a running state over it.
 const TERMINAL_FN = `
 local function cacheTerminal(term, rec, life, json, cacheTtl, predictionTtl)
-  redis.call('SET', term, json, 'EX', cacheTtl)
-  redis.call('SET', rec, json, 'XX', 'KEEPTTL')
+  redis.call('SET', term, '1', 'EX', cacheTtl)
+  if not redis.call('SET', rec, json, 'XX', 'KEEPTTL') then redis.call('SET', rec, json, 'EX', cacheTtl) end
   redis.call('HSET', life, 'r', 2)
   redis.call('HINCRBY', life, 'v', 1)
   redis.call('EXPIRE', life, predictionTtl)
@@ -112,13 +119,13 @@ cacheTerminal(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 return 1`;
 
 // {p:} KEYS: term, rec. ARGV: json, keepSeconds. A terminal body the gateway itself changed (kept outputs): written
-// over the record (keeping its expiry) and the cache, which then lasts at least keepSeconds; nothing once the record
+// over the record (keeping its expiry), and the cache flag then lasts at least keepSeconds; nothing once the record
 // is gone.
 const REWRITE_TERMINAL = `
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'XX', 'KEEPTTL')
 local keep = math.max(1, tonumber(ARGV[2]), redis.call('TTL', KEYS[1]))
-redis.call('SET', KEYS[1], ARGV[1], 'EX', keep)
+redis.call('SET', KEYS[1], '1', 'EX', keep)
 return 1`;
 
 // {o} KEYS: open, openm, opens. ARGV: id.
@@ -271,7 +278,7 @@ return 1`;
 const CREATE_ALL = `${CREATE_FN}${OPEN_FN}
 if not claim({ KEYS[1], KEYS[2], KEYS[13] }, { ARGV[1], ARGV[2], ARGV[3], ARGV[18] }) then return 0 end
 tenantSide(slice(KEYS, 3, 7), slice(ARGV, 4, 11))
-if ARGV[15] ~= '' then redis.call('SET', KEYS[10], ARGV[2], 'EX', ARGV[15]) end
+if ARGV[15] ~= '' then redis.call('SET', KEYS[10], '1', 'EX', ARGV[15]) end
 if ARGV[16] ~= '' then enter(KEYS[11], KEYS[12], ARGV[4], ARGV[16], ARGV[17]) end
 return 1`;
 
@@ -308,6 +315,7 @@ end
 if #lines > 0 or spec.count == 1 then
   redis.call('SET', KEYS[1], cjson.encode({ l = lines, run = (spec.count == 1) and KEYS[3] or '' }), 'EX', spec.recTtl)
   redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+  keepFor(KEYS[2], spec.recTtl)
 end
 return cjson.encode({ ok = true, remaining = rem, running = running + spec.count })`;
 
@@ -396,6 +404,15 @@ const WAIT_MS = 500;
 /** After a wait that timed out (no replica left, as after a failover), writes go on unconfirmed for this long. */
 const WAIT_BACKOFF_MS = 5000;
 
+/**
+ * The cached terminal body from the flag and the record. A \`term:\` key written before the flag (by an older gateway,
+ * or not yet moved by \`npm run migrate-keys\`) still holds the body itself, and is served as it is.
+ */
+function terminalOf(term: string | null, record: string | null): string | null {
+  if (term === null) return null;
+  return term === '1' ? record : term;
+}
+
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
   readonly #client: ScriptedRedis;
@@ -457,8 +474,10 @@ export class RedisStore implements Store {
   }
 
   async lookup(id: string) {
-    const [owner, terminal, upstream] = await this.#client.mget(keys.owner(id), keys.terminal(id), keys.pin(id)).catch(rethrowUnavailable);
-    return { owner: owner ?? null, terminal: terminal ?? null, upstream: upstream ?? null };
+    // One trip (the four keys share the prediction's slot); the record comes along even while it is not the end:
+    // about a kilobyte, cheaper than a second round trip for the cached case.
+    const [owner, term, record, upstream] = await this.#client.mget(keys.owner(id), keys.terminal(id), keys.record(id), keys.pin(id)).catch(rethrowUnavailable);
+    return { owner: owner ?? null, terminal: terminalOf(term, record), upstream: upstream ?? null };
   }
 
   async recordCreate(r: CreateRecord): Promise<boolean> {
@@ -495,7 +514,7 @@ export class RedisStore implements Store {
     if (r.open) await this.#client.fgwOpenEnter(...openKeys, r.id, ...openArgs).catch(rethrowUnavailable);
     // Step 4, only for a create that came back terminal: the cache, last, so that a failure before it leaves a
     // miss (the next GET fetches and caches it, and the usage marker keeps it counted once).
-    if (r.terminal) await this.#client.set(keys.terminal(r.id), r.json, 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
+    if (r.terminal) await this.#client.set(keys.terminal(r.id), '1', 'EX', this.#opts.cacheTtlSeconds).catch(rethrowUnavailable);
     return true;
   }
 
@@ -597,12 +616,13 @@ export class RedisStore implements Store {
     pairs = pairs.slice(0, q.limit);
     if (q.after !== undefined) pairs.reverse();
     if (pairs.length === 0) return { entries: [], hasMore: false };
-    // One MGET per prediction (its two keys share a slot); auto-pipelining sends them together, per node.
-    const values = await Promise.all(pairs.map((p) => this.#client.mget(keys.terminal(p.id), keys.record(p.id)))).catch(rethrowUnavailable);
+    // One key per prediction, its record (the end is written over it); auto-pipelining sends the GETs together, per
+    // node on a Cluster.
+    const values = await Promise.all(pairs.map((p) => this.#client.get(keys.record(p.id)))).catch(rethrowUnavailable);
     const entries: IndexEntry[] = [];
     const expired: string[] = [];
     pairs.forEach((p, i) => {
-      const json = values[i]![0] ?? values[i]![1];
+      const json = values[i];
       if (json) entries.push({ id: p.id, score: p.score, json });
       else expired.push(p.id);
     });

@@ -21,6 +21,9 @@ export interface IdempotencyRecord {
   /** Who claimed a pending key (one request). */
   holder?: string;
   status?: number;
+  /** The prediction the create made: a replay answers its record (one stored body per prediction). */
+  id?: string;
+  /** What an older gateway stored instead of `id`: the answer itself, replayed as it is. */
   body?: string;
 }
 

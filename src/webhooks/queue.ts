@@ -18,6 +18,13 @@ export interface WatchQueue<S> {
 }
 
 const QUEUE = 'webhooks';
+/**
+ * BullMQ's event stream (bull:webhooks:events) keeps 10,000 events by default, a few per watch step, for QueueEvents
+ * listeners; the gateway has none, so it keeps only what a person debugging with redis-cli might look at.
+ */
+export const QUEUE_EVENTS_KEPT = 100;
+/** Failed watches are kept a day for inspection, and never more than this many (a bound that does not grow with traffic). */
+const FAILED_KEPT = 1000;
 // BullMQ job ids may not hold ':'; prediction ids are [A-Za-z0-9_-].
 const jobId = (key: string) => `w-${key}`;
 
@@ -36,7 +43,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
       return c;
     };
     const prefix = bullPrefix(target, keyPrefix);
-    this.#queue = new Queue(QUEUE, { connection: connect(), prefix });
+    this.#queue = new Queue(QUEUE, { connection: connect(), prefix, streams: { events: { maxLen: QUEUE_EVENTS_KEPT } } });
     this.#worker = new Worker(
       QUEUE,
       async (job, token) => {
@@ -64,7 +71,7 @@ export class BullWatchQueue<S extends object> implements WatchQueue<S> {
       // A finished watch is remembered for an hour (at most 10,000 of them): the lifecycle may ask to start one again
       // from a late change, and an add under a known id does nothing, so no event is sent twice.
       removeOnComplete: { age: 3600, count: 10_000 },
-      removeOnFail: { age: 86400 },
+      removeOnFail: { age: 86400, count: FAILED_KEPT },
     });
   }
 
