@@ -10,8 +10,8 @@ import fp from 'fastify-plugin';
 const RECEIVER = '/gateway/v1/webhooks/upstream/';
 
 export function loggableUrl(url: string): string {
-  // Nearly every URL holds neither: two substring checks instead of two regular expressions on every access line.
-  if (!url.includes('signature=') && !url.startsWith(RECEIVER)) return url;
+  // Nearly every URL holds none: substring checks instead of regular expressions on every access line.
+  if (!url.includes('signature=') && !url.includes('token=') && !url.startsWith(RECEIVER)) return url;
   return url
     .replace(/([?&](?:signature|token)=)[^&]*/g, '$1[redacted]')
     .replace(/^(\/gateway\/v1\/webhooks\/upstream\/)[^/?]+/, '$1[redacted]');
