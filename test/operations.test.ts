@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { loggerOptions } from '../src/logger.js';
-import { KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, startGateway, startGatewayProcess, stopAllGatewayProcesses, useGateway, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
+import { KEY_A, KEY_B, MODEL_PATH, call, createPrediction, expectProblem, fromClients, startGateway, startGatewayProcess, stopAllGatewayProcesses, useGateway, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
 
 const s = useSimulator(100);
 
@@ -74,7 +74,7 @@ describe('/metrics', () => {
     await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { n: 1 } }, headers });
     await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: { n: 1 } }, headers });
     const id = await createPrediction(gw.url, KEY_A, { duration_ms: 60_000 });
-    s.sim.injectFault({ kind: 'delay', delayMs: 200 }, { times: 1 });
+    s.sim.injectFault({ kind: 'delay', delayMs: 200 }, { times: 1, match: fromClients });
     await Promise.all(Array.from({ length: 5 }, () => call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: KEY_A })));
     const text = await metrics();
     expect(sample(text, 'fgw_idempotent_replays_total')).toBe(1);
@@ -147,7 +147,7 @@ describe('logs', () => {
     const id = await createPrediction(gw.url, KEY_A);
     await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { headers: { authorization: `Token ${KEY_B}` } });
     await call(gw.url, 'GET', `/replicate/v1/predictions/${id}`, { key: 'wrong-key-but-secret-123456' });
-    s.sim.injectFault({ kind: 'reset' });
+    s.sim.injectFault({ kind: 'reset' }, { match: fromClients });
     await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
     const all = gw.logs.join('\n');
     expect(gw.logs.length).toBeGreaterThan(5);

@@ -10,14 +10,14 @@ import { UpstreamClient } from '../src/upstream/client.js';
 import type { FaultRequest } from '../src/simulator/simulator.js';
 import { RedisServer } from './support/redis.js';
 import { freePort } from './support/processes.js';
-import { KEY_A, KEY_B, MODEL_PATH, type CallResult, type Gateway, call, createPrediction, expectProblem, sendCreate as create, startGateway, upstreamCalls, useGateway, useSimulator, useSteadyGateway, waitFor } from './helpers/stack.js';
+import { KEY_A, KEY_B, MODEL_PATH, type CallResult, type Gateway, call, createPrediction, expectProblem, fromClients, sendCreate as create, startGateway, upstreamCalls, useGateway, useSimulator, useSteadyGateway, waitFor } from './helpers/stack.js';
 
 const s = useSimulator(100);
 const gw = useSteadyGateway(s);
 
 const RUNNING = { prompt: 'long', duration_ms: 60_000 };
-/** A client's read through the gateway: the watcher's reads of open predictions (named watch-…) are not these tests' business. */
-const isGet = (m: string, _p: string, req: FaultRequest) => m === 'GET' && !String(req.headers['x-request-id']).startsWith('watch-');
+/** A client's read through the gateway (not a watcher's look or a balance read: `fromClients`). */
+const isGet = (m: string, p: string, req: FaultRequest) => m === 'GET' && fromClients(m, p, req);
 const isCreate = (m: string, p: string) => m === 'POST' && !p.endsWith('/cancel');
 const isCancel = (m: string, p: string) => m === 'POST' && p.endsWith('/cancel');
 
@@ -174,11 +174,11 @@ describe('upstream failures', () => {
   });
 
   it('maps a reset connection to 502 and a hang to 504, without stack traces', async () => {
-    s.sim.injectFault({ kind: 'reset' });
+    s.sim.injectFault({ kind: 'reset' }, { match: fromClients });
     const reset = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
     expect(reset.status).toBe(502);
     expect(reset.body.detail).toMatch(/closed the connection|could not be reached/);
-    s.sim.injectFault({ kind: 'hang' });
+    s.sim.injectFault({ kind: 'hang' }, { match: fromClients });
     const hang = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
     expect(hang.status).toBe(504);
     for (const r of [reset, hang]) {
@@ -204,7 +204,7 @@ describe('upstream failures', () => {
       status: 400,
       body: { error: { message: `bad token Bearer ${s.apiKey} for ${s.apiKey}`, type: 'x' } },
       headers: { 'x-upstream-secret': 'leak' },
-    });
+    }, { match: fromClients });
     const r = await call(gw.url, 'POST', MODEL_PATH, { key: KEY_A, body: { input: {} } });
     expect(r.status).toBe(400);
     expect(r.text).not.toContain(s.apiKey);

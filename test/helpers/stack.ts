@@ -263,6 +263,14 @@ export function sendCreate(base: string, opts: { key?: string; input?: Record<st
   return call(base, 'POST', MODEL_PATH, { key: opts.key ?? KEY_A, body: { input: opts.input ?? { prompt: 'a cat' } }, headers });
 }
 
+/**
+ * A fault matcher for a client's request through the gateway: what gateways do in the background on the same
+ * simulator (the watcher's looks at open predictions, named watch-…, and balance reads, balance-…) must not take a
+ * fault a test meant for its own request.
+ */
+export const fromClients = (_m: string, _p: string, req: { headers: Record<string, string | string[] | undefined> }) =>
+  !/^(watch|balance)-/.test(String(req.headers['x-request-id']));
+
 /** Upstream requests the simulator received, optionally only those whose path matches. */
 export function upstreamCalls(sim: Simulator, match?: RegExp) {
   return sim.requests.filter((r) => !match || match.test(r.url));
