@@ -130,6 +130,12 @@ function buildBaseline(commit: string): { name: string; entry: string } {
     symlinkSync(resolve('node_modules'), join(dir, 'node_modules'), 'dir');
     execFileSync('npm', ['run', '-s', 'build'], { cwd: dir, stdio: 'inherit' });
   }
+  // A kept build may have been made from another checkout, since moved or deleted: it runs on this one's packages.
+  const modules = join(dir, 'node_modules');
+  if (!existsSync(modules)) {
+    rmSync(modules, { force: true });
+    symlinkSync(resolve('node_modules'), modules, 'dir');
+  }
   return { name: commit.length > 12 ? sha.slice(0, 7) : commit, entry };
 }
 
