@@ -22,8 +22,8 @@ export interface Change {
   /** The prediction now; undefined when the gateway gave up on it (expired, or gone upstream). */
   body?: PredictionBody;
   ended: boolean;
-  /** The tenant's webhook for it (as src/webhooks/ stored it), when the watcher knows it. */
-  webhook?: string;
+  /** The tenant's webhook for it (as src/webhooks/ stored it); null: it has none (the watcher knows); undefined: unknown. */
+  webhook?: string | null;
 }
 
 export type ChangeListener = (change: Change) => void;
@@ -70,7 +70,7 @@ export class Lifecycle {
    * A prediction was seen terminal. Everything that follows is written in one store step and counted once across
    * replicas (the store's marker); the first to see it runs what must happen once. True for that first one.
    */
-  async ended(tenant: string, body: PredictionBody, webhook?: string): Promise<boolean> {
+  async ended(tenant: string, body: PredictionBody, webhook?: string | null): Promise<boolean> {
     const { store, budgets, facts, poller } = this.#d;
     const status = body.prediction.status as string;
     const first = await store.recordTerminal({
@@ -94,7 +94,7 @@ export class Lifecycle {
     this.#settledOnce(tenant, body);
   }
 
-  #settledOnce(tenant: string, body: PredictionBody, webhook?: string): void {
+  #settledOnce(tenant: string, body: PredictionBody, webhook?: string | null): void {
     this.#d.metrics.settled.inc({ outcome: String(body.prediction.status) });
     const completedAt = Date.parse(String(body.prediction.completed_at ?? ''));
     if (Number.isFinite(completedAt)) {
@@ -116,7 +116,7 @@ export class Lifecycle {
    * A running prediction as some read saw it: written over its record when it is news (lists show it, webhooks
    * send it). `look`: a client's read, which postpones the watcher's next look (it would learn nothing new).
    */
-  async observed(tenant: string, body: PredictionBody, opts: { look?: boolean; webhook?: string } = {}): Promise<boolean> {
+  async observed(tenant: string, body: PredictionBody, opts: { look?: boolean; webhook?: string | null } = {}): Promise<boolean> {
     const { store, config } = this.#d;
     const p = body.prediction;
     const logs = typeof p.logs === 'string' ? p.logs.length : 0;
@@ -144,7 +144,7 @@ export class Lifecycle {
     if (!first) return;
     this.#d.metrics.expired.inc({ reason });
     this.#d.log.warn({ prediction: e.id, tenant: e.tenant, reason }, reason === 'gone' ? 'the upstream no longer knows an open prediction; settled as expired' : 'a prediction stayed open past PREDICTION_MAX_OPEN_SECONDS; canceled and settled as expired');
-    this.#emit({ id: e.id, tenant: e.tenant, ended: true, webhook: e.webhook });
+    this.#emit({ id: e.id, tenant: e.tenant, ended: true, webhook: e.webhook ?? null });
   }
 
   /** Something may have changed (the upstream called back): the watcher looks at it now rather than on schedule. */

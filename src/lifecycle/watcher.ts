@@ -130,15 +130,15 @@ export class Watcher {
         return;
       }
       if (body.terminal) {
-        await lifecycle.ended(e.tenant, body, e.webhook);
+        await lifecycle.ended(e.tenant, body, e.webhook ?? null);
         return;
       }
-      await lifecycle.observed(e.tenant, body, { webhook: e.webhook });
+      await lifecycle.observed(e.tenant, body, { webhook: e.webhook ?? null });
       const maxRun = this.#d.tenants.get(e.tenant)?.maxRunSeconds;
       if (maxRun !== undefined && age > maxRun * 1000) {
         log.info({ prediction: e.id, tenant: e.tenant, maxRunSeconds: maxRun }, 'watcher: canceling a prediction running past its tenant\'s maxRunSeconds');
         const after = await this.#cancel(e);
-        if (after?.terminal) return void (await lifecycle.ended(e.tenant, after, e.webhook));
+        if (after?.terminal) return void (await lifecycle.ended(e.tenant, after, e.webhook ?? null));
         // Canceling takes the upstream a moment: look again soon.
         await store.openSchedule(e.id, Date.now() + config.WATCH_MIN_MS);
         return;
@@ -180,7 +180,7 @@ export class Watcher {
   async #giveUp(e: OpenEntry, reason: 'max-open' | 'gone'): Promise<void> {
     if (reason === 'max-open') {
       const after = await this.#cancel(e);
-      if (after?.terminal) return void (await this.#d.lifecycle.ended(e.tenant, after, e.webhook));
+      if (after?.terminal) return void (await this.#d.lifecycle.ended(e.tenant, after, e.webhook ?? null));
     }
     await this.#d.lifecycle.expire(e, reason);
   }

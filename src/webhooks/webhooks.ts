@@ -136,6 +136,8 @@ export class Webhooks {
    * of the record; a job the create could not start (the watcher knows the webhook from the open set) starts now.
    */
   async changed(c: Change): Promise<void> {
+    // The watcher knows from the open set that this prediction has no webhook: no job to look for.
+    if (c.webhook === null) return;
     if (c.webhook) {
       try {
         const w = JSON.parse(c.webhook) as { url: string; events?: EventName[]; base: string };
