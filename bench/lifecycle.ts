@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Pool } from 'undici';
 import { intFromEnv } from '../src/config.js';
+import { quantile } from '../src/lib/quantile.js';
 import { startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
 
@@ -23,7 +24,6 @@ const PREFIX = 'lifebench:';
 const TERMINAL = new Set(['succeeded', 'failed', 'canceled', 'aborted']);
 const passThrough = ['UPSTREAM_WATCH_READS_PER_MINUTE', 'WATCH_MIN_MS', 'WATCH_MAX_MS'];
 
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 
 async function readsOf(urls: string[]): Promise<number> {
   let total = 0;
@@ -117,7 +117,7 @@ async function main(): Promise<void> {
   const minutes = (end.at - samples[0]!.at) / 60_000;
   const budget = Number(process.env.UPSTREAM_WATCH_READS_PER_MINUTE ?? 1500);
   console.log(`settled ${settledAt.size}/${N} (${missing} without a settle or completed_at)`);
-  console.log(`settlement lag: p50 ${quantile(lags, 0.5).toFixed(2)} s, p99 ${quantile(lags, 0.99).toFixed(2)} s, max ${lags.at(-1)!.toFixed(2)} s`);
+  console.log(`settlement lag: p50 ${quantile(lags, 0.5)?.toFixed(2)} s, p99 ${quantile(lags, 0.99)?.toFixed(2)} s, max ${lags.at(-1)!.toFixed(2)} s`);
   console.log(`watcher reads: ${end.reads - samples[0]!.reads} in ${minutes.toFixed(1)} min = ${((end.reads - samples[0]!.reads) / minutes).toFixed(0)}/min on average; most in any 60 s: ${maxWindow} (budget ${budget}/min)`);
   console.log(`reads per prediction: ${((end.reads - samples[0]!.reads) / N).toFixed(2)}`);
 

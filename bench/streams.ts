@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Agent, request } from 'undici';
 import { intFromEnv } from '../src/config.js';
+import { quantile } from '../src/lib/quantile.js';
 import { type ServerProcess, startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
 
@@ -18,7 +19,6 @@ const UPSTREAM_KEY = 'sim-streams-key';
 const KEY = 'streams-tenant-key-0123456789abcdef';
 const MODEL = '/replicate/v1/models/black-forest-labs/flux-schnell/predictions';
 const auth = { authorization: `Bearer ${KEY}` };
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 
 async function create(url: string, durationMs: number): Promise<string> {
   const r = await request(`${url}${MODEL}`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ input: { prompt: 'x', duration_ms: durationMs } }) });

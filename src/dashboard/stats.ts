@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { KvStore } from '../store/kv-store.js';
 import { today } from '../usage/day.js';
+import { quantile } from '../lib/quantile.js';
 
 export interface Counts {
   rateLimited: number;
@@ -171,7 +172,6 @@ export class OpsStats {
   }
 }
 
-const quantile = (sorted: number[], q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
 const round = (n: number | null) => (n === null ? null : Math.round(n * 10) / 10);
 
 /** The replicas' reports summed: counts per tenant, the time series, the newest failures. */

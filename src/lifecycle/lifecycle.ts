@@ -7,6 +7,7 @@ import { hash } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Budgets } from '../budget/budgets.js';
 import type { Config } from '../config.js';
+import { quantile } from '../lib/quantile.js';
 import type { Metrics } from '../metrics.js';
 import type { Facts } from '../predictions/facts.js';
 import type { Poller } from '../predictions/poller.js';
@@ -108,8 +109,7 @@ export class Lifecycle {
   /** The settlement lag of this process's last settlements (seconds): median, p99, and how many. */
   lagSummary(): { p50: number | null; p99: number | null; samples: number } {
     const sorted = [...this.#lags].sort((a, b) => a - b);
-    const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
-    return { p50: at(0.5), p99: at(0.99), samples: sorted.length };
+    return { p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), samples: sorted.length };
   }
 
   /**
