@@ -218,6 +218,20 @@ describe.each([['redis'], ['memory']] as const)('orphan control (%s store)', (st
   });
 });
 
+describe('an upstream that hangs on the watcher', () => {
+  it('gives up a look within its deadline and settles the prediction at a later look', async () => {
+    const gw = await gateway([{ id: 'hung', keys: [key('hung')], rateLimit: lots, maxRunning: 1 }]);
+    const k = key('hung');
+    const r = await create(gw.url, k, { prompt: 'x', duration_ms: 50 });
+    // The first look hangs (the upstream never answers it); a look that never ended would hold the prediction open.
+    s.sim.injectFault({ kind: 'hang' }, { match: (m, p, req) => m === 'GET' && p.endsWith(r.body.id) && String(req.headers['x-request-id']).startsWith('watch-'), times: 1 });
+    await waitFor(async () => (await usage(gw.url, k)).running.count === 0, 15_000, 'the prediction to settle after the hung look');
+    expect(watcherReads(s, r.body.id).length).toBeGreaterThanOrEqual(2);
+    expect((await usage(gw.url, k)).totals).toMatchObject({ succeeded: 1 });
+    expect(clientReads(s)).toHaveLength(0);
+  });
+});
+
 describe('what /metrics shows of the open set', () => {
   it('counts open predictions and the settlement lag', async () => {
     const gw = await gateway([{ id: 'seen', keys: [key('seen')], rateLimit: lots }], { METRICS_TOKEN: 'metrics-token-0123456789' });

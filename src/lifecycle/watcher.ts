@@ -150,19 +150,13 @@ export class Watcher {
     }
   }
 
-  /** The prediction as the upstream has it now; shares an in-flight client read, but not the micro-cache. */
+  /**
+   * The prediction as the upstream has it now; shares an in-flight client read, but not the micro-cache. Its own call
+   * (retries included) ends within LOOK_TIMEOUT_MS, well inside the lease, so no other replica looks meanwhile.
+   */
   async #read(e: OpenEntry): Promise<PredictionBody> {
-    const read = this.#d.poller.get(e.id, { requestId: `watch-${e.id}`, tenant: e.tenant, observe: () => {}, upstream: e.upstream }, { skipMicroCache: true });
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new GatewayError('UPSTREAM_TIMEOUT', 'the watcher\'s read took too long')), LOOK_TIMEOUT_MS);
-    });
-    try {
-      return (await Promise.race([read, late])).body;
-    } finally {
-      clearTimeout(timer);
-      read.catch(() => {});
-    }
+    const { body } = await this.#d.poller.get(e.id, { requestId: `watch-${e.id}`, tenant: e.tenant, observe: () => {}, upstream: e.upstream }, { skipMicroCache: true, timeoutMs: LOOK_TIMEOUT_MS });
+    return body;
   }
 
   /** Cancels upstream; the answer if it is the prediction, else undefined (a failure is only logged). */

@@ -31,7 +31,7 @@ export class Poller {
   async get(
     id: string,
     caller: { requestId: string; tenant: string; observe: (ms: number, outcome: string) => void; trace?: unknown; upstream?: string | null },
-    opts: { skipMicroCache?: boolean } = {},
+    opts: { skipMicroCache?: boolean; timeoutMs?: number } = {},
   ): Promise<{ body: PredictionBody; shared: boolean }> {
     const cached = opts.skipMicroCache ? undefined : this.peek(id);
     if (cached) return { body: cached, shared: true };
@@ -40,7 +40,7 @@ export class Poller {
     // Ids are the upstream's, so one id is one prediction on one account: its pin says which.
     const client = this.upstreams.client(caller.upstream);
     const p = client
-      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, observe: caller.observe, trace: caller.trace })
+      .request({ method: 'GET', path: `/predictions/${encodeURIComponent(id)}`, requestId: caller.requestId, tenant: caller.tenant, retry: true, timeoutMs: opts.timeoutMs, observe: caller.observe, trace: caller.trace })
       .then((res) => this.inputs.restore(sameId(PredictionBody.fromUpstream(res.body, this.maxDepth), id)));
     this.#inflight.set(id, p);
     try {
