@@ -364,3 +364,32 @@ describe.each(factories)('%s store: the open set, what a prediction last showed,
     expect(await store.slotAcquire(set, 'e', 2, now + 2000, now + 60_000)).toBe(false);
   });
 });
+
+describe('REDIS_WAIT_REPLICAS when the primary has no replica (as after a failover)', () => {
+  it('sends one WAIT for a burst of writes, not one each (a WAIT blocks the connection and everything behind it)', async () => {
+    const { RedisServer } = await import('./support/redis.js');
+    const server = await RedisServer.start();
+    const prefix = `wait:${randomUUID()}:`;
+    const store = new RedisStore(createRedisClient(server.url, prefix), opts, true, 1);
+    try {
+      // Recorded without waiting, so the burst below is the first write that asks for a replica.
+      const plain = new RedisStore(createRedisClient(server.url, prefix), opts);
+      await waitFor(() => store.isReady() && plain.isReady(), 10_000, 'redis');
+      for (let i = 0; i < 20; i++) await plain.recordCreate({ tenant: 'team-w', id: `wb${i}`, score: NOW, json: pred(`wb${i}`), day: DAY });
+      await plain.close();
+      const raw = new (await import('ioredis')).Redis(server.url);
+      await raw.config('RESETSTAT');
+      const firsts = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => store.recordTerminal({ id: `wb${i}`, tenant: 'team-w', json: pred(`wb${i}`, 'succeeded'), status: 'succeeded', predictTime: 0, day: DAY })),
+      );
+      expect(firsts.every(Boolean)).toBe(true);
+      const calls = Number(/cmdstat_wait:calls=(\d+)/.exec(await raw.info('commandstats'))?.[1] ?? 0);
+      expect(calls).toBeGreaterThanOrEqual(1);
+      expect(calls).toBeLessThanOrEqual(2);
+      await raw.quit();
+    } finally {
+      await store.close();
+      await server.destroy();
+    }
+  });
+});

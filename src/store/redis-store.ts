@@ -422,6 +422,9 @@ export class RedisStore implements Store {
   /** A Cluster runs a script only over keys of one slot: the create and terminal writes go step by step. */
   readonly #stepwise: boolean;
   #waitSkippedUntil = 0;
+  /** The WAIT in flight, and the one the writes arriving meanwhile will share. */
+  #wait: Promise<void> | undefined;
+  #nextWait: Promise<void> | undefined;
 
   /**
    * `owned`: this store created the client and so closes it. `waitReplicas`: replicas that must hold a create's
@@ -468,6 +471,28 @@ export class RedisStore implements Store {
   /** Waits (a moment at most) until the configured replicas hold what this connection wrote. */
   async #replicated(): Promise<void> {
     if (this.#waitReplicas === 0 || Date.now() < this.#waitSkippedUntil) return;
+    // WAIT blocks the connection it is sent on, and every command behind it. One at a time, then: the writes that
+    // arrive while one runs share the next (a WAIT covers every write sent before it on the connection), so a burst
+    // of them (the watcher settling many predictions) costs at most two WAITs in a row, not one each.
+    if (!this.#nextWait) {
+      const next = () => {
+        this.#wait = this.#nextWait;
+        this.#nextWait = undefined;
+        return this.#waitOnce();
+      };
+      // After the one in flight, whether it worked or not (its own callers got its failure).
+      this.#nextWait = (this.#wait ?? Promise.resolve()).then(next, next);
+    }
+    const mine = this.#nextWait;
+    try {
+      await mine;
+    } finally {
+      if (this.#wait === mine) this.#wait = undefined;
+    }
+  }
+
+  async #waitOnce(): Promise<void> {
+    if (Date.now() < this.#waitSkippedUntil) return;
     const acked = Number(await this.#client.call('WAIT', this.#waitReplicas, WAIT_MS).catch(rethrowUnavailable));
     // Fewer replicas than asked (the primary lost its replica): do not stall every write by WAIT_MS meanwhile.
     if (acked < this.#waitReplicas) this.#waitSkippedUntil = Date.now() + WAIT_BACKOFF_MS;
