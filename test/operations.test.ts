@@ -205,6 +205,28 @@ describe('logs', () => {
     }
     expect(text).toContain('[redacted]');
   });
+
+  it('writes the lines logged right before the process exits (the batch of the last turn is not lost)', async () => {
+    // The gateway's own logger on stdout, lines batched per turn of the event loop; exit in the same turn.
+    const script = [
+      "const { createLogger } = await import('./src/logger.ts');",
+      "const log = createLogger('info');",
+      "for (let i = 0; i < 500; i++) log.info({ n: i }, 'line');",
+      "log.warn({ authorization: 'Bearer exit-secret' }, 'last words');",
+      'process.exit(3);',
+    ].join('\n');
+    const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: process.cwd() }, () => {});
+      let out = '';
+      child.stdout!.on('data', (c) => (out += String(c)));
+      child.on('close', (c) => resolve({ code: c, stdout: out }));
+    });
+    expect(code).toBe(3);
+    const lines = stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines).toHaveLength(501);
+    expect(lines.at(-1)).toMatchObject({ msg: 'last words', authorization: '[redacted]' });
+    expect(stdout).not.toContain('exit-secret');
+  });
 });
 
 describe('graceful shutdown of the server process', () => {
