@@ -117,7 +117,32 @@ export default fp<AuthOptions>(
       done();
     });
 
-    app.addHook('onRequest', async (request: FastifyRequest, _reply: FastifyReply) => {
+    /** The caller is known: bound to the request and to its log lines, and its page's origin checked. */
+    function admit(request: FastifyRequest, principal: NonNullable<FastifyRequest['principal']>): void {
+      request.principal = principal;
+      // In place rather than a new child logger: every later line of this request names the tenant, at less cost.
+      (request.log as unknown as Logger).setBindings(principal.keyId ? { tenant: principal.tenant.id, keyId: principal.keyId } : { tenant: principal.tenant.id });
+      // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
+      const origin = request.headers.origin;
+      if (origin !== undefined) {
+        const allowed = principal.tenant.allowedOrigins;
+        if (!allowed.includes('*') && !allowed.includes(origin.toLowerCase())) {
+          throw new GatewayError('FORBIDDEN', `origin ${origin.slice(0, 200)} is not allowed for this tenant`);
+        }
+      }
+    }
+
+    /** The usual call, a key this process knows on a tenant route: admitted without a promise or a microtask turn. */
+    function admitKnownKey(request: FastifyRequest): boolean {
+      if ((request.routeOptions.config.auth ?? 'tenant') !== 'tenant') return false;
+      const credential = credentialOf(request);
+      const who = credential === undefined ? undefined : tenants.identify(credential);
+      if (!who) return false;
+      admit(request, who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant });
+      return true;
+    }
+
+    async function authenticate(request: FastifyRequest): Promise<void> {
       const mode = request.routeOptions.config.auth ?? 'tenant';
       // The dashboard checks its own session cookie or the admin key (src/dashboard/routes.ts).
       if (mode === 'session') return;
@@ -132,11 +157,10 @@ export default fp<AuthOptions>(
       if (!credential) {
         return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
       }
-      // No await on the usual path: a request does not yield here.
       const found = lookup(credential);
       const who = found instanceof Promise ? await found : found;
       if (who) {
-        request.principal = who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant };
+        admit(request, who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant });
       } else if (signer && looksLikeJwt(credential)) {
         let verified;
         try {
@@ -157,21 +181,23 @@ export default fp<AuthOptions>(
             throw new GatewayError('FORBIDDEN', 'this token is for reading, canceling and watching its own predictions only');
           }
         }
-        request.principal = { tenant: t, token: verified.grant };
+        admit(request, { tenant: t, token: verified.grant });
       } else {
         return fail(request, 'the key is not valid');
       }
-      // In place rather than a new child logger: every later line of this request names the tenant, at less cost.
-      (request.log as unknown as Logger).setBindings(request.principal.keyId ? { tenant: request.principal.tenant.id, keyId: request.principal.keyId } : { tenant: request.principal.tenant.id });
+    }
 
-      // A browser presents its page's origin: it must be one the tenant allows. Servers send no Origin.
-      const origin = request.headers.origin;
-      if (origin !== undefined) {
-        const allowed = request.principal.tenant.allowedOrigins;
-        if (!allowed.includes('*') && !allowed.includes(origin.toLowerCase())) {
-          throw new GatewayError('FORBIDDEN', `origin ${origin.slice(0, 200)} is not allowed for this tenant`);
-        }
+    // A callback hook: the usual call (a known key) runs synchronously; tokens, admin routes, unknown keys and keys
+    // not loaded yet take the asynchronous path.
+    app.addHook('onRequest', (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void) => {
+      let known: boolean;
+      try {
+        known = admitKnownKey(request);
+      } catch (err) {
+        return done(err as Error);
       }
+      if (known) return done();
+      authenticate(request).then(() => done(), done);
     });
   },
   { name: 'auth', dependencies: ['@fastify/rate-limit', 'admin'] },
