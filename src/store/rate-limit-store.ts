@@ -129,6 +129,24 @@ export function leasedRedisStore(redis: Redis, leaseMax: number, keyOf: (key: st
   }
 
   return class LeasedRedisStore {
+    /**
+     * A permit from what this process already holds, without a callback or a promise: `{current, ttl}` as `incr`
+     * would answer, or undefined when only `incr` can answer (nothing held, the window over, a trip under way or
+     * requests already queued, which keep their order). src/access/limits.ts takes this before anything else.
+     */
+    static take(key: string, max: number): Result | undefined {
+      const b = buckets.get(key);
+      if (!b || b.fetching || b.waiting.length || b.max !== max) return undefined;
+      const now = performance.now();
+      if (b.endsAt <= now) return undefined;
+      const ttl = Math.max(0, Math.round(b.endsAt - now));
+      if (b.left > 0) {
+        b.left--;
+        return { current: b.top - b.left, ttl };
+      }
+      return b.spent ? { current: max + 1, ttl } : undefined;
+    }
+
     incr(key: string, cb: Callback, timeWindow: number, max: number): void {
       const now = performance.now();
       let b = buckets.get(key);
