@@ -3,13 +3,14 @@
 // loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
 // Bounded: 10 targets of 2 s warm-up and 7 s measured each, 90 s of load, plus start-up.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import autocannon from 'autocannon';
 import { intFromEnv } from '../src/config.js';
 import { type ServerProcess, answers, freePort, startGatewayProcess, startNodeServer, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
+import { buildBaseline } from './baseline.js';
 
 const DURATION = intFromEnv(process.env, 'BENCH_SECONDS', 7, 1, 60);
 // What the slower upstream waits before each answer: a same-region round trip plus a little service time. Real
@@ -112,32 +113,6 @@ async function json(url: string, init: RequestInit): Promise<any> {
 }
 
 let ownRedis: RedisServer | undefined;
-
-/**
- * BENCH_BASELINE=<commit>: that commit's gateway, built once into a temporary directory (`git archive` of the commit,
- * this checkout's node_modules linked in, its own `npm run build`), so a before/after is one command. The build is
- * kept under the system's temp directory by commit hash and reused by later runs.
- */
-function buildBaseline(commit: string): { name: string; entry: string } {
-  const sha = execFileSync('git', ['rev-parse', '--verify', `${commit}^{commit}`], { encoding: 'utf8' }).trim();
-  const dir = join(tmpdir(), `fgw-bench-baseline-${sha}`);
-  const entry = join(dir, 'dist', 'server.js');
-  if (!existsSync(entry)) {
-    process.stderr.write(`building ${commit} (${sha.slice(0, 7)}) in ${dir}\n`);
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-    execFileSync('sh', ['-c', `git archive ${sha} | tar -x -C ${JSON.stringify(dir)}`], { stdio: 'inherit' });
-    symlinkSync(resolve('node_modules'), join(dir, 'node_modules'), 'dir');
-    execFileSync('npm', ['run', '-s', 'build'], { cwd: dir, stdio: 'inherit' });
-  }
-  // A kept build may have been made from another checkout, since moved or deleted: it runs on this one's packages.
-  const modules = join(dir, 'node_modules');
-  if (!existsSync(modules)) {
-    rmSync(modules, { force: true });
-    symlinkSync(resolve('node_modules'), modules, 'dir');
-  }
-  return { name: commit.length > 12 ? sha.slice(0, 7) : commit, entry };
-}
 
 async function main(): Promise<void> {
   ownRedis = process.env.REDIS_URL ? undefined : await RedisServer.start();
