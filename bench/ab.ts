@@ -1,4 +1,4 @@
-// `BENCH_BASELINE=<commit> npm run bench:ab`: this build against an older commit, in CPU per request of the gateway's
+// `BENCH_BASELINE=<commit> npm run bench:ab` (or a path to another build's dist/server.js): this build against an older commit, in CPU per request of the gateway's
 // main thread, over interleaved rounds. `npm run bench` gives the issue's ratios, but one 7 s run per target moves
 // by 10 % or more on a shared 2-vCPU machine: too coarse for a step that saves 2 µs of 45. Here, each round starts
 // a fresh gateway of each build in turn in front of the same simulator and Redis, pinned to its own core when
@@ -6,9 +6,10 @@
 // is printed with the range. Two copies of one build came out 0.4 µs apart over 3 rounds, but 3 rounds can still
 // mislead (one such run showed the rate-limit step of f8d82e5 as -0.4 %; 7 rounds showed -7.3 %): take 5 or more.
 //
-// BENCH_AB_TARGETS (cached,poll,create), BENCH_ROUNDS (5), BENCH_SECONDS (5 measured, after 2 of warm-up).
+// BENCH_AB_TARGETS (cached,poll,create), BENCH_ROUNDS (5), BENCH_SECONDS (5 measured, after 2 of warm-up),
+// BENCH_AB_CPU=process to count every thread of the gateway (libuv's pool, GC helpers) instead of the main one.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { intFromEnv } from '../src/config.js';
@@ -48,9 +49,11 @@ function pin(pid: number | string, cpuList: string): void {
   }
 }
 
-/** utime + stime of the process's main thread, in clock ticks (Linux /proc). */
-function mainThreadTicks(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+const WHOLE_PROCESS = process.env.BENCH_AB_CPU === 'process';
+
+/** utime + stime of the process's main thread (or of the whole process), in clock ticks (Linux /proc). */
+function cpuTicks(pid: number): number {
+  const fields = readFileSync(WHOLE_PROCESS ? `/proc/${pid}/stat` : `/proc/${pid}/task/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return Number(fields[11]) + Number(fields[12]);
 }
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -66,7 +69,10 @@ function wrk(lua: string, url: string, seconds: number): number {
 async function main(): Promise<void> {
   if (!process.env.BENCH_BASELINE) throw new Error('set BENCH_BASELINE=<commit> (for example HEAD~1): the build to compare this one with');
   if (!has('wrk', ['--version'])) throw new Error('wrk is not installed (apt-get install wrk)');
-  const builds = [{ name: 'this build', entry: resolve('dist/server.js') }, buildBaseline(process.env.BENCH_BASELINE)];
+  // A path to a built server.js (a throwaway build) is taken as it is; anything else names a commit.
+  const given = process.env.BENCH_BASELINE;
+  const baseline = given.endsWith('.js') && existsSync(given) ? { name: given, entry: resolve(given) } : buildBaseline(given);
+  const builds = [{ name: 'this build', entry: resolve('dist/server.js') }, baseline];
 
   const redis = await RedisServer.start();
   try {
@@ -109,9 +115,9 @@ async function main(): Promise<void> {
             const lua = join(dir, 'request.lua');
             writeFileSync(lua, `${request}wrk.headers["authorization"] = "Bearer ${TENANT_KEY}"\nwrk.headers["content-type"] = "application/json"\n`);
             wrk(lua, url, 2);
-            const before = mainThreadTicks(gw.pid);
+            const before = cpuTicks(gw.pid);
             const rps = wrk(lua, url, SECONDS);
-            const us = ((mainThreadTicks(gw.pid) - before) / CLOCK_TICKS) * 1e6 / (rps * SECONDS);
+            const us = ((cpuTicks(gw.pid) - before) / CLOCK_TICKS) * 1e6 / (rps * SECONDS);
             const key = `${target}\t${build.name}`;
             results.set(key, [...(results.get(key) ?? []), us]);
             process.stderr.write(`  round ${round + 1}, ${target}, ${build.name}: ${Math.round(rps)} req/s, ${us.toFixed(1)} µs\n`);
@@ -127,7 +133,7 @@ async function main(): Promise<void> {
     const lines = [
       `machine: ${CPUS} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.versions.node}, wrk, 32 connections, ${ROUNDS} rounds of ${SECONDS} s, ${PIN ? 'gateway pinned to its own core' : 'not pinned'}`,
       '',
-      `| gateway main-thread CPU µs per request, median (range) | this build | ${builds[1]!.name} | change |`,
+      `| gateway ${WHOLE_PROCESS ? 'process' : 'main-thread'} CPU µs per request, median (range) | this build | ${builds[1]!.name} | change |`,
       '|---|---:|---:|---:|',
     ];
     for (const target of TARGETS) {
