@@ -27,11 +27,13 @@ async function perLine(dest: { write(s: string): void }): Promise<number> {
   return Number(process.hrtime.bigint() - start) / LINES / 1000;
 }
 
-const devNull = () => pino.destination({ dest: '/dev/null', sync: false });
+const devNull = (sync: boolean) => pino.destination({ dest: '/dev/null', sync });
 const variants: [string, () => { write(s: string): void }][] = [
   ['no destination (building the line only)', () => ({ write() {} })],
-  ['sonic-boom, a write per line', devNull],
-  ['sonic-boom, one write per turn (batchLines, the gateway)', () => batchLines(devNull())],
+  ['sonic-boom, asynchronous, a write per line (the gateway before)', () => devNull(false)],
+  ['sonic-boom, synchronous, a write per line', () => devNull(true)],
+  ['sonic-boom, asynchronous, one write per turn (batchLines)', () => batchLines(devNull(false))],
+  ['sonic-boom, synchronous, one write per turn (batchLines, the gateway)', () => batchLines(devNull(true))],
 ];
 const results = new Map<string, number[]>();
 // Three rounds, interleaved: the first warms the JIT, the median of the rest is printed.
