@@ -7,6 +7,7 @@ import { keyIdOf } from '../admin/api-keys.js';
 import { Sessions, sameOriginOnly } from '../dashboard/session.js';
 import { GatewayError, storeUnavailable } from '../errors.js';
 import { credentialOf, queryToken, sameSecret } from './credentials.js';
+import type { Identity } from './tenants.js';
 import { type TokenSigner, looksLikeJwt } from './tokens.js';
 
 const AUTH_FAILURE_WINDOW_MS = 60_000;
@@ -81,7 +82,7 @@ export default fp<AuthOptions>(
         const who = found instanceof Promise ? await found : found;
         if (who?.role === 'admin' && who.keyId && request.routeOptions.config.teamAdmin) {
           request.adminActor = { type: 'team_admin', tenant: who.tenant.id, key_id: who.keyId };
-          request.principal = { tenant: who.tenant, keyId: who.keyId, role: who.role };
+          request.principal = principalOf(who);
           (request.log as unknown as Logger).setBindings({ tenant: who.tenant.id, keyId: who.keyId });
           return;
         }
@@ -132,17 +133,13 @@ export default fp<AuthOptions>(
       }
     }
 
-    /** The usual call, a key this process knows on a tenant route: admitted without a promise or a microtask turn. */
-    function admitKnownKey(request: FastifyRequest): boolean {
-      if ((request.routeOptions.config.auth ?? 'tenant') !== 'tenant') return false;
-      const credential = credentialOf(request);
-      const who = credential === undefined ? undefined : tenants.identify(credential);
-      if (!who) return false;
-      admit(request, who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant });
-      return true;
-    }
+    const principalOf = (who: Identity) => (who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant });
 
-    async function authenticate(request: FastifyRequest): Promise<void> {
+    /**
+     * Who is calling. The usual call, a key this process knows, is admitted synchronously: no promise and no
+     * microtask turn. Tokens, admin routes and keys not loaded yet return a promise.
+     */
+    function authenticate(request: FastifyRequest): void | Promise<void> {
       const mode = request.routeOptions.config.auth ?? 'tenant';
       // The dashboard checks its own session cookie or the admin key (src/dashboard/routes.ts).
       if (mode === 'session') return;
@@ -158,46 +155,49 @@ export default fp<AuthOptions>(
         return fail(request, 'send your gateway key as "Authorization: Bearer <key>"');
       }
       const found = lookup(credential);
-      const who = found instanceof Promise ? await found : found;
-      if (who) {
-        admit(request, who.keyId ? { tenant: who.tenant, keyId: who.keyId, role: who.role } : { tenant: who.tenant });
-      } else if (signer && looksLikeJwt(credential)) {
-        let verified;
-        try {
-          verified = await signer.verify(credential);
-        } catch (err) {
-          return fail(request, (err as Error).message);
-        }
-        const t = tenants.get(verified.tenantId);
-        if (!t) return fail(request, 'the token names a tenant that no longer exists');
-        // A tenant deleted and created again through the API: the old tenant's tokens stay dead.
-        const gen = tenants.generation(t.id);
-        if (gen !== undefined && verified.grant.gen !== gen) return fail(request, 'the token was issued before its tenant was (re)created');
-        if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
-        const only = verified.grant.predictions;
-        if (only) {
-          const id = (request.params as { id?: unknown } | undefined)?.id;
-          if (!request.routeOptions.config.predictionScoped || typeof id !== 'string' || !only.includes(id)) {
-            throw new GatewayError('FORBIDDEN', 'this token is for reading, canceling and watching its own predictions only');
-          }
-        }
-        admit(request, { tenant: t, token: verified.grant });
-      } else {
-        return fail(request, 'the key is not valid');
-      }
+      return found instanceof Promise ? found.then((who) => admitCaller(request, credential, who)) : admitCaller(request, credential, found);
     }
 
-    // A callback hook: the usual call (a known key) runs synchronously; tokens, admin routes, unknown keys and keys
-    // not loaded yet take the asynchronous path.
-    app.addHook('onRequest', (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void) => {
-      let known: boolean;
+    /** A tenant route's caller: a known key, else a token, else a 401. */
+    function admitCaller(request: FastifyRequest, credential: string, who: Identity | undefined): void | Promise<void> {
+      if (who) return admit(request, principalOf(who));
+      if (signer && looksLikeJwt(credential)) return admitToken(request, credential);
+      return fail(request, 'the key is not valid');
+    }
+
+    async function admitToken(request: FastifyRequest, credential: string): Promise<void> {
+      let verified;
       try {
-        known = admitKnownKey(request);
+        verified = await signer!.verify(credential);
+      } catch (err) {
+        return fail(request, (err as Error).message);
+      }
+      const t = tenants.get(verified.tenantId);
+      if (!t) return fail(request, 'the token names a tenant that no longer exists');
+      // A tenant deleted and created again through the API: the old tenant's tokens stay dead.
+      const gen = tenants.generation(t.id);
+      if (gen !== undefined && verified.grant.gen !== gen) return fail(request, 'the token was issued before its tenant was (re)created');
+      if (request.routeOptions.config.keyOnly) throw new GatewayError('FORBIDDEN', 'a token cannot be used here; use a tenant key');
+      const only = verified.grant.predictions;
+      if (only) {
+        const id = (request.params as { id?: unknown } | undefined)?.id;
+        if (!request.routeOptions.config.predictionScoped || typeof id !== 'string' || !only.includes(id)) {
+          throw new GatewayError('FORBIDDEN', 'this token is for reading, canceling and watching its own predictions only');
+        }
+      }
+      admit(request, { tenant: t, token: verified.grant });
+    }
+
+    // A callback hook, so that the synchronous path stays synchronous.
+    app.addHook('onRequest', (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void) => {
+      let pending: void | Promise<void>;
+      try {
+        pending = authenticate(request);
       } catch (err) {
         return done(err as Error);
       }
-      if (known) return done();
-      authenticate(request).then(() => done(), done);
+      if (pending) pending.then(() => done(), done);
+      else done();
     });
   },
   { name: 'auth', dependencies: ['@fastify/rate-limit', 'admin'] },
