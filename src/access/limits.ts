@@ -78,9 +78,13 @@ export default fp(
       return names;
     }
 
-    async function checkRest(names: (keyof typeof limiters)[], request: FastifyRequest, reply: FastifyReply): Promise<void> {
-      // A store failure arrives as the store's own 503 (see rate-limit-store.ts).
-      for (const name of names) judge(name, request, reply, name === 'all', now(name, request) ?? (await limiters[name](request)));
+    /** From the first limit the held permits could not answer: that one through the limiter, then the rest. */
+    async function checkFrom(names: (keyof typeof limiters)[], first: number, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+      for (let i = first; i < names.length; i++) {
+        const name = names[i]!;
+        // A store failure arrives as the store's own 503 (see rate-limit-store.ts).
+        judge(name, request, reply, name === 'all', (i > first ? now(name, request) : undefined) ?? (await limiters[name](request)));
+      }
     }
 
     app.addHook('onRequest', (request, reply, done) => {
@@ -89,7 +93,7 @@ export default fp(
         const names = applying(request);
         for (let i = 0; i < names.length; i++) {
           const r = now(names[i]!, request);
-          if (r === undefined) return void checkRest(names.slice(i), request, reply).then(() => done(), done);
+          if (r === undefined) return void checkFrom(names, i, request, reply).then(() => done(), done);
           judge(names[i]!, request, reply, names[i] === 'all', r);
         }
       } catch (err) {
