@@ -15,7 +15,7 @@ import { join, resolve } from 'node:path';
 import { intFromEnv } from '../src/config.js';
 import { startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
-import { buildBaseline } from './baseline.js';
+import { BenchError, buildBaseline, runBench } from './baseline.js';
 
 const ROUNDS = intFromEnv(process.env, 'BENCH_ROUNDS', 5, 1, 50);
 const SECONDS = intFromEnv(process.env, 'BENCH_SECONDS', 5, 1, 60);
@@ -67,11 +67,14 @@ function wrk(lua: string, url: string, seconds: number): number {
 }
 
 async function main(): Promise<void> {
-  if (!process.env.BENCH_BASELINE) throw new Error('set BENCH_BASELINE=<commit> (for example HEAD~1): the build to compare this one with');
-  if (!has('wrk', ['--version'])) throw new Error('wrk is not installed (apt-get install wrk)');
+  if (!process.env.BENCH_BASELINE) throw new BenchError('set BENCH_BASELINE=<commit> (for example HEAD~1): the build to compare this one with');
+  if (!has('wrk', ['--version'])) throw new BenchError('wrk is not installed (apt-get install wrk)');
+  const unknown = TARGETS.filter((t) => !['cached', 'poll', 'create'].includes(t));
+  if (unknown.length) throw new BenchError(`BENCH_AB_TARGETS: ${unknown.join(', ')} is not a target (cached, poll, create)`);
   // A path to a built server.js (a throwaway build) is taken as it is; anything else names a commit.
   const given = process.env.BENCH_BASELINE;
-  const baseline = given.endsWith('.js') && existsSync(given) ? { name: given, entry: resolve(given) } : buildBaseline(given);
+  if (given.endsWith('.js') && !existsSync(given)) throw new BenchError(`BENCH_BASELINE=${given}: no such file`);
+  const baseline = given.endsWith('.js') ? { name: given, entry: resolve(given) } : buildBaseline(given);
   const builds = [{ name: 'this build', entry: resolve('dist/server.js') }, baseline];
 
   const redis = await RedisServer.start();
@@ -111,7 +114,7 @@ async function main(): Promise<void> {
             else if (target === 'create') {
               url = `${gw.url}${MODEL_PATH}`;
               request = `wrk.method = "POST"\nwrk.body = ${JSON.stringify(JSON.stringify({ input: { prompt: 'bench' } }))}\n`;
-            } else throw new Error(`unknown target ${target} in BENCH_AB_TARGETS (cached, poll, create)`);
+            } else throw new Error(`unknown target ${target}`);
             const lua = join(dir, 'request.lua');
             writeFileSync(lua, `${request}wrk.headers["authorization"] = "Bearer ${TENANT_KEY}"\nwrk.headers["content-type"] = "application/json"\n`);
             wrk(lua, url, 2);
@@ -149,4 +152,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+await runBench('bench:ab', main);

@@ -10,7 +10,12 @@ import { join, resolve } from 'node:path';
  * kept under the system's temp directory by commit hash and reused by later runs.
  */
 export function buildBaseline(commit: string): { name: string; entry: string } {
-  const sha = execFileSync('git', ['rev-parse', '--verify', `${commit}^{commit}`], { encoding: 'utf8' }).trim();
+  let sha: string;
+  try {
+    sha = execFileSync('git', ['rev-parse', '--verify', '--quiet', `${commit}^{commit}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    throw new BenchError(`BENCH_BASELINE=${commit} names no commit in this repository (try a hash, a tag or HEAD~1)`);
+  }
   const dir = join(tmpdir(), `fgw-bench-baseline-${sha}`);
   const entry = join(dir, 'dist', 'server.js');
   if (!existsSync(entry)) {
@@ -30,3 +35,17 @@ export function buildBaseline(commit: string): { name: string; entry: string } {
   return { name: commit.length > 12 ? sha.slice(0, 7) : commit, entry };
 }
 
+
+/** A mistake in how a benchmark was asked for: stops it with one line, not a stack trace. */
+export class BenchError extends Error {}
+
+/** Runs a benchmark's main; a BenchError ends it with its message on one line and exit code 2. */
+export async function runBench(name: string, main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (err) {
+    if (!(err instanceof BenchError)) throw err;
+    process.stderr.write(`${name}: ${err.message}\n`);
+    process.exitCode = 2;
+  }
+}

@@ -10,7 +10,7 @@ import autocannon from 'autocannon';
 import { intFromEnv } from '../src/config.js';
 import { type ServerProcess, answers, freePort, startGatewayProcess, startNodeServer, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
-import { buildBaseline } from './baseline.js';
+import { buildBaseline, runBench } from './baseline.js';
 
 const DURATION = intFromEnv(process.env, 'BENCH_SECONDS', 7, 1, 60);
 // What the slower upstream waits before each answer: a same-region round trip plus a little service time. Real
@@ -251,7 +251,7 @@ async function main(): Promise<void> {
 }
 
 try {
-  await main();
+  await runBench('bench', main);
 } finally {
   await stopAllProcesses();
   // Also when a phase failed: a redis-server left running would load the machine for every later run.
