@@ -124,7 +124,7 @@ async function main(): Promise<void> {
   await sub.quit();
   await Promise.all([...pools, simPool].map((p) => p.close()));
   await stopAllProcesses();
-  await redis.stop();
+  await redis.destroy();
 }
 
 main().catch(async (err) => {

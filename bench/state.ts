@@ -128,7 +128,7 @@ async function main(): Promise<void> {
     await stopAllProcesses();
     await sim.stop().catch(() => {});
     receiver.close();
-    await redis.stop();
+    await redis.destroy();
   }
 }
 

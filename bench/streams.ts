@@ -123,7 +123,7 @@ async function main(): Promise<void> {
   for (const s of open) s.closed.catch(() => {});
   await dispatcher.destroy();
   await stopAllProcesses();
-  await redis.stop();
+  await redis.destroy();
 }
 
 main().catch(async (err) => {

@@ -316,3 +316,25 @@ describe('build', () => {
     expect(stdout).toMatch(/server\.js/);
   });
 });
+
+describe('the benchmarks\' Redis', () => {
+  it('goes with a benchmark that crashes before stopping it (no redis-server left loading the machine)', async () => {
+    const script = [
+      "const { RedisServer } = await import('./test/support/redis.ts');",
+      'const r = await RedisServer.start();',
+      'process.stdout.write(String(r.port));',
+      "throw new Error('the benchmark failed half-way');",
+    ].join('\n');
+    const port = await new Promise<number>((resolve) => {
+      const child = execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: process.cwd() }, () => {});
+      let out = '';
+      child.stdout!.on('data', (c) => (out += String(c)));
+      child.on('close', () => resolve(Number(out)));
+    });
+    expect(port).toBeGreaterThan(0);
+    const { Redis } = await import('ioredis');
+    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    probe.on('error', () => {});
+    await waitFor(async () => probe.connect().then(() => (probe.disconnect(), false), () => true), 5000, 'the crashed script\'s redis-server to be gone');
+  });
+});

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { freePort } from './processes.js';
+import { killOnExit } from './redis.js';
 
 const probe = (port: number) => {
   const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0, enableOfflineQueue: false });
@@ -50,7 +51,7 @@ class Node {
   ) {}
 
   start(): void {
-    this.proc = spawn(this.bin, this.args, { stdio: 'ignore' });
+    this.proc = killOnExit(spawn(this.bin, this.args, { stdio: 'ignore' }));
     this.proc.once('error', (err) => (this.spawnError = err));
   }
 

@@ -7,6 +7,19 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { freePort } from './processes.js';
 
+/** Every Redis process started for tests and benchmarks: one that crashes must not leave them loading the machine. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
+/** Kills `proc` when this process exits, however it ends, unless it has exited by then. */
+export function killOnExit(proc: ChildProcess): ChildProcess {
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
+  return proc;
+}
+
 export class RedisServer {
   #proc: ChildProcess | undefined;
   readonly #dir = mkdtempSync(join(tmpdir(), 'fgw-redis-'));
@@ -30,7 +43,7 @@ export class RedisServer {
       ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', this.#dir],
       { stdio: 'ignore' },
     );
-    this.#proc.once('error', (err) => (spawnError = err));
+    killOnExit(this.#proc).once('error', (err) => (spawnError = err));
     const probe = new Redis(this.url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
     probe.on('error', () => {});
     for (let i = 0; i < 100; i++) {
