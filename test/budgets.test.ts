@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, describe, expect, inject, it } from 'vitest';
 import { buildSnapshot, type TenantInput, TenantRegistry } from '../src/access/tenants.js';
 import { buildApp } from '../src/app.js';
 import { periodOf } from '../src/budget/period.js';
@@ -14,7 +14,7 @@ import { readPricesFile } from '../src/budget/prices.js';
 import { loadConfig } from '../src/config.js';
 import { keys } from '../src/store/keys.js';
 import { createRedisClient } from '../src/store/redis-client.js';
-import { type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, expectProblem, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants } from './helpers/stack.js';
+import { call, type CallResult, expectProblem, type Gateway, type GatewayProcess, gatewaysPerTest, MODEL_PATH, startGatewayProcess, stopAllGatewayProcesses, upstreamCalls, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
 
 const key = (id: string) => `${id}-key-0123456789abcdef`;
 const SECRET = 'budgets-test-signing-secret-0123456789abcdef';
@@ -51,31 +51,18 @@ async function untilDone(url: string, k: string, id: string): Promise<CallResult
   return r!;
 }
 
-let s: SimHandle;
-const opened: Gateway[] = [];
-async function gateway(tenants: TenantInput[], env: Record<string, string> = {}, now?: () => number, redis?: 'memory'): Promise<Gateway> {
-  const gw = await startGateway({
+const s = useSimulator(50);
+const start = gatewaysPerTest();
+const gateway = (tenants: TenantInput[], env: Record<string, string> = {}, now?: () => number, redis?: 'memory'): Promise<Gateway> =>
+  start({
     sim: s,
     tenants,
     redis,
     env: { POLL_CACHE_MS: '0', LOG_LEVEL: 'warn', PRICES_FILE: pricesFile(PRICES), TOKEN_SIGNING_SECRET: SECRET, ADMIN_API_KEY: ADMIN, ...env },
     deps: now ? { now } : undefined,
   });
-  opened.push(gw);
-  return gw;
-}
-
-beforeAll(async () => {
-  s = await startSimulator(50);
-});
-afterEach(async () => {
-  await Promise.all(opened.splice(0).map((g) => g.close()));
-  s.sim.clearRequests();
-  s.sim.clearFaults();
-});
 afterAll(async () => {
   await stopAllGatewayProcesses();
-  await s?.sim.close();
 });
 
 describe('configuration errors name the field', () => {

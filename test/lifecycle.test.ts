@@ -5,12 +5,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
-import {
-  type CallResult, type Gateway, type GatewayProcess, MODEL_PATH, type SimHandle, call, startGateway, startGatewayProcess, startSimulator, stopAllGatewayProcesses,
-  upstreamCalls, waitFor, writeTenants,
-} from './helpers/stack.js';
+import { byWatcher, call, type CallResult, type Gateway, type GatewayProcess, gatewaysPerTest, MODEL_PATH, type SimHandle, startGatewayProcess, stopAllGatewayProcesses, upstreamCalls, useSimulator, waitFor, writeTenants } from './helpers/stack.js';
 
 const key = (id: string) => `${id}-key-0123456789abcdef`;
 const lots = { max: 100_000, timeWindow: '1 minute' };
@@ -31,29 +28,16 @@ const create = (url: string, k: string, input: Record<string, unknown> = { promp
 const usage = async (url: string, k: string) => (await call(url, 'GET', '/gateway/v1/usage', { key: k })).body;
 /** Upstream reads the watcher made (it names its requests), of one prediction or of all. */
 const watcherReads = (sim: SimHandle, id?: string) =>
-  upstreamCalls(sim.sim).filter((r) => r.method === 'GET' && String(r.headers['x-request-id']).startsWith('watch-') && (!id || r.url.endsWith(`/predictions/${id}`)));
+  upstreamCalls(sim.sim).filter((r) => r.method === 'GET' && byWatcher(r) && (!id || r.url.endsWith(`/predictions/${id}`)));
 /** Upstream reads anything else made: a client's GET, a list refresh, a cancel. */
-const clientReads = (sim: SimHandle) => upstreamCalls(sim.sim).filter((r) => r.method === 'GET' && !String(r.headers['x-request-id']).startsWith('watch-'));
+const clientReads = (sim: SimHandle) => upstreamCalls(sim.sim).filter((r) => r.method === 'GET' && !byWatcher(r));
 
-let s: SimHandle;
-const opened: Gateway[] = [];
-async function gateway(tenants: TenantInput[], env: Record<string, string> = {}, redis?: 'memory'): Promise<Gateway> {
-  const gw = await startGateway({ sim: s, tenants, redis, env: { POLL_CACHE_MS: '0', ...FAST, ...env } });
-  opened.push(gw);
-  return gw;
-}
-
-beforeAll(async () => {
-  s = await startSimulator(50);
-});
-afterEach(async () => {
-  await Promise.all(opened.splice(0).map((g) => g.close()));
-  s.sim.clearRequests();
-  s.sim.clearFaults();
-});
+const s = useSimulator(50);
+const start = gatewaysPerTest();
+const gateway = (tenants: TenantInput[], env: Record<string, string> = {}, redis?: 'memory'): Promise<Gateway> =>
+  start({ sim: s, tenants, redis, env: { POLL_CACHE_MS: '0', ...FAST, ...env } });
 afterAll(async () => {
   await stopAllGatewayProcesses();
-  await s?.sim.close();
 });
 
 describe('two gateway processes on one Redis, clients that fire and forget', () => {
@@ -224,7 +208,7 @@ describe('an upstream that hangs on the watcher', () => {
     const k = key('hung');
     const r = await create(gw.url, k, { prompt: 'x', duration_ms: 50 });
     // The first look hangs (the upstream never answers it); a look that never ended would hold the prediction open.
-    s.sim.injectFault({ kind: 'hang' }, { match: (m, p, req) => m === 'GET' && p.endsWith(r.body.id) && String(req.headers['x-request-id']).startsWith('watch-'), times: 1 });
+    s.sim.injectFault({ kind: 'hang' }, { match: (m, p, req) => m === 'GET' && p.endsWith(r.body.id) && byWatcher(req), times: 1 });
     await waitFor(async () => (await usage(gw.url, k)).running.count === 0, 15_000, 'the prediction to settle after the hung look');
     expect(watcherReads(s, r.body.id).length).toBeGreaterThanOrEqual(2);
     expect((await usage(gw.url, k)).totals).toMatchObject({ succeeded: 1 });

@@ -3,12 +3,12 @@
 // pub/sub, bounded per tenant, and resumable with Last-Event-ID; and a real Chromium page that follows one.
 import { randomUUID } from 'node:crypto';
 import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TenantInput } from '../src/access/tenants.js';
 import { launchChromium } from './helpers/chromium.js';
 import { type DemoBackend, startDemoBackend } from './fixtures/browser/backend.js';
 import { freePort } from './support/processes.js';
-import { type Gateway, MODEL_PATH, type SimHandle, call, expectProblem, startGateway, startSimulator, upstreamCalls } from './helpers/stack.js';
+import { byWatcher, call, expectProblem, type Gateway, gatewaysPerTest, MODEL_PATH, startGateway, upstreamCalls, useSimulator } from './helpers/stack.js';
 
 const key = (id: string) => `${id}-key-0123456789abcdef`;
 const lots = { max: 100_000, timeWindow: '1 minute' };
@@ -84,27 +84,13 @@ async function openStream(url: string, headers: Record<string, string> = {}) {
 
 const statuses = (events: SseEvent[]) => events.filter((e) => e.event === 'status').map((e) => JSON.parse(e.data).status as string);
 
-let s: SimHandle;
-const opened: Gateway[] = [];
-async function gateway(env: Record<string, string> = {}, prefix?: string): Promise<Gateway> {
-  const gw = await startGateway({ sim: s, tenants: TENANTS, prefix, env: { ...ENV, ...env } });
-  opened.push(gw);
-  return gw;
-}
+const s = useSimulator(100);
+const start = gatewaysPerTest();
+const gateway = (env: Record<string, string> = {}, prefix?: string): Promise<Gateway> => start({ sim: s, tenants: TENANTS, prefix, env: { ...ENV, ...env } });
 const create = async (gw: Gateway, k = key('live'), input: Record<string, unknown> = { prompt: 'x', duration_ms: 1500 }) =>
   (await call(gw.url, 'POST', MODEL_PATH, { key: k, body: { input } })).body.id as string;
 const mint = async (gw: Gateway, predictions: string[], k = key('live')) => call(gw.url, 'POST', '/gateway/v1/tokens', { key: k, body: { predictions } });
 
-beforeAll(async () => {
-  s = await startSimulator(100);
-});
-afterEach(async () => {
-  await Promise.all(opened.splice(0).map((g) => g.close()));
-  s.sim.clearRequests();
-});
-afterAll(async () => {
-  await s?.sim.close();
-});
 
 describe('a prediction\'s event stream', () => {
   it('sends starting, processing and succeeded as they happen, then done, and closes; ids only grow', async () => {
@@ -212,7 +198,7 @@ describe('fan-out and bounds', () => {
     // Reads of it are the watchers' (every WATCH_MIN_MS while streamed), not one per stream.
     const reads = upstreamCalls(s.sim, new RegExp(`/predictions/${id}$`)).filter((r) => r.method === 'GET');
     expect(reads.length).toBeLessThan(streams.length);
-    expect(reads.every((r) => String(r.headers['x-request-id']).startsWith('watch-'))).toBe(true);
+    expect(reads.every(byWatcher)).toBe(true);
   });
 
   it('refuses a stream past MAX_STREAMS_PER_TENANT with 429, and a closed stream frees its slot', async () => {

@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config.js';
 import { createSimulator } from '../src/simulator/simulator.js';
 import { readUpstreamsFile } from '../src/upstream/upstreams-file.js';
 import {
-  type Gateway, type GatewayProcess, KEY_A, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, startGatewayProcess, startSimulator,
+  byWatcher, type Gateway, type GatewayProcess, KEY_A, MODEL_PATH, type SimHandle, call, createPrediction, expectProblem, startGateway, startGatewayProcess, startSimulator,
   stopAllGatewayProcesses, upstreamCalls, waitFor, writeTenants,
 } from './helpers/stack.js';
 
@@ -101,8 +101,8 @@ describe('pinning: every call for a prediction goes to the account that created 
     expect((await call(p2.url, 'GET', `/replicate/v1/predictions/${idA}`, { key: KEY_A })).status).toBe(200);
     expect((await call(p2.url, 'GET', `/replicate/v1/predictions/${idB}`, { key: KEY_A })).status).toBe(200);
     // The watchers look at both (through whichever replica claims them).
-    await waitFor(() => callsFor(a, idA).some((r) => String(r.headers['x-request-id']).startsWith('watch-')), 10_000, 'a watcher to read A\'s prediction');
-    await waitFor(() => callsFor(b, idB).some((r) => String(r.headers['x-request-id']).startsWith('watch-')), 10_000, 'a watcher to read B\'s prediction');
+    await waitFor(() => callsFor(a, idA).some(byWatcher), 10_000, 'a watcher to read A\'s prediction');
+    await waitFor(() => callsFor(b, idB).some(byWatcher), 10_000, 'a watcher to read B\'s prediction');
 
     const canceled = await Promise.all([
       call(p2.url, 'POST', `/replicate/v1/predictions/${idA}/cancel`, { key: KEY_A }),

@@ -89,6 +89,23 @@ export function useGateway(opts: () => GatewayOptions): Gateway {
 }
 
 /**
+ * For files whose tests each start their own gateways, with their own options: `start(opts)` starts one, and every
+ * one started is closed after the test. Call it after useSimulator: after-hooks run in reverse, so the gateways are
+ * closed before the simulator forgets its requests, and a closing gateway's last call is not left for the next test.
+ */
+export function gatewaysPerTest(): (opts: GatewayOptions) => Promise<Gateway> {
+  const opened: Gateway[] = [];
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map((g) => g.close()));
+  });
+  return async (opts) => {
+    const gw = await startGateway(opts);
+    opened.push(gw);
+    return gw;
+  };
+}
+
+/**
  * A gateway whose own upstream client has a 500 ms deadline and 2 retries, and whose breaker never opens, so one
  * test's faults cannot leak into the next.
  */
@@ -270,6 +287,9 @@ export function sendCreate(base: string, opts: { key?: string; input?: Record<st
  */
 export const fromClients = (_m: string, _p: string, req: { headers: Record<string, string | string[] | undefined> }) =>
   !/^(watch|balance)-/.test(String(req.headers['x-request-id']));
+
+/** Whether an upstream request was the watcher's look at an open prediction (it names them watch-<id>). */
+export const byWatcher = (req: { headers: Record<string, string | string[] | undefined> }) => String(req.headers['x-request-id']).startsWith('watch-');
 
 /** Upstream requests the simulator received, optionally only those whose path matches. */
 export function upstreamCalls(sim: Simulator, match?: RegExp) {
