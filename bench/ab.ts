@@ -9,13 +9,13 @@
 // BENCH_AB_TARGETS (cached,poll,create), BENCH_ROUNDS (5), BENCH_SECONDS (5 measured, after 2 of warm-up),
 // BENCH_AB_CPU=process to count every thread of the gateway (libuv's pool, GC helpers) instead of the main one.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { intFromEnv } from '../src/config.js';
 import { startGatewayProcess, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
-import { BenchError, buildBaseline, runBench } from './baseline.js';
+import { BenchError, buildBaseline, cpuSeconds, has, runBench } from './shared.js';
 
 const ROUNDS = intFromEnv(process.env, 'BENCH_ROUNDS', 5, 1, 50);
 const SECONDS = intFromEnv(process.env, 'BENCH_SECONDS', 5, 1, 60);
@@ -23,16 +23,6 @@ const TARGETS = (process.env.BENCH_AB_TARGETS ?? 'cached,poll,create').split(','
 const UPSTREAM_KEY = 'bench-upstream-key-000000000000';
 const TENANT_KEY = 'bench-tenant-key-0000000000000';
 const MODEL_PATH = '/replicate/v1/models/black-forest-labs/flux-schnell/predictions';
-
-function has(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch (err) {
-    // wrk --version exits 1 after printing its version; only a missing binary throws ENOENT.
-    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
-  }
-}
 
 const CPUS = cpus().length;
 const PIN = CPUS >= 2 && has('taskset', ['-V']);
@@ -50,13 +40,6 @@ function pin(pid: number | string, cpuList: string): void {
 }
 
 const WHOLE_PROCESS = process.env.BENCH_AB_CPU === 'process';
-
-/** utime + stime of the process's main thread (or of the whole process), in clock ticks (Linux /proc). */
-function cpuTicks(pid: number): number {
-  const fields = readFileSync(WHOLE_PROCESS ? `/proc/${pid}/stat` : `/proc/${pid}/task/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 function wrk(lua: string, url: string, seconds: number): number {
   const args = ['-t1', '-c32', `-d${seconds}s`, '-s', lua, url];
@@ -118,9 +101,10 @@ async function main(): Promise<void> {
             const lua = join(dir, 'request.lua');
             writeFileSync(lua, `${request}wrk.headers["authorization"] = "Bearer ${TENANT_KEY}"\nwrk.headers["content-type"] = "application/json"\n`);
             wrk(lua, url, 2);
-            const before = cpuTicks(gw.pid);
+            const cpu = () => cpuSeconds(gw.pid, WHOLE_PROCESS ? undefined : gw.pid) ?? NaN;
+            const before = cpu();
             const rps = wrk(lua, url, SECONDS);
-            const us = ((cpuTicks(gw.pid) - before) / CLOCK_TICKS) * 1e6 / (rps * SECONDS);
+            const us = ((cpu() - before) * 1e6) / (rps * SECONDS);
             const key = `${target}\t${build.name}`;
             results.set(key, [...(results.get(key) ?? []), us]);
             process.stderr.write(`  round ${round + 1}, ${target}, ${build.name}: ${Math.round(rps)} req/s, ${us.toFixed(1)} µs\n`);

@@ -3,14 +3,14 @@
 // loopback with wrk when it is installed (it costs the machine less CPU than the servers it loads), else autocannon.
 // Bounded: 10 targets of 2 s warm-up and 7 s measured each, 90 s of load, plus start-up.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import autocannon from 'autocannon';
 import { intFromEnv } from '../src/config.js';
 import { type ServerProcess, answers, freePort, startGatewayProcess, startNodeServer, startSimulatorProcess, stopAllProcesses } from '../test/support/processes.js';
 import { RedisServer } from '../test/support/redis.js';
-import { buildBaseline, runBench } from './baseline.js';
+import { buildBaseline, cpuSeconds, has, runBench } from './shared.js';
 
 const DURATION = intFromEnv(process.env, 'BENCH_SECONDS', 7, 1, 60);
 // What the slower upstream waits before each answer: a same-region round trip plus a little service time. Real
@@ -31,33 +31,7 @@ interface Row {
   cpuUs?: number;
 }
 
-/** utime + stime of a process in seconds (Linux /proc), or undefined elsewhere. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    // After "pid (comm) ", utime and stime are fields 12 and 13 (0-based), in clock ticks.
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return undefined;
-  }
-}
-const CLOCK_TICKS = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-const WRK = process.env.BENCH_LOADER !== 'autocannon' && (() => {
-  try {
-    execFileSync('wrk', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch (err) {
-    // wrk --version exits 1 after printing its version; only a missing binary throws ENOENT.
-    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
-  }
-})();
+const WRK = process.env.BENCH_LOADER !== 'autocannon' && has('wrk', ['--version']);
 
 /** wrk's latency figures ("1.23ms", "850.00us", "1.02s") in milliseconds. */
 function wrkMs(text: string, label: string): number {

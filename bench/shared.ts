@@ -1,6 +1,7 @@
-// An older commit's gateway built beside this checkout, for before/after runs (`npm run bench`, `npm run bench:ab`).
+// What the benchmarks share: an older commit's gateway built beside this checkout (before/after runs), whether a
+// tool is installed, the kernel's clock tick, and one-line stops for a benchmark asked for wrongly.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -47,5 +48,37 @@ export async function runBench(name: string, main: () => Promise<void>): Promise
     if (!(err instanceof BenchError)) throw err;
     process.stderr.write(`${name}: ${err.message}\n`);
     process.exitCode = 2;
+  }
+}
+
+/** Whether a command is installed: only a missing binary throws ENOENT (`wrk --version` exits 1 after printing). */
+export function has(cmd: string, args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+}
+
+/** Clock ticks per second, the unit of CPU times in /proc/<pid>/stat. */
+export const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/**
+ * utime + stime in seconds of a process (or of one of its threads, `thread` its id) from /proc, or undefined
+ * elsewhere. After "pid (comm) ", utime and stime are fields 12 and 13 (0-based), in clock ticks.
+ */
+export function cpuSeconds(pid: number | undefined, thread?: number): number | undefined {
+  try {
+    const fields = readFileSync(thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
   }
 }
