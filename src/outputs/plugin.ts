@@ -54,12 +54,15 @@ export default fp(
     // The answer about a prediction whose outputs this process is copying (the GET or create that saw it succeed, or
     // one right after) waits up to OUTPUTS_WAIT_MS for the copy and then carries the kept links: a client that keeps
     // the URLs of its first terminal answer would otherwise keep links that die within the hour.
-    app.addHook('onSend', async (request, reply, payload) => {
-      if (typeof payload !== 'string' || reply.statusCode >= 300 || !PREDICTION_ROUTES.has(request.routeOptions.url ?? '')) return payload;
+    // A callback hook: it runs on every answer of the app, and all but those few pass through without a promise.
+    app.addHook('onSend', (request, reply, payload, done) => {
+      if (typeof payload !== 'string' || reply.statusCode >= 300 || !PREDICTION_ROUTES.has(request.routeOptions.url ?? '')) return done(null, payload);
       const id = request.createdPrediction ?? (request.params as { id?: string } | undefined)?.id;
-      if (!id || !outputs.copying(id)) return payload;
-      const json = await outputs.whenKept(id, config.OUTPUTS_WAIT_MS);
-      return json ? new PredictionBody(json).render(publicBase(config, request)) : payload;
+      if (!id || !outputs.copying(id)) return done(null, payload);
+      outputs.whenKept(id, config.OUTPUTS_WAIT_MS).then(
+        (json) => done(null, json ? new PredictionBody(json).render(publicBase(config, request)) : payload),
+        (err: Error) => done(err),
+      );
     });
 
     let unsubscribe: (() => Promise<void>) | undefined;
