@@ -138,7 +138,13 @@ export class Webhooks {
   async changed(c: Change): Promise<void> {
     // The watcher knows from the open set that this prediction has no webhook: no job to look for.
     if (c.webhook === null) return;
-    if (c.webhook) {
+    const job = await this.#queue.promote(c.id);
+    // A change that lands while the job is running (on any replica) is kept for its next scheduling, which then
+    // looks again at once instead of after its poll interval.
+    if (job === 'busy') await this.#kv.set(hintKey(c.id), '1', HINT_MS);
+    // No job: the create could not start it, and the watcher still knows the webhook. (A finished job is kept, so
+    // adding it again starts nothing.)
+    if (job === 'none' && c.webhook) {
       try {
         const w = JSON.parse(c.webhook) as { url: string; events?: EventName[]; base: string };
         await this.watch({ id: c.id, tenant: c.tenant, url: w.url, events: w.events, base: w.base });
@@ -146,9 +152,6 @@ export class Webhooks {
         this.#log.warn({ err, prediction: c.id }, 'could not start the webhook watch of a prediction; retrying at its next change');
       }
     }
-    // A change that lands while the job is running (on any replica) is kept for its next scheduling, which then
-    // looks again at once instead of after its poll interval.
-    if ((await this.#queue.promote(c.id)) === 'busy') await this.#kv.set(hintKey(c.id), '1', HINT_MS);
   }
 
   /** The tenant's signing secret: from the tenants file, else generated once and shared by every replica. */
