@@ -1,4 +1,5 @@
-// The pure pieces, alone: the bounded map, URL rewriting and rendering, list cursors, Prefer, upstream answers.
+// The pure pieces, alone: the bounded map, URL rewriting and rendering, list cursors, Prefer, upstream answers,
+// the watcher's schedule, the in-process webhook queue and per-key usage.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { GatewayError } from '../src/errors.js';
 import { BoundedMap } from '../src/lib/bounded-map.js';
@@ -212,5 +213,35 @@ describe('the in-process webhook queue', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(steps).toBe(1);
     await q.close();
+  });
+});
+
+describe('per-key usage', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('keeps counts under the day they were made when saving them fails across midnight', async () => {
+    const { KeyUsage } = await import('../src/admin/key-usage.js');
+    const saved: Record<string, Record<string, number>> = {};
+    let failing = true;
+    const store = {
+      async addKeyUsage(day: string, counts: Record<string, number>) {
+        if (failing) throw new Error('store away');
+        for (const [f, n] of Object.entries(counts)) (saved[day] ??= {})[f] = (saved[day]![f] ?? 0) + n;
+      },
+    };
+    const log = { warn() {} };
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(new Date('2026-12-06T23:59:59.500Z'));
+    const usage = new KeyUsage(store as never, log as never);
+    usage.count('k1', true);
+    usage.count('k1', false);
+    await usage.flush(); // fails: the store is away
+    vi.setSystemTime(new Date('2026-12-07T00:00:01Z'));
+    usage.count('k1', false);
+    failing = false;
+    await usage.flush();
+    expect(saved).toEqual({ '2026-12-06': { 'k1:requests': 2, 'k1:creates': 1 }, '2026-12-07': { 'k1:requests': 1 } });
   });
 });

@@ -8,8 +8,8 @@ const FLUSH_MS = 1000;
 const KEEP_MS = 400 * 86_400_000;
 
 export class KeyUsage {
-  #pending = new Map<string, number>();
-  #day = today();
+  /** Counts not yet in the store, by the UTC day they belong to (usually one; two around midnight). */
+  #pending = new Map<string, Map<string, number>>();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly store: TenantStore, private readonly log: FastifyBaseLogger) {}
@@ -21,28 +21,27 @@ export class KeyUsage {
 
   count(keyId: string, create: boolean): void {
     const day = today();
-    // A day's counts go under that day: flush what the last one held before counting into the new one.
-    if (day !== this.#day) void this.flush();
-    this.#add(`${keyId}:requests`, 1);
-    if (create) this.#add(`${keyId}:creates`, 1);
+    this.#add(day, `${keyId}:requests`, 1);
+    if (create) this.#add(day, `${keyId}:creates`, 1);
   }
 
-  #add(field: string, n: number): void {
-    this.#pending.set(field, (this.#pending.get(field) ?? 0) + n);
+  #add(day: string, field: string, n: number): void {
+    let counts = this.#pending.get(day);
+    if (!counts) this.#pending.set(day, (counts = new Map()));
+    counts.set(field, (counts.get(field) ?? 0) + n);
   }
 
   async flush(): Promise<void> {
-    const counts = this.#pending;
-    const day = this.#day;
+    const pending = this.#pending;
     this.#pending = new Map();
-    this.#day = today();
-    if (!counts.size) return;
-    try {
-      await this.store.addKeyUsage(day, Object.fromEntries(counts), KEEP_MS);
-    } catch (err) {
-      // Put them back: the next flush tries again.
-      for (const [f, n] of counts) this.#add(f, n);
-      this.log.warn({ err }, 'per-key usage not saved yet; retrying');
+    for (const [day, counts] of pending) {
+      try {
+        await this.store.addKeyUsage(day, Object.fromEntries(counts), KEEP_MS);
+      } catch (err) {
+        // Put them back under their own day, even if that day has ended: the next flush tries again.
+        for (const [f, n] of counts) this.#add(day, f, n);
+        this.log.warn({ err }, 'per-key usage not saved yet; retrying');
+      }
     }
   }
 
