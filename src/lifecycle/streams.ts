@@ -57,13 +57,6 @@ export class PredictionStreams {
     return { body, version, final: body.terminal || !open };
   }
 
-  /** Streams open in this process, over all predictions. */
-  get size(): number {
-    let n = 0;
-    for (const w of this.#watched.values()) n += w.listeners.size;
-    return n;
-  }
-
   /** Calls `listener` with every newer state of the prediction from now on; the returned function stops it. */
   async subscribe(id: string, listener: StreamListener): Promise<() => void> {
     let w = this.#watched.get(id);
