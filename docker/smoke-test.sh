@@ -168,7 +168,10 @@ for var in $(sed -n 's/^\([A-Z][A-Z0-9_]*\)=.*/\1/p' "$STAGE/.env.example"); do
   grep -qE "^      $var:" "$STAGE/docker-compose.yml" || die "docker-compose.yml: the gateway's environment lacks $var (in .env.example)"
 done
 compose 30 config -q || die "docker-compose.yml + docker/compose.smoke.yml do not validate"
-! compose 30 config | grep -qE '^ +ports:' || die "a service still publishes ports, which host networking rejects"
+# Output is taken whole before grep -q reads it: under pipefail, a writer still writing when grep -q has found its
+# match and quit dies of SIGPIPE, and the pipeline fails although the line was there.
+config=$(compose 30 config)
+! grep -qE '^ +ports:' <<<"$config" || die "a service still publishes ports, which host networking rejects"
 
 say "building the image (npm ci + tsc inside; cold: a few minutes)"
 BUILD_LOG=$STAGE/build.log
@@ -220,7 +223,7 @@ done
 [ "$(json store <<<"$ready")" = redis ] || die "gateway is ready but not on the Redis store: $ready"
 say "ready: $ready"
 # Settings from docker/demo.env, as on a fresh clone: not from a .env, and not from the override file.
-"$DOCKER" logs "$GW_CID" 2>&1 | grep -q 'demo mode: no UPSTREAM_API_KEY is set' ||
+grep -q 'demo mode: no UPSTREAM_API_KEY is set' <<<"$("$DOCKER" logs "$GW_CID" 2>&1)" ||
   die "the gateway did not start in demo mode (docker/gateway-start.sh)"
 
 say "POST /replicate/v1/models/$MODEL/predictions"
@@ -287,5 +290,5 @@ say "HEALTHCHECK: gateway container healthy"
 timeout "$(left 40)" "$DOCKER" stop -t 20 "$GW_CID" >/dev/null || die "docker stop gateway failed"
 exit_code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$GW_CID")
 [ "$exit_code" = 0 ] || die "gateway exited $exit_code on SIGTERM (137 = killed after the grace period)"
-"$DOCKER" logs "$GW_CID" 2>&1 | grep -q 'shutting down' || die "gateway log has no 'shutting down' line after SIGTERM"
+grep -q 'shutting down' <<<"$("$DOCKER" logs "$GW_CID" 2>&1)" || die "gateway log has no 'shutting down' line after SIGTERM"
 say "SIGTERM: gateway shut down gracefully (exit 0)"
